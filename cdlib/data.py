@@ -1,0 +1,515 @@
+"""Data sets by name, with one interface for all of them.
+
+``load(name, root=...)`` returns a :class:`DataBundle` (train and test sets plus
+what a model needs to know: classes, image size, normalisation), and
+``make_loader(dataset, ...)`` turns a set into batches of normalised float
+images and integer labels.
+
+* ``cifar100``: the CIFAR-100 "python version" archive, read directly (so a
+  small archive in the same format loads through the same code); the paper's
+  augmentation: zero-pad 4, random 32x32 crop, horizontal flip.
+* ``imagenet``: an ImageFolder tree ``root/train/<class>/*.JPEG`` and
+  ``root/val/<class>/*.JPEG`` with the paper's PIL transforms.
+* ``digits``: scikit-learn's 1,797 real 8x8 handwritten digits (shipped inside
+  the scikit-learn wheel, so it works offline), upscaled; the bundled default.
+* ``synthetic``: a class-structured random set (class prototypes plus noise
+  and shifts) of any size, for tests and quick experiments.
+
+Small sets (CIFAR-100, digits, synthetic) are kept in memory as uint8 tensors;
+their loader can keep them on the GPU and augment whole batches there
+(:class:`DeviceLoader`), which is what keeps a GPU fed on a 2-core Colab VM.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import ConfigError, DataError
+
+__all__ = [
+    "DataBundle",
+    "TensorImageSet",
+    "DeviceLoader",
+    "load",
+    "names",
+    "make_loader",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]
+
+CIFAR100_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
+CIFAR100_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class DataBundle:
+    """A data set's train and test splits and the facts a model needs."""
+
+    name: str
+    train: Dataset
+    test: Dataset
+    num_classes: int
+    image_size: int
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    class_names: List[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return (
+            f"DataBundle({self.name!r}, train={len(self.train)}, test={len(self.test)}, "
+            f"classes={self.num_classes}, image_size={self.image_size})"
+        )
+
+
+class TensorImageSet(Dataset):
+    """uint8 images (N, C, H, W) in memory, with pad-crop / flip augmentation.
+
+    Indexing returns one normalised float image, so a standard DataLoader (and
+    DistributedSampler) works; :class:`DeviceLoader` does the same work a
+    batch at a time on any device.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: bool = False,
+        pad: int = 4,
+        flip: bool = True,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"images must be a uint8 (N, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}.")
+        if labels.shape != images.shape[:1]:
+            raise ValueError(f"{len(labels)} labels for {len(images)} images.")
+        self.images = images
+        self.labels = labels.long()
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+        self.augment = augment
+        self.pad = pad
+        self.flip = flip
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        batch = augment_batch(self.images[index : index + 1], self, generator=None) if self.augment else self.images[index : index + 1]
+        return normalize(batch, self.mean, self.std)[0], int(self.labels[index])
+
+
+def normalize(images_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32 normalised with per-channel mean / std (in [0, 1] units)."""
+    m = torch.tensor(mean, device=images_uint8.device).view(1, -1, 1, 1) * 255.0
+    s = torch.tensor(std, device=images_uint8.device).view(1, -1, 1, 1) * 255.0
+    return (images_uint8.float() - m) / s
+
+
+def augment_batch(images: torch.Tensor, spec: TensorImageSet, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """Zero-pad by ``spec.pad``, crop back to size at a random offset per image, flip half.
+
+    The same distribution as torchvision's ``RandomCrop(size, padding=pad)`` +
+    ``RandomHorizontalFlip()``, computed for a whole batch with two gathers.
+    """
+    n, c, h, w = images.shape
+    device = images.device
+    out = images
+    if spec.pad > 0:
+        padded = F.pad(images, (spec.pad,) * 4)
+        span = 2 * spec.pad + 1
+        dy = torch.randint(0, span, (n,), generator=generator, device=generator.device if generator else "cpu").to(device)
+        dx = torch.randint(0, span, (n,), generator=generator, device=generator.device if generator else "cpu").to(device)
+        rows = (dy[:, None] + torch.arange(h, device=device)).view(n, 1, h, 1).expand(n, c, h, w + 2 * spec.pad)
+        out = padded.gather(2, rows)
+        cols = (dx[:, None] + torch.arange(w, device=device)).view(n, 1, 1, w).expand(n, c, h, w)
+        out = out.gather(3, cols)
+    if spec.flip:
+        flip = torch.rand(n, generator=generator, device=generator.device if generator else "cpu").to(device) < 0.5
+        out = torch.where(flip.view(n, 1, 1, 1), out.flip(3), out)
+    return out
+
+
+class DeviceLoader:
+    """Batches of a :class:`TensorImageSet` made on ``device``: no workers, no PIL.
+
+    The uint8 images move to the device once; each epoch draws a permutation
+    (seeded by ``seed`` and the epoch, so runs and resumes are reproducible),
+    augments a batch at a time and normalises in float32. With
+    ``world_size > 1`` every rank takes an equal, disjoint shard, as
+    DistributedSampler does.
+    """
+
+    def __init__(
+        self,
+        dataset: TensorImageSet,
+        batch_size: int,
+        train: bool,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: Optional[bool] = None,
+    ) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.train = train
+        self.device = torch.device(device)
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.drop_last = train if drop_last is None else drop_last
+        self.epoch = 0
+        self.images = dataset.images.to(self.device, non_blocking=True)
+        self.labels = dataset.labels.to(self.device, non_blocking=True)
+        self.mean = torch.tensor(dataset.mean, device=self.device).view(1, -1, 1, 1) * 255.0
+        self.std = torch.tensor(dataset.std, device=self.device).view(1, -1, 1, 1) * 255.0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.dataset)
+        if self.train:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        if self.world_size > 1:
+            per_rank = n // self.world_size if self.train else math.ceil(n / self.world_size)
+            order = order[self.rank :: self.world_size][:per_rank]
+        return order.to(self.device)
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        if self.world_size > 1:
+            n = n // self.world_size if self.train else math.ceil(n / self.world_size)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return min(len(self) * self.batch_size, len(self._indices()))
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        order = self._indices()
+        g = torch.Generator(device=self.device).manual_seed(self.seed * 7919 + self.epoch + 1) if self.train else None
+        for b in range(len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            images = self.images.index_select(0, idx)
+            if self.train and self.dataset.augment:
+                images = augment_batch(images, self.dataset, g)
+            yield (images.float() - self.mean) / self.std, self.labels.index_select(0, idx)
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    train: bool,
+    device: torch.device | str = "cpu",
+    num_workers: int = 4,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    on_device: bool = True,
+):
+    """The fastest loader for ``dataset``: a :class:`DeviceLoader` for in-memory
+    sets (unless ``on_device=False``), else a DataLoader with workers and
+    pinned memory (and a DistributedSampler when ``world_size > 1``)."""
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}.")
+    if train and batch_size > len(dataset) // max(world_size, 1):
+        raise ConfigError(
+            f"batch size {batch_size} is larger than the {len(dataset) // max(world_size, 1)} training images "
+            f"each of {world_size} process(es) gets; use a batch size of at most that."
+        )
+    if isinstance(dataset, TensorImageSet) and on_device:
+        return DeviceLoader(dataset, batch_size, train, device=device, seed=seed, rank=rank, world_size=world_size)
+    sampler = None
+    if world_size > 1:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train)
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        drop_last=train,
+        num_workers=num_workers,
+        pin_memory=torch.device(device).type == "cuda",
+        persistent_workers=num_workers > 0,
+        generator=g,
+    )
+
+
+# ---------------------------------------------------------------- CIFAR-100
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain data and numpy arrays only: a data file must never run code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _read_cifar_batch(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return _ArrayUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        raise DataError(f"{path} is not a readable CIFAR-100 batch file ({exc}); delete it and download the archive again.") from None
+
+
+def _cifar100_split(folder: Path, split: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    batch = _read_cifar_batch(folder / split)
+    try:
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        labels = np.asarray(batch["fine_labels"], dtype=np.int64)
+    except KeyError as exc:
+        raise DataError(f"{folder / split} has no {exc} entry; it is not a CIFAR-100 (python version) batch file.") from None
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+        raise DataError(
+            f"{folder / split} holds data of shape {data.shape} with {len(labels)} labels; "
+            "CIFAR-100 expects (N, 3072) uint8 rows and N fine labels."
+        )
+    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
+
+
+def _load_cifar100(root: Optional[str], download: bool) -> DataBundle:
+    root_path = Path(root if root is not None else "data").expanduser()
+    folder = root_path / "cifar-100-python"
+    if download and not (folder / "train").exists():
+        import torchvision
+
+        torchvision.datasets.CIFAR100(str(root_path), train=True, download=True)
+    missing = [f for f in ("train", "test", "meta") if not (folder / f).is_file()]
+    if missing:
+        raise DataError(
+            f"CIFAR-100 not found: {folder} lacks {', '.join(missing)}; expected the extracted python version "
+            "(cifar-100-python/train, test, meta) under the data root — pass download=True (CLI: --download) "
+            "or point root at the folder that contains cifar-100-python."
+        )
+    meta = _read_cifar_batch(folder / "meta")
+    class_names = list(meta.get("fine_label_names", [])) if isinstance(meta, dict) else []
+    train_x, train_y = _cifar100_split(folder, "train")
+    test_x, test_y = _cifar100_split(folder, "test")
+    return DataBundle(
+        name="cifar100",
+        train=TensorImageSet(train_x, train_y, CIFAR100_MEAN, CIFAR100_STD, augment=True, pad=4, flip=True),
+        test=TensorImageSet(test_x, test_y, CIFAR100_MEAN, CIFAR100_STD),
+        num_classes=100,
+        image_size=32,
+        mean=CIFAR100_MEAN,
+        std=CIFAR100_STD,
+        class_names=class_names or [str(i) for i in range(100)],
+    )
+
+
+def cifar100_pil_datasets(root: str) -> Tuple[Dataset, Dataset]:
+    """CIFAR-100 as the reference code loads it: torchvision datasets with PIL transforms.
+
+    Kept for the reference-style benchmark; ``load("cifar100")`` is faster.
+    """
+    import torchvision.transforms as T
+    from PIL import Image
+
+    bundle = _load_cifar100(root, download=False)
+
+    class _PilSet(Dataset):
+        def __init__(self, tensors: TensorImageSet, transform) -> None:
+            self.images = tensors.images.permute(0, 2, 3, 1).numpy()
+            self.labels = tensors.labels
+            self.transform = transform
+
+        def __len__(self) -> int:
+            return len(self.labels)
+
+        def __getitem__(self, i: int):
+            return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+    norm = T.Normalize(CIFAR100_MEAN, CIFAR100_STD)
+    train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+    test_tf = T.Compose([T.ToTensor(), norm])
+    return _PilSet(bundle.train, train_tf), _PilSet(bundle.test, test_tf)
+
+
+# ----------------------------------------------------------------- ImageNet
+
+
+def _load_imagenet(root: Optional[str], image_size: Optional[int]) -> DataBundle:
+    import torchvision.transforms as T
+    from torchvision.datasets import ImageFolder
+
+    if root is None:
+        raise DataError("ImageNet needs a data root: pass root= (CLI: --data-root) pointing at a folder with train/ and val/ ImageFolder trees.")
+    root_path = Path(root).expanduser()
+    size = image_size or 224
+    resize = int(round(size * 256 / 224))
+    norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    transforms = {
+        "train": T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), norm]),
+        "val": T.Compose([T.Resize(resize), T.CenterCrop(size), T.ToTensor(), norm]),
+    }
+    sets = {}
+    for split, tf in transforms.items():
+        folder = root_path / split
+        if not folder.is_dir():
+            raise DataError(
+                f"ImageNet split folder {folder} does not exist; expected {root_path}/train/<class>/<image> and "
+                f"{root_path}/val/<class>/<image> (ImageFolder layout)."
+            )
+        try:
+            sets[split] = ImageFolder(str(folder), transform=tf)
+        except (FileNotFoundError, RuntimeError) as exc:
+            raise DataError(f"{folder} is not an ImageFolder tree of <class>/<image> files: {exc}") from None
+    if sets["train"].classes != sets["val"].classes:
+        raise DataError(
+            f"{root_path}/train has {len(sets['train'].classes)} classes but {root_path}/val has "
+            f"{len(sets['val'].classes)} (or different names); both splits need the same class folders."
+        )
+    return DataBundle(
+        name="imagenet",
+        train=sets["train"],
+        test=sets["val"],
+        num_classes=len(sets["train"].classes),
+        image_size=size,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        class_names=list(sets["train"].classes),
+    )
+
+
+# ------------------------------------------------------------------- digits
+
+def _load_digits(image_size: Optional[int], test_fraction: float = 0.2, seed: int = 0) -> DataBundle:
+    from sklearn.datasets import load_digits
+
+    size = image_size or 16
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).float().unsqueeze(1) / 16.0  # 8x8 grey levels 0..16
+    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    images = (images.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    labels = torch.from_numpy(digits.target).long()
+    train_idx, test_idx = _stratified_split(labels, test_fraction, seed)
+    pad = max(1, size // 8)
+    # Normalisation statistics of the training split itself, grey replicated to RGB.
+    mean = (images[train_idx].float().mean().item() / 255,) * 3
+    std = (images[train_idx].float().std().item() / 255,) * 3
+    return DataBundle(
+        name="digits",
+        # Flipping a digit changes what it is, so only the pad-and-crop jitter applies.
+        train=TensorImageSet(images[train_idx], labels[train_idx], mean, std, augment=True, pad=pad, flip=False),
+        test=TensorImageSet(images[test_idx], labels[test_idx], mean, std),
+        num_classes=10,
+        image_size=size,
+        mean=mean,
+        std=std,
+        class_names=[str(d) for d in range(10)],
+    )
+
+
+def _stratified_split(labels: torch.Tensor, test_fraction: float, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for c in labels.unique():
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_test = int(round(len(idx) * test_fraction))
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return torch.cat(train).sort().values, torch.cat(test).sort().values
+
+
+# ---------------------------------------------------------------- synthetic
+
+
+def _load_synthetic(
+    image_size: Optional[int], num_classes: int = 10, train_per_class: int = 100, test_per_class: int = 20, seed: int = 0
+) -> DataBundle:
+    size = image_size or 16
+    g = torch.Generator().manual_seed(seed)
+    # Smooth class prototypes: low-resolution noise upsampled, so classes differ in
+    # coarse colour/shape structure that convolutions can pick up.
+    prototypes = F.interpolate(torch.rand(num_classes, 3, 4, 4, generator=g), size=(size, size), mode="bilinear", align_corners=False)
+
+    def sample(per_class: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.arange(num_classes).repeat_interleave(per_class)
+        noise = 0.25 * torch.randn(len(labels), 3, size, size, generator=g)
+        images = (prototypes[labels] + noise).clamp(0, 1)
+        return (images * 255).round().to(torch.uint8), labels
+
+    train_x, train_y = sample(train_per_class)
+    test_x, test_y = sample(test_per_class)
+    mean, std = (0.5, 0.5, 0.5), (0.3, 0.3, 0.3)
+    return DataBundle(
+        name="synthetic",
+        train=TensorImageSet(train_x, train_y, mean, std, augment=True, pad=max(1, size // 8), flip=True),
+        test=TensorImageSet(test_x, test_y, mean, std),
+        num_classes=num_classes,
+        image_size=size,
+        mean=mean,
+        std=std,
+        class_names=[f"class {i}" for i in range(num_classes)],
+    )
+
+
+_LOADERS = ("cifar100", "imagenet", "digits", "synthetic")
+
+
+def names() -> list:
+    return list(_LOADERS)
+
+
+def load(
+    name: str,
+    root: Optional[str | os.PathLike] = None,
+    download: bool = False,
+    image_size: Optional[int] = None,
+    **options,
+) -> DataBundle:
+    """A data set by name: ``cifar100``, ``imagenet``, ``digits`` or ``synthetic``.
+
+    ``root`` is the data folder (CIFAR-100: the folder holding
+    ``cifar-100-python``; ImageNet: the folder holding ``train/`` and ``val/``).
+    ``image_size`` resizes digits / synthetic images (default 16) and sets the
+    ImageNet crop (default 224). ``synthetic`` takes ``num_classes``,
+    ``train_per_class``, ``test_per_class`` and ``seed``.
+    """
+    root = None if root is None else str(root)
+    if name == "cifar100":
+        return _load_cifar100(root, download)
+    if name == "imagenet":
+        return _load_imagenet(root, image_size)
+    if name == "digits":
+        return _load_digits(image_size, **options)
+    if name == "synthetic":
+        return _load_synthetic(image_size, **options)
+    raise ConfigError(f"unknown data set {name!r}; choose one of {', '.join(_LOADERS)}.")

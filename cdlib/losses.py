@@ -1,0 +1,167 @@
+"""Distillation losses as pure functions: tensors in, a scalar tensor out.
+
+Every loss is computed in the input's dtype promoted to at least float32:
+float16 / bfloat16 activations from autocast neither overflow nor lose the
+small differences distillation losses are made of, and float64 inputs (used
+by gradient checks) stay float64. The result lives on the inputs' device.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+def _acc(t: torch.Tensor) -> torch.Tensor:
+    """The tensor in its accumulation dtype: at least float32."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+__all__ = [
+    "channel_attention",
+    "cd_loss",
+    "kd_loss",
+    "gkd_loss",
+    "teacher_correct_mask",
+    "at_loss",
+    "fitnets_loss",
+]
+
+
+def channel_attention(feature_map: torch.Tensor) -> torch.Tensor:
+    """Channel-wise attention of a (N, C, H, W) map: the spatial mean, (N, C)."""
+    if feature_map.dim() != 4:
+        raise ValueError(
+            f"channel_attention expects a 4-D (N, C, H, W) feature map, got shape {tuple(feature_map.shape)}."
+        )
+    return _acc(feature_map).mean(dim=(2, 3))
+
+
+def _check_stage_lists(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]) -> None:
+    if len(student_feats) != len(teacher_feats):
+        raise ValueError(
+            f"student has {len(student_feats)} feature stages but teacher has {len(teacher_feats)}; "
+            "pass one feature map per stage for both."
+        )
+    if len(student_feats) == 0:
+        raise ValueError("cd_loss needs at least one feature stage, got empty lists.")
+    for stage, (s, t) in enumerate(zip(student_feats, teacher_feats), start=1):
+        if s.shape[:2] != t.shape[:2]:
+            raise ValueError(
+                f"stage {stage}: student (N, C) = {tuple(s.shape[:2])} differs from teacher's {tuple(t.shape[:2])}; "
+                "pass the student's features through connectors so channel counts match."
+            )
+
+
+def cd_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Channel Distillation loss (Zhou et al. 2020, eq. 2).
+
+    For every stage: mean over batch x channels of the squared difference of
+    channel attentions (spatial means); the stage losses are summed. Spatial
+    sizes may differ because attention averages them away.
+    """
+    _check_stage_lists(student_feats, teacher_feats)
+    total = _acc(student_feats[0]).new_zeros(())
+    for s, t in zip(student_feats, teacher_feats):
+        total = total + (channel_attention(s) - channel_attention(t)).pow(2).mean()
+    return total
+
+
+def _check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
+    if student_logits.shape != teacher_logits.shape or student_logits.dim() != 2:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
+            "must both be (batch, classes) with the same number of classes."
+        )
+
+
+def _per_sample_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(t/T) || softmax(s/T)) for each sample, in float32."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}.")
+    log_p_student = F.log_softmax(_acc(student_logits) / temperature, dim=1)
+    log_p_teacher = F.log_softmax(_acc(teacher_logits) / temperature, dim=1)
+    return (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
+    """Hinton knowledge distillation: T^2 * KL(teacher || student), batch mean."""
+    _check_logits(student_logits, teacher_logits)
+    return _per_sample_kl(student_logits, teacher_logits, temperature).mean() * temperature**2
+
+
+def teacher_correct_mask(teacher_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Boolean (N,) mask of the samples whose teacher argmax equals the label."""
+    return teacher_logits.argmax(dim=1) == targets
+
+
+def gkd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Guided KD: KD over the samples the teacher classifies correctly.
+
+    The summed KL of the kept samples is divided by their number. A batch where
+    the teacher is wrong on every sample contributes exactly 0 (with zero,
+    finite gradients), where the reference code divides by zero and gets NaN.
+    """
+    _check_logits(student_logits, teacher_logits)
+    if targets.shape != student_logits.shape[:1]:
+        raise ValueError(
+            f"targets must be a (batch,) tensor of class indices, got shape {tuple(targets.shape)} "
+            f"for {student_logits.shape[0]} logits."
+        )
+    kept = teacher_correct_mask(teacher_logits, targets)
+    per_sample = _per_sample_kl(student_logits, teacher_logits, temperature)
+    # Multiplying by the mask (instead of indexing) keeps the graph shape fixed,
+    # which torch.compile and CUDA graphs like; clamp avoids 0/0.
+    kept_f = kept.to(per_sample.dtype)
+    return (per_sample * kept_f).sum() / kept_f.sum().clamp_min(1.0) * temperature**2
+
+
+def _attention_map(feature_map: torch.Tensor, p: float) -> torch.Tensor:
+    """Zagoruyko & Komodakis spatial attention: L2-normalised mean_c |F_c|^p, (N, H*W)."""
+    am = _acc(feature_map).abs().pow(p).mean(dim=1).flatten(1)
+    return F.normalize(am, dim=1)
+
+
+def at_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor], p: float = 2.0) -> torch.Tensor:
+    """Attention Transfer (Zagoruyko & Komodakis 2017) summed over stages.
+
+    Per stage: mean over batch and positions of the squared difference of the
+    normalised spatial attention maps. Spatial sizes must match per stage;
+    channel counts may differ (attention averages channels away).
+    """
+    if len(student_feats) != len(teacher_feats) or not student_feats:
+        raise ValueError("at_loss needs the same, non-zero number of stages for student and teacher.")
+    total = _acc(student_feats[0]).new_zeros(())
+    for stage, (s, t) in enumerate(zip(student_feats, teacher_feats), start=1):
+        if s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
+            raise ValueError(
+                f"stage {stage}: attention transfer needs equal batch and spatial sizes, "
+                f"got student {tuple(s.shape)} and teacher {tuple(t.shape)}."
+            )
+        total = total + (_attention_map(s, p) - _attention_map(t, p)).pow(2).mean()
+    return total
+
+
+def fitnets_loss(student_hints: Sequence[torch.Tensor], teacher_hints: Sequence[torch.Tensor]) -> torch.Tensor:
+    """FitNets hint loss (Romero et al. 2015): mean squared error of regressed features.
+
+    The student's features must already pass through a regressor (a connector)
+    so shapes match the teacher's. Summed over the given stages.
+    """
+    if len(student_hints) != len(teacher_hints) or not student_hints:
+        raise ValueError("fitnets_loss needs the same, non-zero number of stages for student and teacher.")
+    total = _acc(student_hints[0]).new_zeros(())
+    for stage, (s, t) in enumerate(zip(student_hints, teacher_hints), start=1):
+        if s.shape != t.shape:
+            raise ValueError(
+                f"stage {stage}: FitNets hint needs equal shapes, got student {tuple(s.shape)} and teacher {tuple(t.shape)}; "
+                "regress the student's feature with a connector first."
+            )
+        total = total + F.mse_loss(_acc(s), _acc(t))
+    return total

@@ -1,0 +1,58 @@
+"""Models by name.
+
+>>> from cdlib import models
+>>> net = models.create("cifar_resnet50", num_classes=100)
+>>> logits = net(images)                                   # (N, 100)
+>>> logits, feats = net(images, return_features=True)      # feats: 4 stage maps
+>>> net.stage_channels                                     # (256, 512, 1024, 2048)
+
+CIFAR-stem ResNets (``cifar_resnet18 ... 152`` and the narrow ``_w8``/``_w16``/
+``_w32`` variants for CPU work) and torchvision's ImageNet ResNets
+(``resnet18/34/50``) share that interface.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+from torch import nn
+
+from ..errors import ConfigError
+from . import cifar_resnet, imagenet
+
+__all__ = ["create", "names", "stage_channels", "count_parameters"]
+
+
+def names() -> list:
+    """Every model name :func:`create` accepts."""
+    return sorted(cifar_resnet.CIFAR_ARCHITECTURES) + sorted(imagenet.IMAGENET_ARCHITECTURES)
+
+
+def _check_name(name: str) -> None:
+    if name not in cifar_resnet.CIFAR_ARCHITECTURES and name not in imagenet.IMAGENET_ARCHITECTURES:
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(names())}.")
+
+
+def create(name: str, num_classes: int = 100, pretrained: bool = False, in_channels: int = 3) -> nn.Module:
+    """Build a model by name. ``pretrained`` applies to the ImageNet ResNets only."""
+    _check_name(name)
+    if name in cifar_resnet.CIFAR_ARCHITECTURES:
+        if pretrained:
+            raise ConfigError(f"no pretrained weights ship for {name}; train it with `cdlib train` or pass pretrained=False.")
+        return cifar_resnet.build(name, num_classes=num_classes, in_channels=in_channels)
+    if in_channels != 3:
+        raise ConfigError(f"{name} is torchvision's ImageNet ResNet and takes 3-channel images, not {in_channels}.")
+    return imagenet.build(name, num_classes=num_classes, pretrained=pretrained)
+
+
+def stage_channels(name: str) -> Tuple[int, ...]:
+    """Channel counts of the four stage features of model ``name``, without building it."""
+    _check_name(name)
+    if name in cifar_resnet.CIFAR_ARCHITECTURES:
+        block, _, width = cifar_resnet.CIFAR_ARCHITECTURES[name]
+        return tuple(width * 2**i * block.expansion for i in range(4))
+    return imagenet.IMAGENET_ARCHITECTURES[name][2]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

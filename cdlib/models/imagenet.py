@@ -1,0 +1,56 @@
+"""ImageNet ResNets from torchvision with stage features taken by torchvision's
+feature extraction (an FX graph of the unmodified torchvision model).
+
+Parameter names are torchvision's under a ``body.`` prefix; pretrained weights
+download through torchvision on first use (on Colab; never in the tests).
+"""
+
+from __future__ import annotations
+
+from typing import List, Tuple, Union
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
+
+_STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+IMAGENET_ARCHITECTURES = {
+    # name -> (torchvision constructor, weights enum name, stage channels)
+    "resnet18": ("resnet18", "ResNet18_Weights", (64, 128, 256, 512)),
+    "resnet34": ("resnet34", "ResNet34_Weights", (64, 128, 256, 512)),
+    "resnet50": ("resnet50", "ResNet50_Weights", (256, 512, 1024, 2048)),
+}
+
+
+class TorchvisionResNet(nn.Module):
+    """Wraps a torchvision ResNet; ``forward(x, return_features=True)`` adds stage features."""
+
+    def __init__(self, net: nn.Module, stage_channels: Tuple[int, ...], num_classes: int) -> None:
+        super().__init__()
+        nodes = {stage: stage for stage in _STAGES}
+        nodes["fc"] = "logits"
+        self.body = create_feature_extractor(net, return_nodes=nodes)
+        self.stage_channels = stage_channels
+        self.num_classes = num_classes
+
+    def forward(
+        self, x: torch.Tensor, return_features: bool = False
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, List[torch.Tensor]]]:
+        out = self.body(x)
+        if return_features:
+            return out["logits"], [out[stage] for stage in _STAGES]
+        return out["logits"]
+
+
+def build(name: str, num_classes: int = 1000, pretrained: bool = False) -> TorchvisionResNet:
+    constructor, weights_enum, channels = IMAGENET_ARCHITECTURES[name]
+    weights = getattr(torchvision.models, weights_enum).DEFAULT if pretrained else None
+    if pretrained and num_classes != 1000:
+        raise ValueError(
+            f"pretrained {name} weights have 1000 ImageNet classes, but num_classes={num_classes}; "
+            "use pretrained=False or num_classes=1000."
+        )
+    net = getattr(torchvision.models, constructor)(weights=weights, num_classes=num_classes)
+    return TorchvisionResNet(net, channels, num_classes)
