@@ -271,6 +271,9 @@ class _ArrayUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
+        # Pickle protocol 5 (Python 3.14's default) stores arrays via _frombuffer.
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
         ("_codecs", "encode"),
     }
 
@@ -281,11 +284,17 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def _read_cifar_batch(path: Path) -> dict:
+    with open(path, "rb") as f:
+        raw = f.read()
     try:
-        with open(path, "rb") as f:
-            return _ArrayUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        batch = _ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except Exception as exc:  # corrupt bytes raise anything from UnpicklingError to OverflowError / MemoryError
         raise DataError(f"{path} is not a readable CIFAR-100 batch file ({exc}); delete it and download the archive again.") from None
+    if not isinstance(batch, dict):
+        raise DataError(
+            f"{path} holds a {type(batch).__name__}, not the dict of a CIFAR-100 batch file; delete it and download the archive again."
+        )
+    return batch
 
 
 def _cifar100_split(folder: Path, split: str) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -295,9 +304,14 @@ def _cifar100_split(folder: Path, split: str) -> Tuple[torch.Tensor, torch.Tenso
         labels = np.asarray(batch["fine_labels"], dtype=np.int64)
     except KeyError as exc:
         raise DataError(f"{folder / split} has no {exc} entry; it is not a CIFAR-100 (python version) batch file.") from None
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+    except (ValueError, TypeError, OverflowError) as exc:
         raise DataError(
-            f"{folder / split} holds data of shape {data.shape} with {len(labels)} labels; "
+            f"{folder / split}: 'data' must be uint8 rows and 'fine_labels' integers ({exc}); "
+            "it is not a CIFAR-100 (python version) batch file."
+        ) from None
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.ndim != 1 or len(labels) != len(data):
+        raise DataError(
+            f"{folder / split} holds data of shape {data.shape} with {labels.size} labels; "
             "CIFAR-100 expects (N, 3072) uint8 rows and N fine labels."
         )
     return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
@@ -409,7 +423,9 @@ def _load_imagenet(root: Optional[str], image_size: Optional[int]) -> DataBundle
 
 # ------------------------------------------------------------------- digits
 
-def _load_digits(image_size: Optional[int], test_fraction: float = 0.2, seed: int = 0) -> DataBundle:
+def _load_digits(
+    image_size: Optional[int], test_fraction: float = 0.2, train_per_class: Optional[int] = None, seed: int = 0
+) -> DataBundle:
     from sklearn.datasets import load_digits
 
     size = image_size or 16
@@ -418,7 +434,7 @@ def _load_digits(image_size: Optional[int], test_fraction: float = 0.2, seed: in
     images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
     images = (images.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
     labels = torch.from_numpy(digits.target).long()
-    train_idx, test_idx = _stratified_split(labels, test_fraction, seed)
+    train_idx, test_idx = _stratified_split(labels, test_fraction, seed, train_per_class)
     pad = max(1, size // 8)
     # Normalisation statistics of the training split itself, grey replicated to RGB.
     mean = (images[train_idx].float().mean().item() / 255,) * 3
@@ -436,13 +452,16 @@ def _load_digits(image_size: Optional[int], test_fraction: float = 0.2, seed: in
     )
 
 
-def _stratified_split(labels: torch.Tensor, test_fraction: float, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def _stratified_split(
+    labels: torch.Tensor, test_fraction: float, seed: int, train_per_class: Optional[int] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per class: ``train_per_class`` training images (the rest test), or a ``test_fraction`` split."""
     g = torch.Generator().manual_seed(seed)
     train, test = [], []
     for c in labels.unique():
         idx = (labels == c).nonzero().flatten()
         idx = idx[torch.randperm(len(idx), generator=g)]
-        n_test = int(round(len(idx) * test_fraction))
+        n_test = len(idx) - min(train_per_class, len(idx) - 1) if train_per_class else int(round(len(idx) * test_fraction))
         test.append(idx[:n_test])
         train.append(idx[n_test:])
     return torch.cat(train).sort().values, torch.cat(test).sort().values
@@ -500,8 +519,10 @@ def load(
     ``root`` is the data folder (CIFAR-100: the folder holding
     ``cifar-100-python``; ImageNet: the folder holding ``train/`` and ``val/``).
     ``image_size`` resizes digits / synthetic images (default 16) and sets the
-    ImageNet crop (default 224). ``synthetic`` takes ``num_classes``,
-    ``train_per_class``, ``test_per_class`` and ``seed``.
+    ImageNet crop (default 224). ``digits`` takes ``train_per_class`` (a
+    low-data regime: that many training images per class, all others for
+    testing) or ``test_fraction`` (default 0.2). ``synthetic`` takes
+    ``num_classes``, ``train_per_class``, ``test_per_class`` and ``seed``.
     """
     root = None if root is None else str(root)
     if name == "cifar100":

@@ -1,0 +1,188 @@
+"""Command line: ``cdlib train | distill | evaluate`` (also ``python -m cdlib``).
+
+Every field of a recipe (:class:`cdlib.recipes.RunConfig`) is an option, so
+``cdlib distill --recipe cifar100 --epochs 50 --method kd`` overrides just
+those two values. Errors caused by input print one sentence and exit with
+status 2; Ctrl-C saves a checkpoint and exits with status 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Dict, List, Optional
+
+from . import __version__, recipes
+from .errors import CDLibError, ConfigError
+
+HELP = {
+    "data": "data set: cifar100, imagenet, digits (bundled) or synthetic",
+    "data_root": "data folder (CIFAR-100: the folder holding cifar-100-python/; ImageNet: the folder holding train/ and val/)",
+    "download": "download CIFAR-100 into --data-root if it is missing",
+    "image_size": "image side in pixels (digits/synthetic: resize, default 16; ImageNet: crop, default 224)",
+    "data_options": "extra data-set options as key=value, e.g. train_per_class=40 (digits)",
+    "student": "student model name (see `cdlib models`)",
+    "teacher": "teacher model name",
+    "teacher_checkpoint": "teacher weights (a model.pt from `cdlib train`); without it, distill trains the teacher first",
+    "teacher_pretrained": "use torchvision's pretrained ImageNet weights for the teacher",
+    "method": "'+'-joined loss terms of ce, kd, gkd, cd, at, fitnets, edt ('student' = ce only); ',' separates methods to compare",
+    "weights": "loss weights as term=value, e.g. cd=6 gkd=0.1 (EDT's schedule overrides ce, cd, gkd)",
+    "schedule": "EDT schedule: paper-cifar100, paper-imagenet, constant, linear, cosine, exponential",
+    "kd_temperature": "temperature of the KD loss",
+    "gkd_temperature": "temperature of the GKD loss",
+    "teacher_bn_train": "leave the teacher's BatchNorm in train mode, as the reference code did (ablation)",
+    "epochs": "number of epochs",
+    "batch_size": "batch size per process",
+    "lr": "initial learning rate (SGD)",
+    "momentum": "SGD momentum",
+    "weight_decay": "weight decay",
+    "lr_milestones": "epochs after which the learning rate is multiplied by --lr-gamma",
+    "lr_gamma": "learning-rate decay factor at each milestone",
+    "seed": "random seed (data order, augmentation, initialisation)",
+    "device": "auto, cpu, cuda, cuda:N or mps",
+    "amp": "mixed precision: auto (bf16/fp16 on GPU, off on CPU), bf16, fp16 or off",
+    "channels_last": "use the channels-last memory format on GPUs",
+    "compile": "compile student and teacher with torch.compile",
+    "num_workers": "DataLoader workers (ImageNet; in-memory sets need none)",
+    "data_on_device": "keep in-memory data sets on the device and augment there",
+    "run_dir": "folder for checkpoints, metrics and the trained model",
+    "resume": "continue from the run folder's checkpoint",
+    "progress": "show a progress bar",
+    "max_steps_per_epoch": "cap the steps of each epoch (smoke tests)",
+}
+
+
+def _key_values(items: Optional[List[str]], option: str) -> Dict[str, object]:
+    out: Dict[str, object] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{option} takes key=value pairs, got {item!r}.")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _add_recipe_options(parser: argparse.ArgumentParser, skip: tuple = ()) -> None:
+    parser.add_argument("--recipe", default="cifar100", help=f"named recipe: {', '.join(recipes.names())} (default: cifar100)")
+    for f in dataclasses.fields(recipes.RunConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = HELP.get(f.name, f.name) + " (default: the recipe's)"
+        if f.type in ("bool",) or f.type is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif f.name in ("weights", "data_options"):
+            parser.add_argument(flag, nargs="+", metavar="KEY=VALUE", default=None, help=help_text)
+        elif f.name == "lr_milestones":
+            parser.add_argument(flag, nargs="*", type=int, default=None, help=help_text)
+        elif f.type in ("int", "Optional[int]"):
+            parser.add_argument(flag, type=int, default=None, help=help_text)
+        elif f.type == "float":
+            parser.add_argument(flag, type=float, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, default=None, help=help_text)
+
+
+def _config_from_args(args: argparse.Namespace) -> recipes.RunConfig:
+    changes = {}
+    for f in dataclasses.fields(recipes.RunConfig):
+        value = getattr(args, f.name, None)
+        if value is None:
+            continue
+        if f.name == "weights":
+            value = {k: float(v) for k, v in _key_values(value, "--weights").items()}
+        elif f.name == "data_options":
+            value = _key_values(value, "--data-options")
+        changes[f.name] = value
+    return recipes.get(args.recipe, **changes)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from . import train
+
+    cfg = _config_from_args(args)
+    model = args.model or cfg.teacher
+    run_dir = args.run_dir or f"{cfg.run_dir}/teacher"
+    result = train.fit(cfg.replace(student=model, method="student", run_dir=run_dir))
+    print(f"trained {model}: test top-1 {result.final['top1']:.2f}%, top-5 {result.final['top5']:.2f}%; model saved to {result.model_path}")
+    return 0
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from . import train
+
+    results = train.run(_config_from_args(args))
+    for method, result in results.items():
+        print(f"{method}: test top-1 {result.final['top1']:.2f}%, top-5 {result.final['top5']:.2f}%; model saved to {result.model_path}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import checkpoint, data, train
+    from .device import amp_dtype, pick_device
+
+    cfg = _config_from_args(args)
+    bundle = data.load(cfg.data, root=cfg.data_root, image_size=cfg.image_size, **cfg.data_options)
+    model = checkpoint.load_model(args.checkpoint, name=args.model, num_classes=bundle.num_classes)
+    device = pick_device(cfg.device)
+    loader = data.make_loader(bundle.test, cfg.batch_size, train=False, device=device, num_workers=cfg.num_workers)
+    metrics = train.evaluate(model.to(device), loader, device, amp_dtype(device, cfg.amp))
+    print(json.dumps({"checkpoint": args.checkpoint, "data": cfg.data, **metrics}, indent=2))
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from . import data, models, schedules
+
+    print("recipes:   " + ", ".join(recipes.names()))
+    print("models:    " + ", ".join(models.names()))
+    print("data sets: " + ", ".join(data.names()))
+    print("schedules: " + ", ".join(schedules.names()))
+    print("methods:   '+'-joined terms of " + ", ".join(recipes.METHODS))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cdlib",
+        description="Channel Distillation (CD + GKD + EDT): train teachers, distil students, evaluate checkpoints.",
+    )
+    parser.add_argument("--version", action="version", version=f"cdlib {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train a model (a teacher) with cross-entropy")
+    p.add_argument("--model", default=None, help="model to train (default: the recipe's teacher)")
+    _add_recipe_options(p, skip=("student", "method", "teacher_checkpoint", "teacher_pretrained"))
+    p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("distill", help="distil a student from a teacher (trains the teacher first if needed)")
+    _add_recipe_options(p)
+    p.set_defaults(func=_cmd_distill)
+    p = sub.add_parser("evaluate", help="top-1 / top-5 accuracy and loss of a checkpoint on a test set")
+    p.add_argument("checkpoint", help="a model.pt or checkpoint.pt written by cdlib")
+    p.add_argument("--model", default=None, help="model name, if the file does not say")
+    _add_recipe_options(p)
+    p.set_defaults(func=_cmd_evaluate)
+    p = sub.add_parser("list", help="list recipes, models, data sets and schedules")
+    p.set_defaults(func=_cmd_list)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CDLibError as exc:
+        print(f"cdlib: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cdlib: interrupted; rerun the same command with --resume to continue.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
