@@ -47,7 +47,7 @@ HELP = {
     "compile": "compile student and teacher with torch.compile",
     "num_workers": "DataLoader workers (ImageNet; in-memory sets need none)",
     "data_on_device": "keep in-memory data sets on the device and augment there",
-    "run_dir": "folder for checkpoints, metrics and the trained model",
+    "run_dir": "experiment folder: the teacher trains in <run-dir>/teacher, each method in <run-dir>/<method>",
     "resume": "continue from the run folder's checkpoint",
     "progress": "show a progress bar",
     "max_steps_per_epoch": "cap the steps of each epoch (smoke tests)",
@@ -107,7 +107,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _config_from_args(args)
     model = args.model or cfg.teacher
-    run_dir = args.run_dir or f"{cfg.run_dir}/teacher"
+    run_dir = f"{cfg.run_dir}/teacher"
     result = train.fit(cfg.replace(student=model, method="student", run_dir=run_dir))
     print(f"trained {model}: test top-1 {result.final['top1']:.2f}%, top-5 {result.final['top5']:.2f}%; model saved to {result.model_path}")
     return 0

@@ -496,7 +496,8 @@ def _summary_line(row: dict, epochs: int, method: str) -> str:
 
 
 def _slug(method: str) -> str:
-    return method.replace("+", "_")
+    """The sub-folder name of a method: 'cd+gkd+edt' -> 'cd_gkd_edt', 'student' -> 'student'."""
+    return method.strip().replace("+", "_")
 
 
 def _needs_teacher(method: str) -> bool:
@@ -506,9 +507,11 @@ def _needs_teacher(method: str) -> bool:
 def run(cfg: RunConfig) -> Dict[str, RunResult]:
     """Train the teacher if needed, then every method in ``cfg.method`` (','-separated).
 
+    ``cfg.run_dir`` is an experiment folder: each method trains in its own
+    sub-folder ``<run_dir>/<method>`` (``cd+gkd+edt`` -> ``cd_gkd_edt``).
     Without a teacher checkpoint (and without pretrained weights) the teacher
-    is trained first into ``<run_dir>/teacher`` and reused by later calls.
-    With several methods each gets its own sub-folder ``<run_dir>/<method>``.
+    is trained first into ``<run_dir>/teacher`` and reused by every later
+    call with the same run folder — across notebooks too.
     """
     validate(cfg)
     methods = [m.strip() for m in cfg.method.split(",") if m.strip()]
@@ -523,8 +526,7 @@ def run(cfg: RunConfig) -> Dict[str, RunResult]:
         cfg = cfg.replace(teacher_checkpoint=str(teacher_dir / MODEL_FILE))
     results: Dict[str, RunResult] = {}
     for method in methods:
-        run_dir = cfg.run_dir if len(methods) == 1 else str(Path(cfg.run_dir) / _slug(method))
-        results[method] = fit(cfg.replace(method=method, run_dir=run_dir))
+        results[method] = fit(cfg.replace(method=method, run_dir=str(Path(cfg.run_dir) / _slug(method))))
     if is_main and len(methods) > 1:
         print(comparison_table(results, cfg), flush=True)
     return results

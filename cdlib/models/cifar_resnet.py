@@ -119,6 +119,7 @@ CIFAR_ARCHITECTURES = {
     "cifar_resnet50": (Bottleneck, (3, 4, 6, 3), 64),
     "cifar_resnet101": (Bottleneck, (3, 4, 23, 3), 64),
     "cifar_resnet152": (Bottleneck, (3, 8, 36, 3), 64),
+    "cifar_resnet10_w4": (BasicBlock, (1, 1, 1, 1), 4),
     "cifar_resnet10_w8": (BasicBlock, (1, 1, 1, 1), 8),
     "cifar_resnet10_w16": (BasicBlock, (1, 1, 1, 1), 16),
     "cifar_resnet18_w16": (BasicBlock, (2, 2, 2, 2), 16),
