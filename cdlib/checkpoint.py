@@ -4,17 +4,23 @@ Two kinds of file:
 
 * a *model file* (``save_model`` / ``load_model``): one model's weights plus
   its name and class count, so a trained teacher can be reused by name;
-* a *training checkpoint* (``save_training_state`` / ``load_training_state``):
-  everything a run needs to resume — trainable weights, optimizer, LR
-  scheduler, grad scaler, position in the epoch and RNG state.
+* a *training checkpoint* (written by :func:`cdlib.train.fit`): everything a
+  run needs to resume — trainable weights, optimizer, LR scheduler, grad
+  scaler, position in the epoch and RNG state.
+
+Every way a file can be wrong (missing, truncated, random bytes, a pickle
+that would run code, weights of another model) raises
+:class:`~cdlib.errors.CheckpointError` with one sentence, never a traceback
+from deep inside ``torch.load``.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 from torch import nn
@@ -22,7 +28,7 @@ from torch import nn
 from . import models
 from .errors import CheckpointError
 
-__all__ = ["atomic_save", "safe_load", "save_model", "load_model", "load_model_weights", "MODEL_FORMAT"]
+__all__ = ["atomic_save", "safe_load", "save_model", "load_model", "load_model_weights", "MODEL_FORMAT", "TRAINING_FORMAT"]
 
 MODEL_FORMAT = "cdlib-model-v1"
 TRAINING_FORMAT = "cdlib-training-v1"
@@ -46,17 +52,22 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def safe_load(path: str | os.PathLike, what: str = "checkpoint") -> Dict[str, Any]:
+    """The dictionary in a cdlib (or plain PyTorch) checkpoint, loaded with ``weights_only=True``."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{what} {path} does not exist; check the path or train one first.")
+        raise CheckpointError(f"{what} {path} does not exist or is not a file; check the path or train one first.")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of foreign files before refusing them;
+            # the refusal below says everything the user needs.
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated, or holds objects that would run code
         text = str(exc)
-        if "weights_only" in text or "Unsupported global" in text:
-            reason = "it holds Python objects other than tensors, and loading them could run code"
+        if "GLOBAL" in text or "Unsupported global" in text:
+            reason = "it holds Python objects other than tensors, and loading them could run code, so it was refused"
         else:
-            reason = "the file is truncated or is not a PyTorch checkpoint"
+            reason = "the file is truncated or corrupt, or is not a PyTorch checkpoint"
         raise CheckpointError(
             f"{what} {path} is not a readable cdlib checkpoint ({reason}); delete it or point to a file written by cdlib."
         ) from None
@@ -69,40 +80,66 @@ def save_model(model: nn.Module, path: str | os.PathLike, name: str, num_classes
     atomic_save({"format": MODEL_FORMAT, "model": name, "num_classes": num_classes, "state_dict": model.state_dict(), **meta}, path)
 
 
+def _student_state(obj: Mapping[str, Any], path: Path, what: str) -> Dict[str, torch.Tensor]:
+    """The student's weights inside a training checkpoint (its keys carry a ``student.`` prefix)."""
+    trainable = obj.get("trainable")
+    if not isinstance(trainable, Mapping):
+        raise CheckpointError(f"{what} {path} is a training checkpoint without its weights; it is damaged, train again.")
+    return {k[len("student."):]: v for k, v in trainable.items() if isinstance(k, str) and k.startswith("student.")}
+
+
 def load_model_weights(model: nn.Module, path: str | os.PathLike, name: str, what: str = "checkpoint") -> nn.Module:
     """Load a model file into ``model`` (built as ``name``), with a clear error on any mismatch.
 
-    A plain state dict (e.g. torchvision's) is accepted too.
+    A training checkpoint (its student) and a plain state dict (e.g. torchvision's) are accepted too.
     """
-    obj = safe_load(path, what)
+    path = Path(path)
+    return _load_into(model, safe_load(path, what), path, name, what)
+
+
+def _load_into(model: nn.Module, obj: Mapping[str, Any], path: Path, name: str, what: str) -> nn.Module:
+    expected_classes = getattr(model, "num_classes", None)
     if obj.get("format") == MODEL_FORMAT:
         saved_name, saved_classes = obj.get("model"), obj.get("num_classes")
-        if saved_name != name or saved_classes != getattr(model, "num_classes", saved_classes):
+        if saved_name != name or (expected_classes is not None and saved_classes != expected_classes):
             raise CheckpointError(
                 f"{what} {path} holds a {saved_name} with {saved_classes} classes, but a {name} with "
-                f"{getattr(model, 'num_classes', '?')} classes was asked for; pass the matching model name or checkpoint."
+                f"{expected_classes if expected_classes is not None else '?'} classes was asked for; "
+                "pass the matching model name or checkpoint."
             )
-        state = obj["state_dict"]
+        state = obj.get("state_dict")
     elif obj.get("format") == TRAINING_FORMAT:
-        state = {k[len("student."):]: v for k, v in obj["trainable"].items() if k.startswith("student.")}
+        saved_name = (obj.get("config") or {}).get("student")
+        if saved_name is not None and saved_name != name:
+            raise CheckpointError(
+                f"{what} {path} is a training checkpoint of a {saved_name}, but a {name} was asked for; "
+                "pass the matching model name or checkpoint."
+            )
+        state = _student_state(obj, path, what)
     else:
         state = obj.get("state_dict", obj)
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{what} {path} holds no tensor weights (state_dict); it is not a model checkpoint.")
     try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0][:200]
+        model.load_state_dict(dict(state))
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{what} {path} does not fit a {name}: {first}; pass the checkpoint of a {name}.") from None
     return model
 
 
 def load_model(path: str | os.PathLike, name: Optional[str] = None, num_classes: Optional[int] = None) -> nn.Module:
-    """Build and load the model a model file describes (name and classes from the file)."""
+    """Build and load the model a model file describes (name and classes from the file).
+
+    ``name`` and ``num_classes`` are needed only for files that do not say
+    (a plain state dict); a training checkpoint's student loads too.
+    """
     obj = safe_load(path, "model file")
     if obj.get("format") == TRAINING_FORMAT:
-        name = name or obj.get("config", {}).get("student")
+        name = name or (obj.get("config") or {}).get("student")
     name = name or obj.get("model")
     num_classes = num_classes or obj.get("num_classes")
     if name is None or num_classes is None:
-        raise CheckpointError(f"{path} does not say which model it holds; pass name= and num_classes=.")
+        raise CheckpointError(f"{path} does not say which model it holds; pass name= and num_classes= (CLI: --model).")
     model = models.create(name, num_classes=num_classes)
-    return load_model_weights(model, path, name, "model file")
+    return _load_into(model, obj, Path(path), name, "model file")

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Dict, List, Optional
 
 from . import __version__, recipes
@@ -23,8 +25,8 @@ HELP = {
     "download": "download CIFAR-100 into --data-root if it is missing",
     "image_size": "image side in pixels (digits/synthetic: resize, default 16; ImageNet: crop, default 224)",
     "data_options": "extra data-set options as key=value, e.g. train_per_class=40 (digits)",
-    "student": "student model name (see `cdlib models`)",
-    "teacher": "teacher model name",
+    "student": "student model name (see `cdlib list`)",
+    "teacher": "teacher model name (`cdlib train`: the model trained unless --model is given)",
     "teacher_checkpoint": "teacher weights (a model.pt from `cdlib train`); without it, distill trains the teacher first",
     "teacher_pretrained": "use torchvision's pretrained ImageNet weights for the teacher",
     "method": "'+'-joined loss terms of ce, kd, gkd, cd, at, fitnets, edt ('student' = ce only); ',' separates methods to compare",
@@ -54,17 +56,35 @@ HELP = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in the same one line as every other input error."""
+
+    def error(self, message: str):
+        self.exit(2, f"cdlib: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _key_values(items: Optional[List[str]], option: str) -> Dict[str, object]:
+    """KEY=VALUE words -> dict; values are read as JSON (numbers, true/false) where they parse."""
     out: Dict[str, object] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip() or not value.strip():
             raise ConfigError(f"{option} takes key=value pairs, got {item!r}.")
         try:
-            out[key] = json.loads(value)
+            out[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
-            out[key] = value
+            out[key.strip()] = value
     return out
+
+
+def _weights(items: List[str]) -> Dict[str, float]:
+    weights = {}
+    for term, value in _key_values(items, "--weights").items():
+        try:
+            weights[term] = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"--weights {term}={value!r}: a weight must be a number, e.g. {term}=0.5.") from None
+    return weights
 
 
 def _add_recipe_options(parser: argparse.ArgumentParser, skip: tuple = ()) -> None:
@@ -95,11 +115,16 @@ def _config_from_args(args: argparse.Namespace) -> recipes.RunConfig:
         if value is None:
             continue
         if f.name == "weights":
-            value = {k: float(v) for k, v in _key_values(value, "--weights").items()}
+            value = _weights(value)
         elif f.name == "data_options":
             value = _key_values(value, "--data-options")
         changes[f.name] = value
     return recipes.get(args.recipe, **changes)
+
+
+def _is_main_process() -> bool:
+    # Under torchrun every process runs the command; one of them reports.
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -107,9 +132,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _config_from_args(args)
     model = args.model or cfg.teacher
-    run_dir = f"{cfg.run_dir}/teacher"
-    result = train.fit(cfg.replace(student=model, method="student", run_dir=run_dir))
-    print(f"trained {model}: test top-1 {result.final['top1']:.2f}%, top-5 {result.final['top5']:.2f}%; model saved to {result.model_path}")
+    # The recipe's teacher goes where `cdlib distill` looks for it; any other model beside it.
+    run_dir = Path(cfg.run_dir) / ("teacher" if model == cfg.teacher else model)
+    result = train.fit(cfg.replace(student=model, method="student", run_dir=str(run_dir)))
+    if _is_main_process():
+        print(f"trained {model}: test top-1 {result.final['top1']:.2f}%, top-5 {result.final['top5']:.2f}%; "
+              f"model saved to {result.model_path}")
     return 0
 
 
@@ -117,8 +145,10 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     from . import train
 
     results = train.run(_config_from_args(args))
-    for method, result in results.items():
-        print(f"{method}: test top-1 {result.final['top1']:.2f}%, top-5 {result.final['top5']:.2f}%; model saved to {result.model_path}")
+    if _is_main_process():
+        for method, result in results.items():
+            print(f"{method}: test top-1 {result.final['top1']:.2f}%, top-5 {result.final['top5']:.2f}%; "
+                  f"model saved to {result.model_path}")
     return 0
 
 
@@ -127,10 +157,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .device import amp_dtype, pick_device
 
     cfg = _config_from_args(args)
-    bundle = data.load(cfg.data, root=cfg.data_root, image_size=cfg.image_size, **cfg.data_options)
+    bundle = train.load_data(cfg)
     model = checkpoint.load_model(args.checkpoint, name=args.model, num_classes=bundle.num_classes)
     device = pick_device(cfg.device)
-    loader = data.make_loader(bundle.test, cfg.batch_size, train=False, device=device, num_workers=cfg.num_workers)
+    loader = data.make_loader(bundle.test, cfg.batch_size, train=False, device=device, num_workers=cfg.num_workers,
+                              on_device=cfg.data_on_device)
     metrics = train.evaluate(model.to(device), loader, device, amp_dtype(device, cfg.amp))
     print(json.dumps({"checkpoint": args.checkpoint, "data": cfg.data, **metrics}, indent=2))
     return 0
@@ -148,14 +179,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cdlib",
         description="Channel Distillation (CD + GKD + EDT): train teachers, distil students, evaluate checkpoints.",
     )
     parser.add_argument("--version", action="version", version=f"cdlib {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a model (a teacher) with cross-entropy")
-    p.add_argument("--model", default=None, help="model to train (default: the recipe's teacher)")
+    p.add_argument("--model", default=None,
+                   help="model to train (default: the recipe's teacher, into <run-dir>/teacher; another model goes "
+                        "into <run-dir>/<model>)")
     _add_recipe_options(p, skip=("student", "method", "teacher_checkpoint", "teacher_pretrained"))
     p.set_defaults(func=_cmd_train)
     p = sub.add_parser("distill", help="distil a student from a teacher (trains the teacher first if needed)")
@@ -182,6 +215,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("cdlib: interrupted; rerun the same command with --resume to continue.", file=sys.stderr)
         return 130
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, leave the process group cleanly (torch warns at exit otherwise)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

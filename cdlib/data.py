@@ -240,10 +240,14 @@ def make_loader(
     if isinstance(dataset, TensorImageSet) and on_device:
         return DeviceLoader(dataset, batch_size, train, device=device, seed=seed, rank=rank, world_size=world_size)
     sampler = None
-    if world_size > 1:
+    if world_size > 1 and train:
         from torch.utils.data.distributed import DistributedSampler
 
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train)
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    elif world_size > 1:
+        # Evaluation: disjoint shards, none padded with repeats (DistributedSampler's
+        # padding would count some test images twice in the combined accuracy).
+        sampler = range(rank, len(dataset), world_size)
     g = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,

@@ -26,6 +26,11 @@ def pick_device(preference: str = "auto") -> torch.device:
         raise ConfigError(f"unknown device {preference!r}; use auto, cpu, cuda, cuda:N or mps.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {preference!r} asked for, but this machine has no CUDA GPU; use --device cpu or auto.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {preference!r} asked for, but this machine has {torch.cuda.device_count()} GPU(s); "
+                          "use cuda:0 up to the last one, or auto.")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise ConfigError(f"device {preference!r} asked for, but Apple's MPS is not available here; use --device cpu or auto.")
     return device
 
 

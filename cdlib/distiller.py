@@ -102,7 +102,11 @@ class Distiller(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
 
     def load_trainable_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        missing, unexpected = self.load_state_dict(dict(state), strict=False)
+        """Load what :meth:`trainable_state_dict` saved; the teacher keeps its own weights."""
+        try:
+            missing, unexpected = self.load_state_dict(dict(state), strict=False)
+        except RuntimeError as exc:  # tensors of the wrong shape: another model or connector layout
+            raise ConfigError(f"checkpoint does not match this distiller: {str(exc).strip().splitlines()[-1][:200]}") from None
         missing = [k for k in missing if not k.startswith("teacher.")]
         if missing or unexpected:
             raise ConfigError(

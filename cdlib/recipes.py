@@ -10,6 +10,7 @@ about a minute. Every field can be overridden: ``get("demo", epochs=5)``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
@@ -137,8 +138,14 @@ def override(cfg: RunConfig, **changes) -> RunConfig:
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; valid settings are {', '.join(sorted(known))}.")
     if "lr_milestones" in changes and changes["lr_milestones"] is not None:
-        changes["lr_milestones"] = tuple(int(m) for m in changes["lr_milestones"])
+        try:
+            changes["lr_milestones"] = tuple(int(m) for m in changes["lr_milestones"])
+        except (TypeError, ValueError):
+            raise ConfigError(f"lr_milestones must be a list of epoch numbers, got {changes['lr_milestones']!r}.") from None
     if "weights" in changes and changes["weights"] is not None:
+        if not isinstance(changes["weights"], dict):
+            raise ConfigError(f"weights must be a dict of loss term -> weight, got {changes['weights']!r}.")
+        # Only the named terms change; the recipe's other weights stay.
         changes["weights"] = {**cfg.weights, **changes["weights"]}
     new = dataclasses.replace(cfg, **changes)
     validate(new)
@@ -146,26 +153,52 @@ def override(cfg: RunConfig, **changes) -> RunConfig:
 
 
 def validate(cfg: RunConfig) -> None:
-    for method in cfg.method.split(","):
+    """Check every setting that can be checked without data or a GPU, so a typo
+    fails in a second instead of after the teacher has trained for an hour."""
+    methods = [m for m in cfg.method.split(",") if m.strip()]
+    if not methods:
+        raise ConfigError(f"method {cfg.method!r} names no method; e.g. 'kd' or 'student,kd,cd+gkd+edt'.")
+    for method in methods:
         parse_method(method)
     if cfg.epochs < 1:
         raise ConfigError(f"epochs must be at least 1, got {cfg.epochs}.")
     if cfg.batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {cfg.batch_size}.")
-    if cfg.lr <= 0:
-        raise ConfigError(f"learning rate must be positive, got {cfg.lr}.")
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise ConfigError(f"learning rate must be a positive number, got {cfg.lr}.")
+    for name in ("momentum", "weight_decay"):
+        if not (getattr(cfg, name) >= 0 and math.isfinite(getattr(cfg, name))):
+            raise ConfigError(f"{name} must be a non-negative number, got {getattr(cfg, name)}.")
+    if not cfg.lr_gamma > 0:
+        raise ConfigError(f"lr_gamma must be positive, got {cfg.lr_gamma}.")
+    for name in ("kd_temperature", "gkd_temperature"):
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(f"{name} must be positive, got {getattr(cfg, name)}.")
+    if cfg.max_steps_per_epoch is not None and cfg.max_steps_per_epoch < 1:
+        raise ConfigError(f"max_steps_per_epoch must be at least 1 (or None for whole epochs), got {cfg.max_steps_per_epoch}.")
+    if cfg.num_workers < 0:
+        raise ConfigError(f"num_workers must be 0 or more, got {cfg.num_workers}.")
+    if cfg.image_size is not None and cfg.image_size < 1:
+        raise ConfigError(f"image_size must be a positive number of pixels, got {cfg.image_size}.")
     if cfg.amp not in ("auto", "bf16", "fp16", "off"):
         raise ConfigError(f"amp must be one of auto, bf16, fp16, off; got {cfg.amp!r}.")
-    from . import data, models
+    if not isinstance(cfg.data_options, dict):
+        raise ConfigError(f"data_options must be a dict of keyword arguments for cdlib.data.load, got {cfg.data_options!r}.")
+    from . import data, models, schedules
 
     for role in ("student", "teacher"):
         if getattr(cfg, role) not in models.names():
             raise ConfigError(f"unknown {role} model {getattr(cfg, role)!r}; choose one of {', '.join(models.names())}.")
     if cfg.data not in data.names():
         raise ConfigError(f"unknown data set {cfg.data!r}; choose one of {', '.join(data.names())}.")
+    if cfg.schedule not in schedules.names():
+        raise ConfigError(f"unknown EDT schedule {cfg.schedule!r}; choose one of {', '.join(schedules.names())}.")
     unknown_weights = sorted(set(cfg.weights) - set(LOSS_TERMS))
     if unknown_weights:
         raise ConfigError(f"unknown loss weight(s) {unknown_weights}; weights exist for {', '.join(LOSS_TERMS)}.")
+    bad_weights = {t: w for t, w in cfg.weights.items() if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0)}
+    if bad_weights:
+        raise ConfigError(f"loss weights must be finite numbers >= 0, got {bad_weights}.")
 
 
 def get(name: str, **overrides) -> RunConfig:

@@ -16,6 +16,7 @@ EXPECTED_CHANNELS = {
     "cifar_resnet50": (256, 512, 1024, 2048),
     "cifar_resnet101": (256, 512, 1024, 2048),
     "cifar_resnet152": (256, 512, 1024, 2048),
+    "cifar_resnet10_w4": (4, 8, 16, 32),
     "cifar_resnet10_w8": (8, 16, 32, 64),
     "cifar_resnet10_w16": (16, 32, 64, 128),
     "cifar_resnet18_w16": (16, 32, 64, 128),

@@ -1,0 +1,314 @@
+"""cdlib.train: run files, reloading, EDT weights, teacher reuse, exact resume, divergence and Ctrl-C.
+
+Every run is tiny (synthetic 8x8 images, 4-channel ResNet-10 student, a few steps) so
+the whole file runs in well under a minute on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import cdlib.losses
+from cdlib import checkpoint, recipes, schedules, train
+from cdlib.errors import CheckpointError, ConfigError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on a small shared CPU: a second intra-op thread mostly waits for a busy
+    core (10x slower steps measured here), so these tests run single-threaded."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny(tmp_path: Path, name: str = "run", **overrides) -> recipes.RunConfig:
+    settings = dict(
+        data="synthetic",
+        data_root=None,
+        data_options={"num_classes": 4, "train_per_class": 12, "test_per_class": 6},
+        image_size=8,
+        student="cifar_resnet10_w4",
+        teacher="cifar_resnet10_w8",
+        method="student",
+        epochs=2,
+        batch_size=8,
+        lr=0.05,
+        lr_milestones=(2,),
+        max_steps_per_epoch=4,
+        device="cpu",
+        num_workers=0,
+        progress=False,
+        run_dir=str(tmp_path / name),
+    )
+    settings.update(overrides)
+    return recipes.get("demo", **settings)
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory) -> str:
+    """A trained (briefly) cifar_resnet10_w8 for the 4-class synthetic set."""
+    folder = tmp_path_factory.mktemp("teacher")
+    result = train.fit(tiny(folder, student="cifar_resnet10_w8", epochs=1, max_steps_per_epoch=6))
+    return str(result.model_path)
+
+
+def _model_state(path) -> dict:
+    return checkpoint.safe_load(path)["state_dict"]
+
+
+# --------------------------------------------------------------------------- run files
+
+
+def test_a_run_writes_its_files_and_model_pt_reproduces_the_reported_accuracy(tmp_path, capsys):
+    cfg = tiny(tmp_path)
+    result = train.fit(cfg)
+    run_dir = Path(cfg.run_dir)
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "model.pt"):
+        assert (run_dir / name).is_file(), name
+    assert json.loads((run_dir / "config.json").read_text())["student"] == "cifar_resnet10_w4"
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == cfg.epochs
+    rows = [json.loads(line) for line in lines]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for row in rows:
+        assert {"test_top1", "test_top5", "test_loss", "train_loss", "train_top1", "lr", "loss_ce", "w_ce"} <= set(row)
+    assert rows[0]["lr"] == rows[1]["lr"] == pytest.approx(0.05)  # the milestone (2) applies from epoch 3
+    assert result.final["top1"] == rows[-1]["test_top1"]
+    assert capsys.readouterr().out.count("[student] epoch") == 2
+
+    model = checkpoint.load_model(run_dir / "model.pt")
+    bundle = train.load_data(cfg)
+    loader = cdlib.data.make_loader(bundle.test, 7, train=False, on_device=False, num_workers=0)  # another batching
+    again = train.evaluate(model, loader, torch.device("cpu"))
+    assert again["top1"] == pytest.approx(rows[-1]["test_top1"], abs=1e-9)
+    assert again["loss"] == pytest.approx(rows[-1]["test_loss"], rel=1e-5)
+    # An independent count of the same accuracy.
+    images = torch.stack([bundle.test[i][0] for i in range(len(bundle.test))])
+    labels = torch.tensor([bundle.test[i][1] for i in range(len(bundle.test))])
+    with torch.no_grad():
+        by_hand = 100.0 * (model.eval()(images).argmax(1) == labels).float().mean().item()
+    assert by_hand == pytest.approx(rows[-1]["test_top1"], abs=1e-4)
+    # The training checkpoint's student is the same model.
+    from_checkpoint = checkpoint.load_model(run_dir / "checkpoint.pt")
+    for key, value in model.state_dict().items():
+        assert torch.equal(from_checkpoint.state_dict()[key], value)
+
+
+def test_lr_schedule_and_edt_weights_follow_their_schedules(tmp_path, teacher_file):
+    cfg = tiny(tmp_path, method="cd+gkd+edt", schedule="paper-cifar100", epochs=3, max_steps_per_epoch=2,
+               teacher_checkpoint=teacher_file, lr_milestones=(2,), lr_gamma=0.5)
+    rows = train.fit(cfg).metrics
+    schedule = schedules.get("paper-cifar100", epochs=3)
+    for row in rows:
+        expected = schedule(row["epoch"])
+        assert row["w_cd"] == expected["cd"] and row["w_ce"] == expected["ce"] and row["w_gkd"] == expected["gkd"]
+        if expected["ce"] == 0:
+            assert row["loss_ce"] == 0.0 and row["loss_gkd"] == 0.0, "a zero-weighted term contributes nothing"
+    # The staircase by hand: 3 epochs scale the paper's milestones (60, 160 of 200) to epochs 1 and 2,
+    # and its CE/GKD warm-up (60 epochs) to epoch 1.
+    assert [r["w_cd"] for r in rows] == pytest.approx([6 * 0.9, 6 * 0.9**2, 6 * 0.9**2])
+    assert [r["w_ce"] for r in rows] == [0.0, 1.0, 1.0]
+    assert [r["lr"] for r in rows] == pytest.approx([0.05, 0.05, 0.025])  # x0.5 after epoch 2
+
+
+def test_bf16_autocast_trains_and_saves_float32_weights(tmp_path, teacher_file):
+    # The GPU default precision, exercised on the CPU: autocast around student and teacher,
+    # losses computed in float32, weights kept (and saved) in float32.
+    cfg = tiny(tmp_path, method="kd+cd", amp="bf16", epochs=1, max_steps_per_epoch=2, teacher_checkpoint=teacher_file)
+    row = train.fit(cfg).metrics[0]
+    assert all(math.isfinite(row[k]) for k in ("train_loss", "loss_kd", "loss_cd", "test_loss"))
+    state = _model_state(Path(cfg.run_dir) / "model.pt")
+    assert {v.dtype for v in state.values()} <= {torch.float32, torch.int64}
+
+
+# --------------------------------------------------------------------------- the teacher
+
+
+def test_run_trains_the_teacher_once_and_reuses_it(tmp_path, capsys):
+    cfg = tiny(tmp_path, method="kd", epochs=1, max_steps_per_epoch=2)
+    first = train.run(cfg)
+    teacher_model = Path(cfg.run_dir) / "teacher" / "model.pt"
+    assert teacher_model.is_file()
+    assert "training the teacher" in capsys.readouterr().out
+    stamp = teacher_model.stat().st_mtime_ns
+    assert first["kd"].teacher_metrics is not None
+
+    second = train.run(cfg.replace(method="cd"))
+    out = capsys.readouterr().out
+    assert "training the teacher" not in out and "[student]" not in out
+    assert teacher_model.stat().st_mtime_ns == stamp
+    assert second["cd"].teacher_metrics == pytest.approx(first["kd"].teacher_metrics)
+
+    # A teacher trained for other data is not silently reused.
+    with pytest.raises(ConfigError, match="trained with other settings.*image_size"):
+        train.run(cfg.replace(method="at", image_size=16))
+
+
+def test_fit_refuses_a_teacher_checkpoint_of_another_model_or_class_count(tmp_path, teacher_file):
+    with pytest.raises(CheckpointError, match="cifar_resnet10_w8 with 4 classes.*cifar_resnet18_w16"):
+        train.fit(tiny(tmp_path, "a", method="kd", teacher="cifar_resnet18_w16", teacher_checkpoint=teacher_file))
+    options = {"num_classes": 3, "train_per_class": 12, "test_per_class": 6}
+    with pytest.raises(CheckpointError, match="4 classes.*3 classes"):
+        train.fit(tiny(tmp_path, "b", method="kd", data_options=options, teacher_checkpoint=teacher_file))
+    with pytest.raises(ConfigError, match="needs a trained teacher"):
+        train.fit(tiny(tmp_path, "c", method="kd"))
+
+
+# --------------------------------------------------------------------------- resume
+
+
+class _StopAt:
+    def __init__(self, epoch: int, step: int) -> None:
+        self.at = (epoch, step)
+
+    def __call__(self, epoch: int, step: int) -> None:
+        if (epoch, step) == self.at:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    "stop_at, on_device",
+    [((2, 3), True), ((1, 5), True), ((2, 2), False)],
+    ids=["mid-epoch", "epoch-boundary", "mid-epoch-dataloader"],
+)
+def test_an_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, teacher_file, stop_at, on_device):
+    common = dict(method="cd+gkd+edt", epochs=3, max_steps_per_epoch=5, teacher_checkpoint=teacher_file,
+                  data_on_device=on_device)
+    straight = train.fit(tiny(tmp_path, "straight", **common))
+
+    cfg = tiny(tmp_path, "interrupted", **common)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(cfg, on_step=_StopAt(*stop_at))
+    saved = checkpoint.safe_load(Path(cfg.run_dir) / "checkpoint.pt")
+    assert (saved["epoch"], saved["step"]) == stop_at
+    assert not (Path(cfg.run_dir) / "model.pt").exists()
+    resumed = train.fit(cfg.replace(resume=True))
+
+    assert len(resumed.metrics) == len(straight.metrics) == 3
+    for a, b in zip(straight.metrics, resumed.metrics):
+        assert a["test_top1"] == b["test_top1"]
+        assert a["test_loss"] == pytest.approx(b["test_loss"], abs=1e-9)
+        for key in ("train_loss", "loss_ce", "loss_cd", "loss_gkd", "train_top1"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    a_state = _model_state(straight.model_path)
+    b_state = _model_state(resumed.model_path)
+    assert a_state.keys() == b_state.keys()
+    for key in a_state:
+        assert torch.equal(a_state[key], b_state[key]), f"{key} differs after resuming"
+
+
+def test_resume_guards(tmp_path, teacher_file):
+    cfg = tiny(tmp_path, epochs=1, max_steps_per_epoch=2)
+    train.fit(cfg)
+    with pytest.raises(ConfigError, match="already holds a checkpoint"):
+        train.fit(cfg)
+    with pytest.raises(ConfigError, match=r"student: 'cifar_resnet10_w4' -> 'cifar_resnet10_w8'"):
+        train.fit(cfg.replace(resume=True, student="cifar_resnet10_w8"))
+    with pytest.raises(ConfigError, match=r"method: 'student' -> 'kd'"):
+        train.fit(cfg.replace(resume=True, method="kd", teacher_checkpoint=teacher_file))
+    with pytest.raises(ConfigError, match=r"lr: 0.05 -> 0.1"):
+        train.fit(cfg.replace(resume=True, lr=0.1))
+    # Machinery may change: a finished run resumes to the same result.
+    again = train.fit(cfg.replace(resume=True, data_on_device=False))
+    assert len(again.metrics) == 1
+
+    (Path(cfg.run_dir) / "checkpoint.pt").write_bytes(os.urandom(256))
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        train.fit(cfg.replace(resume=True))
+
+
+# --------------------------------------------------------------------------- divergence
+
+
+def test_a_non_finite_loss_stops_training_without_saving_the_bad_state(tmp_path, teacher_file, monkeypatch):
+    cfg = tiny(tmp_path, method="kd", epochs=3, max_steps_per_epoch=3, teacher_checkpoint=teacher_file)
+    checkpoint_path = Path(cfg.run_dir) / "checkpoint.pt"
+    real_kd_loss = cdlib.losses.kd_loss
+    calls = []
+
+    def kd_loss_that_blows_up_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        value = real_kd_loss(*args, **kwargs)
+        return value * float("nan") if len(calls) > 3 else value
+
+    monkeypatch.setattr(cdlib.losses, "kd_loss", kd_loss_that_blows_up_in_epoch_2)
+    after_epoch_1 = {}
+
+    def remember_checkpoint(epoch, step):
+        if (epoch, step) == (2, 1):
+            after_epoch_1["bytes"] = checkpoint_path.read_bytes()
+
+    with pytest.raises(train.TrainingDiverged, match=r"loss term 'kd' became non-finite.*at step 1 of epoch 2 \(then also 'ce'\).*end of epoch 1"):
+        train.fit(cfg, on_step=remember_checkpoint)
+    assert checkpoint_path.read_bytes() == after_epoch_1["bytes"], "the diverged state must not overwrite the checkpoint"
+    saved = checkpoint.safe_load(checkpoint_path)
+    assert (saved["epoch"], saved["step"]) == (2, 0)
+    assert all(math.isfinite(v.float().sum().item()) for v in saved["trainable"].values())
+    checkpoint.load_model(checkpoint_path)  # loadable as a model too
+    assert len(train.read_metrics(cfg.run_dir)) == 1
+    assert not (Path(cfg.run_dir) / "model.pt").exists()
+
+
+def test_a_huge_learning_rate_diverges_with_a_clear_error(tmp_path):
+    with pytest.raises(train.TrainingDiverged, match="loss term 'ce' became non-finite"):
+        train.fit(tiny(tmp_path, lr=1e12, momentum=0.0, epochs=1, max_steps_per_epoch=4))
+
+
+def test_non_finite_or_negative_weights_are_rejected_up_front(tmp_path):
+    with pytest.raises(ConfigError, match="finite numbers >= 0"):
+        tiny(tmp_path, weights={"kd": float("inf")})
+    with pytest.raises(ConfigError, match="finite numbers >= 0"):
+        tiny(tmp_path, weights={"cd": -1.0})
+
+
+def test_bad_data_options_and_oversized_batches_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="data options .*bogus"):
+        train.fit(tiny(tmp_path, data_options={"bogus": 1}))
+    with pytest.raises(ConfigError, match="batch size 100 is larger than the 48 training images"):
+        train.fit(tiny(tmp_path, batch_size=100))
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+
+def test_sigint_saves_a_resumable_checkpoint_and_exits_130(tmp_path):
+    run_dir = tmp_path / "sigint"
+    command = [sys.executable, "-m", "cdlib", "train", "--recipe", "demo", "--model", "cifar_resnet10_w4",
+               "--data", "synthetic", "--data-options", "num_classes=4", "train_per_class=100", "test_per_class=5",
+               "--image-size", "8", "--batch-size", "8", "--epochs", "4", "--lr-milestones", "--device", "cpu",
+               "--no-progress", "--run-dir", str(run_dir)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if "epoch   1/4" in line:
+            process.send_signal(signal.SIGINT)
+            break
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, (lines, out, err)
+    assert "Traceback" not in err
+    # The signal lands early in epoch 2 (state saved after the current step) or, on a slow
+    # machine, before it starts (the end-of-epoch-1 state is already saved).
+    assert re.search(r"interrupted (in|before) epoch 2", out) and "--resume" in err, out
+    model_dir = run_dir / "cifar_resnet10_w4"
+    saved = checkpoint.safe_load(model_dir / "checkpoint.pt")
+    assert saved["epoch"] == 2
+    assert len(train.read_metrics(model_dir)) == 1
+
+    finished = subprocess.run(command + ["--resume"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert [r["epoch"] for r in train.read_metrics(model_dir)] == [1, 2, 3, 4]
+    assert (model_dir / "model.pt").is_file()
