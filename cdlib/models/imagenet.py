@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import List, Tuple, Union
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models.feature_extraction import create_feature_extractor
+
+# torchvision is imported where it is used: importing it costs seconds, and most
+# runs (CIFAR, digits) never touch an ImageNet model.
 
 _STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -29,6 +30,8 @@ class TorchvisionResNet(nn.Module):
 
     def __init__(self, net: nn.Module, stage_channels: Tuple[int, ...], num_classes: int) -> None:
         super().__init__()
+        from torchvision.models.feature_extraction import create_feature_extractor
+
         nodes = {stage: stage for stage in _STAGES}
         nodes["fc"] = "logits"
         self.body = create_feature_extractor(net, return_nodes=nodes)
@@ -45,6 +48,8 @@ class TorchvisionResNet(nn.Module):
 
 
 def build(name: str, num_classes: int = 1000, pretrained: bool = False) -> TorchvisionResNet:
+    import torchvision
+
     constructor, weights_enum, channels = IMAGENET_ARCHITECTURES[name]
     weights = getattr(torchvision.models, weights_enum).DEFAULT if pretrained else None
     if pretrained and num_classes != 1000:
