@@ -49,7 +49,10 @@ def amp_dtype(device: torch.device, preference: str = "auto") -> Optional[torch.
             raise ConfigError("fp16 autocast is for GPUs; use --amp bf16 or --amp off on a CPU.")
         return torch.float16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # is_bf16_supported() is also True where bf16 is only emulated (e.g. Colab's
+        # T4): bf16 tensor cores arrive with compute capability 8 (Ampere).
+        major, _ = torch.cuda.get_device_capability(device)
+        return torch.bfloat16 if major >= 8 else torch.float16
     return None
 
 

@@ -1,0 +1,346 @@
+"""cdlib.bench: the benchmark machinery gives sane, internally consistent numbers.
+
+No timing assertions: the machine is shared and noisy. What is checked: FLOP
+counts against hand computations, that the reference-style step really does
+what the reference did (teacher in train mode, zero-weight losses computed),
+that ours does not, and that a tiny end-to-end run yields a complete,
+self-consistent result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from cdlib import bench, models
+from cdlib.connectors import build_connectors
+from cdlib.distiller import Distiller
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_TEACHER, TINY_STUDENT = "cifar_resnet10_w8", "cifar_resnet10_w4"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP
+    threads waiting for each other make every step many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ FLOPs
+
+
+def test_conv_flops_match_hand_count():
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    x = torch.randn(1, 3, 8, 8)
+    # 2 FLOPs per multiply-add; each of the 8 x 8 x 8 outputs takes 3 x 3 x 3 of them.
+    assert bench.count_flops(lambda: conv(x)) == 2 * 3 * 3 * 3 * 8 * 8 * 8 == 27648
+
+
+def _conv_and_linear_flops_by_hand(model: nn.Module, x: torch.Tensor) -> int:
+    """2 x multiply-adds of every Conv2d / Linear, from output shapes seen by hooks."""
+    total = 0
+
+    def conv_hook(module, inputs, output):
+        nonlocal total
+        kh, kw = module.kernel_size
+        total += 2 * output.numel() * (module.in_channels // module.groups) * kh * kw
+
+    def linear_hook(module, inputs, output):
+        nonlocal total
+        total += 2 * output.numel() * module.in_features
+
+    handles = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    handles += [m.register_forward_hook(linear_hook) for m in model.modules() if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return total
+
+
+def test_small_model_forward_flops_match_hand_count():
+    model = models.create(TINY_STUDENT, num_classes=10).eval()
+    x = torch.randn(2, 3, 16, 16)
+    by_hand = _conv_and_linear_flops_by_hand(model, x)
+    assert by_hand > 0
+    with torch.no_grad():
+        assert bench.count_flops(lambda: model(x)) == by_hand
+
+
+def test_step_flops_are_consistent():
+    flops = bench.count_step_flops(TINY_TEACHER, TINY_STUDENT, batch_size=4)
+    step = flops["per_step"]
+    parts = step["teacher_forward"] + step["student_forward"] + step["student_backward_and_connectors"]
+    assert parts == step["total"]
+    teacher = models.create(TINY_TEACHER).eval()
+    student = models.create(TINY_STUDENT).eval()
+    x = torch.randn(4, 3, 32, 32)
+    assert step["teacher_forward"] == _conv_and_linear_flops_by_hand(teacher, x)
+    assert step["student_forward"] == _conv_and_linear_flops_by_hand(student, x)
+    # Backward costs about twice the forward (the first conv needs no input gradient).
+    assert step["student_forward"] < step["student_backward_and_connectors"] < 4 * step["student_forward"]
+    # Training the teacher: its forward plus a backward of about twice that.
+    assert 2 * step["teacher_forward"] < flops["teacher_training_per_image"] * 4 <= 3 * step["teacher_forward"]
+    # FLOPs grow linearly with the batch.
+    double = bench.count_step_flops(TINY_TEACHER, TINY_STUDENT, batch_size=8)
+    assert double["per_step"]["total"] == 2 * step["total"]
+    assert double["per_image"] == flops["per_image"]
+
+
+def test_paper_pair_flops_are_in_the_expected_range():
+    # Independent order of magnitude: ImageNet ResNet152 is ~11.5 GMAC at 224 px with
+    # 56x56 maps in stage 1; the CIFAR stem keeps 32x32 there, (32/56)^2 of the work.
+    with torch.device("meta"):  # nothing is computed: the count is free
+        teacher = models.create("cifar_resnet152")
+        x = torch.empty(1, 3, 32, 32)
+    with torch.no_grad():
+        teacher_gflops = bench.count_flops(lambda: teacher(x)) / 1e9
+    assert 2 * 11.5 * (32 / 56) ** 2 * 0.8 < teacher_gflops < 2 * 11.5 * (32 / 56) ** 2 * 1.2
+
+
+# ------------------------------------------------------- peaks, projection
+
+
+@pytest.mark.parametrize(
+    "name, key",
+    [
+        ("NVIDIA H100 80GB HBM3", "H100 SXM"),
+        ("NVIDIA H100 PCIe", "H100 PCIe"),
+        ("NVIDIA H200", "H200"),
+        ("NVIDIA A100-SXM4-80GB", "A100"),
+        ("NVIDIA L4", "L4"),
+        ("NVIDIA L40S", None),
+        ("Tesla T4", "T4"),
+        ("Tesla V100-SXM2-16GB", "V100 SXM2"),
+        ("Tesla V100-PCIE-32GB", "V100 PCIe"),
+        ("NVIDIA GeForce RTX 4090", None),
+    ],
+)
+def test_gpu_names_map_to_peak_table(name, key):
+    assert bench.gpu_model_key(name) == key
+    if key is not None:
+        assert key in bench.PEAK_DENSE_TFLOPS
+
+
+def test_peak_table_is_sane():
+    assert bench.peak_tflops("T4", "bf16") is None  # Turing has no bf16 tensor cores
+    assert bench.peak_tflops(None, "fp16") is None
+    for gpu, peaks in bench.PEAK_DENSE_TFLOPS.items():
+        assert peaks["fp16"] > peaks["fp32"] > 0, gpu
+        if peaks["tf32"] is not None:
+            assert peaks["fp16"] > peaks["tf32"] > peaks["fp32"], gpu
+
+
+def test_projection_arithmetic():
+    flops = bench.count_step_flops(TINY_TEACHER, TINY_STUDENT, batch_size=4)
+    projection = bench.project_recipe(flops, assumed_utilisation=0.5, epochs=10, images_per_epoch=1000)
+    total = flops["per_image"]["total"] * 10 * 1000
+    assert projection["total_flops"] == pytest.approx(total)
+    assert "estimate" in projection["label"].lower()
+    for gpu, per_config in projection["gpus"].items():
+        for name, e in per_config.items():
+            assert e["peak_tflops"] == bench.peak_tflops(gpu, e["precision"])
+            assert e["hours_at_peak"] == pytest.approx(total / (e["peak_tflops"] * 1e12) / 3600)
+            assert e["hours_estimate"] == pytest.approx(2 * e["hours_at_peak"])
+
+
+# ---------------------------------------------------- reference-style step
+
+
+def _tiny_pair(seed: int = 0):
+    torch.manual_seed(seed)
+    return models.create(TINY_STUDENT, num_classes=10), models.create(TINY_TEACHER, num_classes=10)
+
+
+def _batch(n: int = 8):
+    return torch.randn(n, 3, 16, 16), torch.randint(0, 10, (n,))
+
+
+def test_reference_style_step_keeps_teacher_in_train_mode_and_computes_zero_weight_losses():
+    student, teacher = _tiny_pair()
+    connectors = build_connectors(student.stage_channels, teacher.stage_channels)
+    optimizer = torch.optim.SGD(list(student.parameters()) + list(connectors.parameters()), lr=0.1)
+    step = bench.ReferenceStyleStep(student, teacher, connectors, optimizer, torch.device("cpu"))
+    teacher_weights = {k: v.clone() for k, v in teacher.state_dict().items() if "running" not in k and "num_batches" not in k}
+    running_mean = teacher.stem[1].running_mean.clone()
+    student_weight = student.fc.weight.clone()
+
+    stats = step(*_batch(), {"ce": 0.0, "cd": 1.0, "gkd": 0.0})
+
+    assert teacher.training and all(m.training for m in teacher.modules())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    # Train-mode BatchNorm: the frozen teacher's running statistics drift.
+    assert not torch.equal(teacher.stem[1].running_mean, running_mean)
+    for k, v in teacher.state_dict().items():
+        if k in teacher_weights:
+            assert torch.equal(v, teacher_weights[k]), k
+    # Every term was computed, the zero-weighted ones included, and they contribute 0.
+    assert set(step.last_unweighted_losses) == {"ce", "cd", "gkd"}
+    assert step.last_unweighted_losses["ce"].item() > 0
+    assert stats[0].item() == 0.0 and stats[2].item() == 0.0 and stats[1].item() > 0
+    # The zero-weighted CE still reaches the fc layer in the graph, with zero gradient;
+    # the weight moves only by weight decay (none here) and momentum (none): unchanged.
+    assert student.fc.weight.grad is not None
+    assert torch.equal(student.fc.weight, student_weight)
+    assert stats[-1].item() == 1.0 and stats[-2].item() == 8
+
+
+def test_reference_style_gkd_is_finite_when_teacher_is_wrong_everywhere():
+    student, teacher = _tiny_pair()
+    connectors = build_connectors(student.stage_channels, teacher.stage_channels)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    step = bench.ReferenceStyleStep(student, teacher, connectors, optimizer, torch.device("cpu"))
+    logits = torch.randn(4, 10)
+    teacher_logits = torch.randn(4, 10)
+    wrong = (teacher_logits.argmax(1) + 1) % 10
+    value = step._loss("gkd", logits, None, teacher_logits, None, wrong)
+    assert value.item() == 0.0
+
+
+def test_ours_keeps_teacher_in_eval_mode_and_skips_zero_weight_terms():
+    student, teacher = _tiny_pair()
+    distiller = Distiller(student, teacher, terms=bench.METHOD_TERMS)
+    distiller.train()
+    running_mean = teacher.stem[1].running_mean.clone()
+    _, terms = distiller(*_batch(), {"ce": 0.0, "cd": 1.0, "gkd": 0.0})
+    assert not teacher.training
+    assert torch.equal(teacher.stem[1].running_mean, running_mean)
+    assert set(terms) == {"cd"}
+
+
+def test_pil_image_set_serves_the_same_images_normalised():
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    tensors = bench.data_mod.TensorImageSet(images, torch.arange(6), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), augment=True)
+    pil_set = bench.pil_image_set(tensors)
+    assert len(pil_set) == 6
+    image, label = pil_set[3]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and label == 3
+    # The crop and flip only move pixels (and pad zeros): every value is an original pixel or the padding.
+    allowed = set(((images[3].float() / 255 - 0.5) / 0.25).flatten().tolist()) | {-2.0}
+    assert set(image.flatten().tolist()) <= allowed
+
+
+# ------------------------------------------------------------- end to end
+
+
+def _tiny_config(**changes) -> bench.BenchConfig:
+    settings = dict(teacher=TINY_TEACHER, student=TINY_STUDENT, batch_size=8, device="cpu", dataset_size=64,
+                    warmup_steps=1, rounds=2, steps_per_round=2, settle_steps=1, reference_workers=1,
+                    measure_memory=False, threads=1)
+    settings.update(changes)
+    return bench.BenchConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def tiny_result():
+    torch.manual_seed(0)
+    return bench.run_benchmark(_tiny_config(), log=None)
+
+
+def test_tiny_run_has_every_key_and_is_json(tiny_result, tmp_path):
+    for key in bench.REQUIRED_RESULT_KEYS:
+        assert key in tiny_result, key
+    assert set(tiny_result["configurations"]) == set(bench.CONFIGURATIONS)
+    for c in tiny_result["configurations"].values():
+        for key in bench.REQUIRED_CONFIGURATION_KEYS:
+            assert key in c, key
+    machine = tiny_result["machine"]
+    assert machine["torch_version"] == torch.__version__ and machine["cpu_count"] >= 1 and machine["device_name"]
+    path = bench.save_result(tiny_result, bench.default_result_path(tiny_result, tmp_path))
+    assert path.name.startswith("cpu-") and path.name.endswith(f"-{TINY_TEACHER}-to-{TINY_STUDENT}-b8.json")
+    assert json.loads(path.read_text())["ratio_ours_over_reference"] == tiny_result["ratio_ours_over_reference"]
+
+
+def test_tiny_run_numbers_are_consistent(tiny_result):
+    cfg = tiny_result["config"]
+    images_per_window = cfg["steps_per_round"] * cfg["batch_size"]
+    for name, c in tiny_result["configurations"].items():
+        assert len(c["images_per_s_rounds"]) == cfg["rounds"] == len(c["step_time_ms_rounds"])
+        assert all(r > 0 and math.isfinite(r) for r in c["images_per_s_rounds"])
+        assert c["images_per_s"] == pytest.approx(statistics.median(c["images_per_s_rounds"]))
+        for rate, ms in zip(c["images_per_s_rounds"], c["step_time_ms_rounds"]):
+            assert rate == pytest.approx(images_per_window / (ms / 1000 * cfg["steps_per_round"]))
+        total_flops = tiny_result["flops"]["per_step"]["total"]
+        assert c["achieved_tflops"] == pytest.approx(total_flops / (c["step_time_ms"] / 1000) / 1e12)
+        assert c["peak_tflops"] is None and c["utilisation_of_peak"] is None  # a CPU has no entry
+        assert c["losses_finite"], name
+    ours, ref = tiny_result["configurations"]["ours"], tiny_result["configurations"]["reference_style"]
+    assert tiny_result["ratio_ours_over_reference"] == pytest.approx(ours["images_per_s"] / ref["images_per_s"])
+    assert len(tiny_result["paired_round_ratios"]) == cfg["rounds"]
+    assert ours["teacher_mode"].startswith("eval") and ref["teacher_mode"].startswith("train")
+    assert ours["data_workers"] == 0 and ref["data_workers"] == cfg["reference_workers"] == 1
+    assert tiny_result["flops"]["per_step"]["total"] == tiny_result["flops"]["per_image"]["total"] * cfg["batch_size"]
+    estimate = tiny_result["projection"]["flop_based_estimate"]
+    assert (estimate["teacher"], estimate["student"]) == (bench.PAPER_TEACHER, bench.PAPER_STUDENT)
+    assert tiny_result["projection"]["measured"] is None  # no GPU measurement on a CPU
+
+
+def test_results_table_and_plot(tiny_result, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    bench.save_result(tiny_result, tmp_path / "a.json")
+    (tmp_path / "not_a_result.json").write_text("{}")
+    loaded = bench.load_results(tmp_path)
+    assert len(loaded) == 1 and loaded[0]["_source"] == "a.json"
+    table = bench.results_table(loaded)
+    assert len(table) == 2 and set(table["configuration"]) == set(bench.CONFIGURATIONS)
+    ax = bench.plot_throughput(table)
+    assert ax.get_xlabel().startswith("images")
+    assert "ours / reference-style" in bench.format_summary(tiny_result)
+    assert "FLOP-based estimate" in bench.format_projection(tiny_result["projection"])
+
+
+def test_memory_probe_reports_growth():
+    grown = bench._measure_cpu_memory(_tiny_config(), "ours", steps=1)
+    assert 0 <= grown < 4 * 2**30
+
+
+def test_find_results_dir_searches_upwards(tmp_path):
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    deep = tmp_path / "_build" / "stage" / "notebooks"
+    deep.mkdir(parents=True)
+    assert bench.find_results_dir(deep) == results
+
+
+def test_committed_results_are_complete():
+    folder = REPO / "benchmarks" / "results"
+    paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    for path in paths:
+        result = json.loads(path.read_text())
+        missing = [k for k in bench.REQUIRED_RESULT_KEYS if k not in result]
+        assert not missing, f"{path.name} lacks {missing}"
+        ratio = result["configurations"]["ours"]["images_per_s"] / result["configurations"]["reference_style"]["images_per_s"]
+        assert result["ratio_ours_over_reference"] == pytest.approx(ratio), path.name
+
+
+def test_config_errors():
+    with pytest.raises(bench.ConfigError):
+        _tiny_config(teacher="resnet9000").validate()
+    with pytest.raises(bench.ConfigError):
+        _tiny_config(dataset_size=4).validate()
+    with pytest.raises(bench.ConfigError):
+        _tiny_config(assumed_utilisation=0).validate()
+
+
+def test_ablation_effects_are_paired_round_ratios():
+    rounds = {"ours": [200.0, 100.0, 300.0], "reference_style": [100.0, 100.0, 100.0],
+              "ours_step_pil_data": [100.0, 50.0, 150.0], "reference_step_device_data": [100.0, 100.0, 150.0]}
+    result = {"configurations": {name: {"images_per_s_rounds": r} for name, r in rounds.items()}}
+    effects = bench.ablation_effects(result)
+    assert effects["data pipeline, with ours' step"] == 2.0           # 2, 2, 2
+    assert effects["step, with DeviceLoader data"] == 2.0              # 2, 1, 2
+    assert effects["data pipeline, with the reference-style step"] == 1.0  # 1, 1, 1.5
+    assert bench.ablation_effects({"configurations": {k: rounds[k] and {"images_per_s_rounds": rounds[k]}
+                                                      for k in bench.CONFIGURATIONS}}) == {}
