@@ -1,9 +1,19 @@
-"""Shared fixtures for the core-module tests (losses, schedules, models, data, packaging)."""
+"""Fixtures shared by the whole suite."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """The suite's models are tiny and gain nothing from threads; on a busy 2-core
+    machine OpenMP threads waiting for each other made steps up to 10x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(autouse=True)

@@ -26,15 +26,6 @@ REPO = Path(__file__).resolve().parent.parent
 TINY_TEACHER, TINY_STUDENT = "cifar_resnet10_w8", "cifar_resnet10_w4"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP
-    threads waiting for each other make every step many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # ------------------------------------------------------------------ FLOPs
 

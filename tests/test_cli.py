@@ -22,13 +22,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 SMALL = ["--epochs", "2", "--max-steps-per-epoch", "3", "--image-size", "8", "--no-progress", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _cdlib_script() -> str:
     script = shutil.which("cdlib") or str(Path(sys.executable).with_name("cdlib"))

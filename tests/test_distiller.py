@@ -16,15 +16,6 @@ NUM_CLASSES = 5
 ALL_TERMS = ("ce", "kd", "gkd", "cd")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a small shared CPU: a second intra-op thread mostly waits for a busy
-    core (10x slower steps measured here), so these tests run single-threaded."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _pair(num_classes: int = NUM_CLASSES, teacher_classes: int | None = None):
     student = models.create("cifar_resnet10_w4", num_classes=num_classes)

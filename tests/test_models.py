@@ -30,13 +30,8 @@ BIG = {"cifar_resnet101", "cifar_resnet152"}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Batch-1 forwards of small images gain nothing from threads; on a busy 2-core machine
-    OpenMP threads fighting over cores make the big models several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _free_big_models():
     yield
-    torch.set_num_threads(before)
     _BUILT.clear()  # free the big models' memory for the rest of the session
 
 

@@ -23,15 +23,6 @@ from cdlib import checkpoint, recipes, schedules, train
 from cdlib.errors import CheckpointError, ConfigError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a small shared CPU: a second intra-op thread mostly waits for a busy
-    core (10x slower steps measured here), so these tests run single-threaded."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def tiny(tmp_path: Path, name: str = "run", **overrides) -> recipes.RunConfig:
     settings = dict(
