@@ -1,0 +1,654 @@
+"""What the book's chapters compute about trained runs: attention, errors, tables.
+
+Everything here reads runs that :func:`cdlib.train.run` / :func:`cdlib.train.fit`
+wrote (``config.json``, ``metrics.jsonl``, ``checkpoint.pt``, ``model.pt``) or
+runs models over a loader; nothing trains a student. The plots of these
+numbers are in :mod:`cdlib.viz`.
+
+>>> cfg = scaled_recipe("demo", epochs=15, run_dir="runs/demo")
+>>> att, labels = channel_attention_of(teacher, loader)      # one (N, C_k) tensor per stage
+>>> stats = teacher_error_stats(teacher, loader)              # how often the teacher is wrong
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shlex
+import statistics
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import checkpoint as ckpt
+from . import data as data_mod
+from . import losses, models, recipes
+from .connectors import Connector, build_connectors
+from .errors import CheckpointError, ConfigError
+
+__all__ = [
+    "PAPER_RESULTS",
+    "METHOD_LABELS",
+    "method_label",
+    "scaled_recipe",
+    "describe_config",
+    "config_table",
+    "variant",
+    "teacher_checkpoint_of",
+    "load_teacher",
+    "load_student",
+    "load_connectors",
+    "data_for",
+    "channel_attention_of",
+    "fit_connectors",
+    "attention_similarity",
+    "predictions",
+    "teacher_error_stats",
+    "true_class_probability",
+    "teacher_wrong_batch",
+    "metrics_frame",
+    "results_table",
+    "cost_table",
+    "paper_comparison",
+    "connector_table",
+    "cli_command",
+    "binomial_se",
+    "device_name",
+    "closeness_verdict",
+    "gkd_note",
+]
+
+RunLike = Union["RunResult", str, os.PathLike, Sequence[dict]]  # noqa: F821 - RunResult from cdlib.train
+
+# Top-1 / top-5 *error* (%) as printed in Zhou et al. (2020), tables for CIFAR-100
+# (ResNet152 -> ResNet50) and ImageNet (ResNet34 -> ResNet18). Keys are cdlib method names.
+PAPER_RESULTS: Dict[str, Dict[str, Tuple[float, Optional[float]]]] = {
+    "cifar100": {
+        "teacher": (19.09, 4.45),
+        "student": (22.02, 5.74),
+        "kd": (20.36, 4.94),
+        "cd": (20.08, 4.78),
+        "cd+gkd": (19.49, 4.85),
+        "cd+gkd+edt": (18.63, 4.29),
+    },
+    "imagenet": {
+        "teacher": (26.73, 8.74),
+        "student": (30.43, 10.76),
+        "kd": (29.50, 9.52),
+        "fitnets": (29.34, None),
+        "at": (29.30, 10.00),
+        "cd": (28.53, 9.56),
+        "cd+gkd": (28.26, 9.41),
+        "cd+gkd+edt": (27.61, 9.20),
+    },
+}
+
+METHOD_LABELS = {
+    "teacher": "teacher",
+    "student": "student alone",
+    "kd": "KD",
+    "gkd": "GKD",
+    "cd": "CD",
+    "at": "AT",
+    "fitnets": "FitNets",
+    "cd+gkd": "CD + GKD",
+    "cd+edt": "CD + EDT",
+    "cd+gkd+edt": "CD + GKD + EDT",
+}
+
+
+def method_label(method: str) -> str:
+    """A method string as the paper's tables write it: 'cd+gkd+edt' -> 'CD + GKD + EDT'."""
+    key = method.strip().lower()
+    if key in METHOD_LABELS:
+        return METHOD_LABELS[key]
+    terms = [t for t in recipes.parse_method(key) if t != "ce"]
+    return " + ".join(METHOD_LABELS.get(t, t.upper()) for t in terms) or "student alone"
+
+
+# ------------------------------------------------------------------ configs
+
+
+def scaled_recipe(name: str, epochs: Optional[int] = None, **overrides) -> recipes.RunConfig:
+    """``recipes.get(name, **overrides)``, and with ``epochs`` the LR milestones scaled to match.
+
+    ``scaled_recipe("cifar100", epochs=50)`` decays the learning rate at epochs
+    15, 30 and 40 instead of 60, 120 and 160 (which a 50-epoch run never reaches).
+    ``epochs=None`` keeps the recipe's own number of epochs and milestones.
+    """
+    base = recipes.get(name)
+    changes = dict(overrides)
+    if epochs is not None:
+        changes["epochs"] = int(epochs)
+        if "lr_milestones" not in changes and int(epochs) != base.epochs:
+            scale = int(epochs) / base.epochs
+            changes["lr_milestones"] = tuple(max(1, round(m * scale)) for m in base.lr_milestones)
+    return recipes.get(name, **changes)
+
+
+def describe_config(cfg: recipes.RunConfig, recipe: Optional[str] = None) -> str:
+    """One line saying what a configuration trains, for the book's prose."""
+    name = f"the {recipe} recipe: " if recipe else ""
+    return (
+        f"{name}teacher {cfg.teacher} and student {cfg.student} on the {cfg.data} data set, "
+        f"{cfg.epochs} epochs with batch size {cfg.batch_size}"
+    )
+
+
+def config_table(cfg: recipes.RunConfig):
+    """The settings of a configuration that define the experiment, as a one-column DataFrame."""
+    import pandas as pd
+
+    rows = {
+        "data set": cfg.data,
+        "teacher -> student": f"{cfg.teacher} -> {cfg.student}",
+        "epochs, batch size": f"{cfg.epochs}, {cfg.batch_size}",
+        "optimiser": f"SGD lr {cfg.lr}, momentum {cfg.momentum}, weight decay {cfg.weight_decay}",
+        "LR schedule": f"x{cfg.lr_gamma} at epochs {', '.join(map(str, cfg.lr_milestones))}",
+        "loss weights": ", ".join(f"{k} {v:g}" for k, v in cfg.weights.items() if k in ("ce", "kd", "gkd", "cd")),
+        "temperatures": f"KD {cfg.kd_temperature:g}, GKD {cfg.gkd_temperature:g}",
+        "EDT schedule": cfg.schedule,
+    }
+    return pd.DataFrame({"setting": list(rows.values())}, index=pd.Index(list(rows), name=""))
+
+
+def teacher_checkpoint_of(cfg: recipes.RunConfig) -> Optional[str]:
+    """The teacher weights a run with ``cfg`` uses: the explicit checkpoint, else the
+    one :func:`cdlib.train.run` trains into ``<run_dir>/teacher/model.pt`` (None for a
+    pretrained torchvision teacher)."""
+    if cfg.teacher_checkpoint:
+        return cfg.teacher_checkpoint
+    if cfg.teacher_pretrained:
+        return None
+    return str(Path(cfg.run_dir) / "teacher" / "model.pt")
+
+
+def variant(cfg: recipes.RunConfig, name: str, **changes) -> recipes.RunConfig:
+    """A variant of ``cfg`` in its own run folder ``<run_dir>-<name>`` that reuses ``cfg``'s teacher.
+
+    ``fit`` refuses to resume a folder started with other settings, so a run with,
+    say, another schedule needs a folder of its own; the teacher is not retrained.
+    """
+    teacher = teacher_checkpoint_of(cfg)
+    if teacher is not None and not Path(teacher).is_file():
+        raise ConfigError(
+            f"the teacher {teacher} does not exist yet; train it first (cdlib.train.run with {cfg.run_dir!r})."
+        )
+    return cfg.replace(run_dir=f"{cfg.run_dir}-{name}", teacher_checkpoint=teacher, **changes)
+
+
+# ------------------------------------------------------------------ loading
+
+
+def _read_config(run_dir: Union[str, os.PathLike]) -> dict:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; is {run_dir} a cdlib run folder?")
+    return json.loads(path.read_text())
+
+
+def load_teacher(cfg_or_run_dir, device: Optional[torch.device] = None) -> nn.Module:
+    """The frozen teacher of a config (or of the run folder of a distilled method), in eval mode."""
+    if isinstance(cfg_or_run_dir, recipes.RunConfig):
+        name, pretrained, path = cfg_or_run_dir.teacher, cfg_or_run_dir.teacher_pretrained, teacher_checkpoint_of(cfg_or_run_dir)
+    else:
+        saved = _read_config(cfg_or_run_dir)
+        name, pretrained, path = saved["teacher"], saved.get("teacher_pretrained", False), saved.get("teacher_checkpoint")
+    if path:
+        model = ckpt.load_model(path, name=name)
+    elif pretrained:
+        model = models.create(name, num_classes=1000, pretrained=True)
+    else:
+        raise ConfigError(f"no teacher weights known for {cfg_or_run_dir!r}; train the teacher first.")
+    model.requires_grad_(False)
+    return model.to(device or "cpu").eval()
+
+
+def load_student(run_dir: Union[str, os.PathLike], device: Optional[torch.device] = None) -> nn.Module:
+    """The trained student (``<run_dir>/model.pt``) in eval mode; connectors are not part of it."""
+    model = ckpt.load_model(Path(run_dir) / "model.pt")
+    return model.to(device or "cpu").eval()
+
+
+def load_connectors(run_dir_or_checkpoint: Union[str, os.PathLike], device: Optional[torch.device] = None) -> nn.ModuleList:
+    """The connectors a CD run trained, from its ``checkpoint.pt`` (``model.pt`` holds the student only).
+
+    Channel counts are read from the 1x1 convolutions' weights, so no model names are needed.
+    """
+    path = Path(run_dir_or_checkpoint)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    saved = ckpt.safe_load(path, "training checkpoint")
+    state = saved.get("trainable", {})
+    prefix = "connectors."
+    indices = sorted({int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)})
+    if not indices:
+        raise CheckpointError(f"{path} holds no connectors: only runs whose method includes 'cd' train them.")
+    modules = []
+    for i in indices:
+        out_c, in_c = state[f"{prefix}{i}.0.weight"].shape[:2]
+        conn = Connector(in_c, out_c)
+        sub = {k[len(f"{prefix}{i}."):]: v for k, v in state.items() if k.startswith(f"{prefix}{i}.")}
+        conn.load_state_dict(sub)
+        modules.append(conn)
+    return nn.ModuleList(modules).to(device or "cpu").eval()
+
+
+def data_for(cfg: recipes.RunConfig, device: Optional[torch.device] = None, batch_size: int = 256) -> SimpleNamespace:
+    """The data set of ``cfg`` and three loaders for analysis.
+
+    ``train`` and ``test`` go through the images in order without augmentation;
+    ``train_augmented`` is the training loader a run uses (shuffled, augmented).
+    """
+    device = torch.device(device or "cpu")
+    bundle = data_mod.load(cfg.data, root=cfg.data_root, download=cfg.download, image_size=cfg.image_size, **cfg.data_options)
+    common = dict(device=device, num_workers=cfg.num_workers, seed=cfg.seed, on_device=cfg.data_on_device)
+    return SimpleNamespace(
+        bundle=bundle,
+        train=data_mod.make_loader(bundle.train, batch_size, train=False, **common),
+        test=data_mod.make_loader(bundle.test, batch_size, train=False, **common),
+        train_augmented=data_mod.make_loader(bundle.train, min(cfg.batch_size, len(bundle.train)), train=True, **common),
+    )
+
+
+# ------------------------------------------------------------------ attention
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def channel_attention_of(
+    model: nn.Module,
+    loader,
+    connectors: Optional[Sequence[nn.Module]] = None,
+    max_samples: Optional[int] = None,
+) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """Per-stage channel attention (the spatial mean of each stage output) over a loader.
+
+    With ``connectors`` (one per stage) the stage outputs pass through them first,
+    as the student's do in the CD loss. Returns ``([ (N, C_1), ..., (N, C_4) ], labels)``
+    on the CPU in float32; model and connectors are used in eval mode and left so.
+    """
+    model.eval()
+    if connectors is not None:
+        for c in connectors:
+            c.eval()
+    device = _device_of(model)
+    stages: Optional[List[List[torch.Tensor]]] = None
+    labels: List[torch.Tensor] = []
+    seen = 0
+    for images, targets in loader:
+        _, feats = model(images.to(device), return_features=True)
+        if connectors is not None:
+            if len(connectors) != len(feats):
+                raise ValueError(f"{len(connectors)} connectors for {len(feats)} stages; pass one per stage.")
+            feats = [c(f) for c, f in zip(connectors, feats)]
+        atts = [losses.channel_attention(f).float().cpu() for f in feats]
+        if stages is None:
+            stages = [[] for _ in atts]
+        for store, a in zip(stages, atts):
+            store.append(a)
+        labels.append(targets.cpu())
+        seen += len(targets)
+        if max_samples is not None and seen >= max_samples:
+            break
+    if stages is None:
+        raise ValueError("the loader yielded no batches.")
+    n = seen if max_samples is None else min(seen, max_samples)
+    return [torch.cat(s)[:n] for s in stages], torch.cat(labels)[:n]
+
+
+def fit_connectors(
+    student: nn.Module,
+    teacher: nn.Module,
+    loader,
+    steps: int = 300,
+    lr: float = 0.01,
+    batch_size: int = 128,
+    max_samples: int = 2048,
+    seed: int = 0,
+) -> nn.ModuleList:
+    """Fresh connectors fitted to a *frozen* student so its channel attention matches the teacher's.
+
+    A probe: how close can the best connectors (1x1 conv, BatchNorm, ReLU per stage)
+    bring a given student to the teacher, without changing the student? The
+    student's stage features and the teacher's attention are computed once for up
+    to ``max_samples`` images of ``loader``; then ``steps`` Adam steps on random
+    batches of ``batch_size`` of them minimise the CD loss. Student and teacher are
+    not changed. Returns the connectors in eval mode.
+    """
+    device = _device_of(student)
+    student.eval()
+    teacher.eval()
+    feats: Optional[List[List[torch.Tensor]]] = None
+    targets: Optional[List[List[torch.Tensor]]] = None
+    seen = 0
+    with torch.no_grad():
+        for images, _ in loader:
+            images = images.to(device)
+            _, fs = student(images, return_features=True)
+            _, ft = teacher(images, return_features=True)
+            if feats is None:
+                feats, targets = [[] for _ in fs], [[] for _ in ft]
+            for store, f in zip(feats, fs):
+                store.append(f.float())
+            for store, f in zip(targets, ft):
+                store.append(losses.channel_attention(f).float())
+            seen += len(images)
+            if seen >= max_samples:
+                break
+    if feats is None:
+        raise ValueError("the loader yielded no batches.")
+    feats = [torch.cat(f)[:max_samples] for f in feats]
+    targets = [torch.cat(t)[:max_samples] for t in targets]
+    n = len(feats[0])
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    conns = build_connectors(student.stage_channels, teacher.stage_channels).to(device).train()
+    optimizer = torch.optim.Adam(conns.parameters(), lr=lr)
+    for _ in range(steps):
+        idx = torch.randperm(n, generator=g)[: min(batch_size, n)].to(device)
+        loss = sum(
+            (losses.channel_attention(c(f.index_select(0, idx))) - t.index_select(0, idx)).pow(2).mean()
+            for c, f, t in zip(conns, feats, targets)
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return conns.eval()
+
+
+def attention_similarity(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> List[dict]:
+    """Per stage: the CD loss term (mean squared difference) and the mean cosine similarity.
+
+    ``student`` and ``teacher`` are per-stage (N, C) attention tensors with equal shapes
+    (the student's taken through connectors). Rows: ``{"stage", "channels", "cd", "cosine"}``.
+    """
+    if len(student) != len(teacher):
+        raise ValueError(f"{len(student)} student stages but {len(teacher)} teacher stages.")
+    rows = []
+    for k, (s, t) in enumerate(zip(student, teacher), start=1):
+        if s.shape != t.shape:
+            raise ValueError(f"stage {k}: student attention {tuple(s.shape)} vs teacher {tuple(t.shape)}; use connectors.")
+        s, t = s.double(), t.double()
+        rows.append(
+            {
+                "stage": k,
+                "channels": t.shape[1],
+                "cd": float((s - t).pow(2).mean()),
+                "cosine": float(F.cosine_similarity(s, t, dim=1, eps=1e-12).mean()),
+            }
+        )
+    return rows
+
+
+# ------------------------------------------------------------------ teacher errors
+
+
+@torch.no_grad()
+def predictions(model: nn.Module, loader, max_samples: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of ``model`` (eval mode) over a loader, on the CPU in float32."""
+    model.eval()
+    device = _device_of(model)
+    logits, labels, seen = [], [], 0
+    for images, targets in loader:
+        logits.append(model(images.to(device)).float().cpu())
+        labels.append(targets.cpu())
+        seen += len(targets)
+        if max_samples is not None and seen >= max_samples:
+            break
+    n = seen if max_samples is None else min(seen, max_samples)
+    return torch.cat(logits)[:n], torch.cat(labels)[:n]
+
+
+def true_class_probability(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """softmax(logits / T) at each sample's label: what a KD target gives the true class."""
+    return F.softmax(logits.float() / temperature, dim=1).gather(1, labels[:, None].long()).squeeze(1)
+
+
+def teacher_error_stats(teacher: nn.Module, loader, temperature: float = 1.0, max_samples: Optional[int] = None) -> dict:
+    """How often the teacher is wrong, and what it says on the samples it gets wrong.
+
+    Returns ``n``, ``wrong`` (count), ``error_rate`` (%), the boolean ``correct`` mask,
+    ``p_true`` (teacher probability of the true class at ``temperature``),
+    ``p_pred`` (probability of its own top class), ``logits`` and ``labels``.
+    """
+    logits, labels = predictions(teacher, loader, max_samples)
+    correct = losses.teacher_correct_mask(logits, labels)
+    probs = F.softmax(logits / temperature, dim=1)
+    n = len(labels)
+    wrong = int((~correct).sum())
+    return {
+        "n": n,
+        "wrong": wrong,
+        "error_rate": 100.0 * wrong / max(n, 1),
+        "correct": correct,
+        "p_true": true_class_probability(logits, labels, temperature),
+        "p_pred": probs.max(dim=1).values,
+        "logits": logits,
+        "labels": labels,
+    }
+
+
+@torch.no_grad()
+def teacher_wrong_batch(teacher: nn.Module, loader, size: int = 8) -> dict:
+    """A batch on which the teacher is wrong on every sample: images, labels, teacher logits.
+
+    Made of real images the teacher misclassifies. If the loader holds fewer than
+    ``size`` of them (a strong teacher on an easy set), the batch is completed with
+    correctly classified images *relabelled* as the teacher's runner-up class;
+    ``relabelled`` says how many.
+    """
+    teacher.eval()
+    device = _device_of(teacher)
+    wrong_x, wrong_y, right_x, right_y = [], [], [], []
+    for images, targets in loader:
+        images, targets = images.to(device), targets.to(device)
+        logits = teacher(images)
+        ok = logits.argmax(1) == targets
+        wrong_x.append(images[~ok]), wrong_y.append(targets[~ok])
+        right_x.append(images[ok]), right_y.append(logits[ok].topk(2, dim=1).indices[:, 1])
+        if sum(len(y) for y in wrong_y) >= size:
+            break
+    xs = torch.cat(wrong_x)[:size]
+    ys = torch.cat(wrong_y)[:size]
+    missing = size - len(ys)
+    if missing > 0:
+        xs = torch.cat([xs, torch.cat(right_x)[:missing]])
+        ys = torch.cat([ys, torch.cat(right_y)[:missing]])
+    logits = teacher(xs)
+    assert bool((logits.argmax(1) != ys).all()), "internal error: the batch is not all-wrong"
+    return {"images": xs, "labels": ys, "teacher_logits": logits, "relabelled": max(missing, 0)}
+
+
+# ------------------------------------------------------------------ runs and tables
+
+
+def _metrics_of(run: RunLike) -> List[dict]:
+    if hasattr(run, "metrics"):
+        return list(run.metrics)
+    if isinstance(run, (str, os.PathLike)):
+        from .train import read_metrics
+
+        rows = read_metrics(run)
+        if not rows:
+            raise CheckpointError(f"{run} has no metrics.jsonl rows; has the run started?")
+        return rows
+    return list(run)
+
+
+def metrics_frame(runs: Mapping[str, RunLike]):
+    """All runs' per-epoch metrics as one long pandas DataFrame with a ``run`` column.
+
+    ``runs`` maps a label to a :class:`~cdlib.train.RunResult`, a run folder or a
+    list of metric rows. Added columns: ``raw_<term>`` = weighted loss / weight
+    (the unweighted loss, where the weight is not 0).
+    """
+    import pandas as pd
+
+    frames = []
+    for label, run in runs.items():
+        df = pd.DataFrame(_metrics_of(run))
+        for col in [c for c in df.columns if c.startswith("loss_")]:
+            term = col[len("loss_"):]
+            if f"w_{term}" in df:
+                w = df[f"w_{term}"]
+                df[f"raw_{term}"] = (df[col] / w).where(w != 0)
+        df.insert(0, "run", label)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def results_table(runs: Mapping[str, RunLike], teacher: Optional[Mapping[str, float]] = None, baseline: Optional[str] = None):
+    """Final test accuracy of each run (and the teacher) as a DataFrame indexed by label.
+
+    Columns: ``top-1 %``, ``top-5 %``, ``Δ top-1`` (points over ``baseline``, the
+    first run by default) and ``train min`` (training minutes, all epochs).
+    """
+    import pandas as pd
+
+    rows = {}
+    if teacher is not None:
+        rows["teacher"] = {"top-1 %": teacher["top1"], "top-5 %": teacher["top5"], "train min": float("nan")}
+    for label, run in runs.items():
+        m = _metrics_of(run)
+        rows[label] = {
+            "top-1 %": m[-1]["test_top1"],
+            "top-5 %": m[-1]["test_top5"],
+            "train min": sum(r["epoch_seconds"] for r in m) / 60,
+        }
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    base = baseline if baseline is not None else next(iter(runs))
+    df.insert(2, "Δ top-1", df["top-1 %"] - df.loc[base, "top-1 %"])
+    df.index.name = "method"
+    return df
+
+
+def cost_table(runs: Mapping[str, RunLike], train_images: int, epochs: int):
+    """Measured speed of each run and what a full run of ``epochs`` costs at that speed.
+
+    ``images/s`` is the median over epochs of the training throughput a run logged
+    (the median shrugs off an epoch slowed by something else on the machine);
+    ``hours`` = ``train_images * epochs / images_per_s / 3600``.
+    """
+    import pandas as pd
+
+    rows = {}
+    for label, run in runs.items():
+        m = _metrics_of(run)
+        ips = statistics.median(r["images_per_s"] for r in m)
+        rows[label] = {
+            "images/s": ips,
+            "s / epoch": train_images / ips,
+            "hours": train_images * epochs / ips / 3600,
+        }
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index.name = "method"
+    return df
+
+
+def paper_comparison(runs: Mapping[str, RunLike], teacher: Optional[Mapping[str, float]], paper: str = "cifar100"):
+    """Top-1 / top-5 error (%): the paper's table beside ours, one row per method.
+
+    ``runs`` maps cdlib method names (``"student"``, ``"kd"``, ``"cd+gkd+edt"``...)
+    to runs; methods the paper did not report get empty paper cells.
+    """
+    import pandas as pd
+
+    table = PAPER_RESULTS[paper]
+    ours = {"teacher": (100 - teacher["top1"], 100 - teacher["top5"])} if teacher else {}
+    for method, run in runs.items():
+        m = _metrics_of(run)[-1]
+        ours[method] = (100 - m["test_top1"], 100 - m["test_top5"])
+    nan = float("nan")
+    rows = {}
+    for method in list(dict.fromkeys([*table, *ours])):
+        p1, p5 = table.get(method, (nan, nan))
+        o1, o5 = ours.get(method, (nan, nan))
+        rows[method_label(method)] = {
+            "paper top-1 err %": p1,
+            "paper top-5 err %": nan if p5 is None else p5,
+            "ours top-1 err %": o1,
+            "ours top-5 err %": o5,
+        }
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index.name = "method"
+    return df
+
+
+def connector_table(student: str, teacher: str):
+    """Per stage: student and teacher channels, and what the stage's connector costs."""
+    import pandas as pd
+
+    s_ch, t_ch = models.stage_channels(student), models.stage_channels(teacher)
+    conns = build_connectors(s_ch, t_ch)
+    rows = []
+    for k, (s, t, c) in enumerate(zip(s_ch, t_ch, conns), start=1):
+        rows.append({"stage": k, "student channels": s, "teacher channels": t,
+                     "connector parameters": sum(p.numel() for p in c.parameters())})
+    return pd.DataFrame(rows).set_index("stage")
+
+
+def cli_command(cfg: recipes.RunConfig, recipe: str, command: str = "distill") -> str:
+    """The ``cdlib`` command line that runs ``cfg``: the recipe plus every setting that differs from it."""
+    base = recipes.get(recipe)
+    parts = ["cdlib", command, "--recipe", recipe]
+    for f in dataclasses.fields(recipes.RunConfig):
+        value, default = getattr(cfg, f.name), getattr(base, f.name)
+        if value == default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + f.name.replace("_", "-"))
+        elif isinstance(value, dict):
+            changed = {k: v for k, v in value.items() if default.get(k) != v}
+            parts += [flag, *(f"{k}={v}" for k, v in changed.items())]
+        elif isinstance(value, (tuple, list)):
+            parts += [flag, *(str(v) for v in value)]
+        elif value is None:
+            continue  # a None setting cannot be written on the command line; the recipe's value applies
+        else:
+            parts += [flag, shlex.quote(str(value))]
+    return " ".join(parts)
+
+
+def binomial_se(accuracy_pct: float, n: int) -> float:
+    """Standard error (in points) of an accuracy measured on ``n`` independent test images."""
+    p = accuracy_pct / 100.0
+    return 100.0 * math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
+
+
+def device_name(device: Union[str, torch.device]) -> str:
+    """A readable name of a device: the GPU's model, or "CPU (n threads)"."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return f"CPU ({torch.get_num_threads()} threads)"
+    return device.type.upper()
+
+
+def closeness_verdict(ratio: float) -> str:
+    """A sentence for the book: what a (student alone / CD student) distance ratio to the teacher says."""
+    if ratio > 1.1:
+        return "CD moved the student's own channels towards the teacher's, further than a connector alone can"
+    if ratio > 0.9:
+        return "CD did not bring the student's channels much closer than a fitted connector brings the student trained alone"
+    return "the student trained alone is the closer one"
+
+
+def gkd_note(train_wrong: int) -> str:
+    """A sentence for the book: what GKD's mask removes, given the teacher's training mistakes."""
+    if train_wrong == 0:
+        return ("Here that fraction is zero: on these images GKD is KD with the GKD temperature and weight, "
+                "and any difference between KD and GKD below comes from those settings.")
+    return "Here GKD removes that fraction of the KL terms."

@@ -1,0 +1,621 @@
+"""cdlib.checks: each check PASSES right implementations and FAILS typical wrong ones,
+naming the mistake in plain words (not just "assertion failed").
+
+The right implementations are cdlib's own functions, small independent rewrites,
+and the solutions in the instructor notebooks (notebooks/exercises/), executed
+from the notebook source so the test follows the notebook.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cdlib import checks, losses, schedules
+
+REPO = Path(__file__).resolve().parent.parent
+EXERCISES = REPO / "notebooks" / "exercises"
+
+
+# ============================================================================ helpers
+
+
+def _solution(notebook: str, name: str):
+    """The function ``name`` defined by the solution cell of an instructor notebook."""
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(EXERCISES / notebook, as_version=4)
+    cells = [c for c in nb.cells if c.cell_type == "code" and "### BEGIN SOLUTION" in c.source]
+    assert cells, f"{notebook} has no solution cell"
+    namespace: dict = {"torch": torch, "F": F, "math": math}
+    for cell in cells:
+        exec(compile(cell.source, f"{notebook}:solution", "exec"), namespace)
+    assert name in namespace, f"the solution cells of {notebook} define no {name}"
+    return namespace[name]
+
+
+def _fails_with(check, fn, *expected: str, **kw) -> str:
+    with pytest.raises(checks.CheckFailed) as info:
+        check(fn, **kw)
+    message = str(info.value)
+    for text in expected:
+        assert text in message, f"expected {text!r} in the diagnosis of {getattr(fn, '__name__', fn)}, got:\n{message}"
+    assert "assert" not in message.lower().split(":")[0]
+    return message
+
+
+def _passes(check, fn, capsys, *args):
+    check(fn, *args)
+    out = capsys.readouterr().out
+    assert out.startswith("✓"), out
+    assert len(out.splitlines()) == 1, f"a passing check prints one short line, got:\n{out}"
+
+
+def _ca(x):
+    return x.mean(dim=(2, 3))
+
+
+# ============================================================================ CD: right
+
+
+def cd_loop(student_feats, teacher_feats):
+    total = 0
+    for s, t in zip(student_feats, teacher_feats):
+        total = total + ((_ca(s) - _ca(t)) ** 2).mean()
+    return total
+
+
+def cd_mse(student_feats, teacher_feats):
+    return sum(F.mse_loss(F.adaptive_avg_pool2d(s, 1).flatten(1), F.adaptive_avg_pool2d(t, 1).flatten(1))
+               for s, t in zip(student_feats, teacher_feats))
+
+
+@pytest.mark.parametrize("fn", [losses.cd_loss, cd_loop, cd_mse], ids=["cdlib", "loop", "mse_loss"])
+def test_check_cd_loss_passes_right_implementations(fn, capsys):
+    _passes(checks.check_cd_loss, fn, capsys)
+
+
+def test_check_cd_loss_passes_the_instructor_solution(capsys):
+    _passes(checks.check_cd_loss, _solution("exercise1_cd_loss.ipynb", "my_cd_loss"), capsys)
+
+
+# ============================================================================ CD: wrong
+
+
+def cd_sum_channels(S, T):
+    return sum(((_ca(s) - _ca(t)) ** 2).sum(1).mean() for s, t in zip(S, T))
+
+
+def cd_sum_batch(S, T):
+    return sum(((_ca(s) - _ca(t)) ** 2).sum(0).mean() for s, t in zip(S, T))
+
+
+def cd_mse_sum(S, T):
+    return sum(F.mse_loss(_ca(s), _ca(t), reduction="sum") for s, t in zip(S, T))
+
+
+def cd_max_pool(S, T):
+    return sum(((s.amax(dim=(2, 3)) - t.amax(dim=(2, 3))) ** 2).mean() for s, t in zip(S, T))
+
+
+def cd_sum_pool(S, T):
+    return sum(((s.sum(dim=(2, 3)) - t.sum(dim=(2, 3))) ** 2).mean() for s, t in zip(S, T))
+
+
+def cd_abs(S, T):
+    return sum((_ca(s) - _ca(t)).abs().mean() for s, t in zip(S, T))
+
+
+def cd_plain_diff(S, T):
+    return sum((_ca(s) - _ca(t)).mean() for s, t in zip(S, T))
+
+
+def cd_rmse(S, T):
+    return sum(((_ca(s) - _ca(t)) ** 2).mean().sqrt() for s, t in zip(S, T))
+
+
+def cd_norm(S, T):
+    return sum(torch.norm(_ca(s) - _ca(t)) for s, t in zip(S, T))
+
+
+def cd_mean_stages(S, T):
+    return sum(((_ca(s) - _ca(t)) ** 2).mean() for s, t in zip(S, T)) / len(S)
+
+
+def cd_last_stage(S, T):
+    return ((_ca(S[-1]) - _ca(T[-1])) ** 2).mean()
+
+
+def cd_feature_mse(S, T):
+    return sum(F.mse_loss(s, t) for s, t in zip(S, T))
+
+
+def cd_spatial_attention(S, T):
+    return sum(((s.mean(1) - t.mean(1)) ** 2).mean() for s, t in zip(S, T))
+
+
+def cd_reversed_stages(S, T):
+    return sum(((_ca(s) - _ca(t)) ** 2).mean() for s, t in zip(S, reversed(T)))
+
+
+def cd_batch_mean_first(S, T):
+    return sum(((_ca(s).mean(0) - _ca(t).mean(0)) ** 2).mean() for s, t in zip(S, T))
+
+
+def cd_python_float(S, T):
+    return float(losses.cd_loss(S, T).detach())
+
+
+def cd_item(S, T):
+    return losses.cd_loss(S, T).detach().item()
+
+
+def cd_detached(S, T):
+    return losses.cd_loss([s.detach() for s in S], T)
+
+
+def cd_no_grad(S, T):
+    with torch.no_grad():
+        return losses.cd_loss(S, T)
+
+
+def cd_four_stages(S, T):
+    return sum(((_ca(S[k]) - _ca(T[k])) ** 2).mean() for k in range(4))
+
+
+def cd_per_stage_vector(S, T):
+    return torch.stack([((_ca(s) - _ca(t)) ** 2).mean() for s, t in zip(S, T)])
+
+
+def cd_resize_student(S, T):
+    # Pools over the TEACHER's spatial size after flattening: wrong when sizes differ.
+    out = 0
+    for s, t in zip(S, T):
+        h, w = t.shape[2:]
+        out = out + ((s.flatten(2)[..., : h * w].mean(2) - _ca(t)) ** 2).mean()
+    return out
+
+
+def cd_softmax_attention(S, T):
+    return sum(((F.softmax(_ca(s), 1) - F.softmax(_ca(t), 1)) ** 2).mean() for s, t in zip(S, T))
+
+
+def cd_in_place(S, T):
+    for s in S:
+        s.data.mul_(1.0).add_(0.0)
+    for t in T:
+        t.mul_(2.0)
+    return cd_loop(S, T)
+
+
+def cd_not_implemented(S, T):
+    raise NotImplementedError("write your solution here")
+
+
+CD_WRONG = [
+    (cd_sum_channels, "wrong reduction over channels: you summed where the paper averages"),
+    (cd_sum_batch, "wrong reduction over the batch"),
+    (cd_mse_sum, "summed over batch and channels where the paper averages"),
+    (cd_max_pool, "used max instead of mean pooling"),
+    (cd_sum_pool, "summed over H x W instead of averaging"),
+    (cd_abs, "did not square the difference"),
+    (cd_plain_diff, "did not square the difference"),
+    (cd_rmse, "took a square root"),
+    (cd_norm, "took the norm of the difference"),
+    (cd_mean_stages, "averaged the stage losses: the paper SUMS"),
+    (cd_last_stage, "used only the last stage"),
+    (cd_feature_mse, "compared the feature maps element by element"),
+    (cd_spatial_attention, "averaged over the wrong dimensions"),
+    (cd_reversed_stages, "compared the wrong stages"),
+    (cd_batch_mean_first, "averaged the attention over the batch before comparing"),
+    (cd_softmax_attention, "normalised the attention vectors"),
+    (cd_python_float, "returned a Python float"),
+    (cd_item, "returned a Python float"),
+    (cd_detached, "gradients don't flow"),
+    (cd_no_grad, "gradients don't flow"),
+    (cd_four_stages, "assume exactly 4 stages"),
+    (cd_per_stage_vector, "expected a single number"),
+    (cd_resize_student, "ignored spatial size differences"),
+    (cd_in_place, "modified the feature maps in place"),
+]
+
+
+@pytest.mark.parametrize("fn, diagnosis", CD_WRONG)
+def test_check_cd_loss_names_the_mistake(fn, diagnosis):
+    message = _fails_with(checks.check_cd_loss, fn, diagnosis)
+    assert fn.__name__ in message
+
+
+def test_check_cd_loss_crash_on_spatial_mismatch_is_named():
+    def cd_fitnets_crash(S, T):  # element-wise on the maps: crashes when H x W differ
+        return sum(((s - t) ** 2).mean(dim=(2, 3)).mean() * 0 + ((_ca(s) - _ca(t)) ** 2).mean() for s, t in zip(S, T))
+
+    _fails_with(checks.check_cd_loss, cd_fitnets_crash, "ignored spatial size differences", "crashed")
+
+
+def test_check_cd_loss_says_not_implemented():
+    with pytest.raises(checks.CheckFailed, match="not implemented yet"):
+        checks.check_cd_loss(cd_not_implemented)
+
+
+def test_cd_mistake_catalogue_is_unambiguous():
+    """On the check's inputs, no two known mistakes give the same value, nor the right one."""
+    for seed, n, stages in [(30, 6, checks._CD_BASE), (29, 5, checks._CD_SAME_SHAPES)]:
+        s, t = checks._cd_case(seed, n, stages)
+        right = float(losses.cd_loss(s, t).detach())
+        values = {}
+        for message, compute in checks._cd_mistakes(s, t):
+            try:
+                v = float(compute())
+            except RuntimeError:  # e.g. stages paired wrongly do not fit together here
+                continue
+            assert not math.isclose(v, right, rel_tol=1e-3), f"mistake equals the right loss: {message}"
+            for other, w in values.items():
+                if other != message:
+                    assert not math.isclose(v, w, rel_tol=1e-3), f"ambiguous: {message!r} vs {other!r}"
+            values[message] = v
+
+
+# ============================================================================ GKD: right
+
+
+def gkd_indexing(student_logits, teacher_logits, targets, temperature=1.0):
+    kept = teacher_logits.argmax(1) == targets
+    if not kept.any():
+        return student_logits.sum() * 0.0
+    s, t = student_logits[kept] / temperature, teacher_logits[kept] / temperature
+    return F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), reduction="batchmean", log_target=True) * temperature**2
+
+
+def gkd_eps(student_logits, teacher_logits, targets, temperature=1.0):
+    kept = (teacher_logits.argmax(1) == targets).float()
+    log_s = F.log_softmax(student_logits / temperature, 1)
+    p_t = F.softmax(teacher_logits / temperature, 1)
+    kl = F.kl_div(log_s, p_t, reduction="none").sum(1)
+    return (kl * kept).sum() / (kept.sum() + 1e-12) * temperature**2
+
+
+@pytest.mark.parametrize("fn", [losses.gkd_loss, gkd_indexing, gkd_eps], ids=["cdlib", "indexing", "eps"])
+def test_check_gkd_loss_passes_right_implementations(fn, capsys):
+    _passes(checks.check_gkd_loss, fn, capsys)
+
+
+def test_check_gkd_loss_passes_the_instructor_solution(capsys):
+    _passes(checks.check_gkd_loss, _solution("exercise2_gkd_loss.ipynb", "my_gkd_loss"), capsys)
+
+
+# ============================================================================ GKD: wrong
+
+
+def _kl(s, t, T=1.0):
+    log_s, log_t = F.log_softmax(s / T, 1), F.log_softmax(t / T, 1)
+    return (log_t.exp() * (log_t - log_s)).sum(1)
+
+
+def gkd_inverted_mask(s, t, y, temperature=1.0):
+    kept = (t.argmax(1) != y).float()
+    return (_kl(s, t, temperature) * kept).sum() / kept.sum().clamp_min(1) * temperature**2
+
+
+def gkd_student_mask(s, t, y, temperature=1.0):
+    kept = (s.argmax(1) == y).float()
+    return (_kl(s, t, temperature) * kept).sum() / kept.sum().clamp_min(1) * temperature**2
+
+
+def gkd_batch_mean(s, t, y, temperature=1.0):
+    kept = (t.argmax(1) == y).float()
+    return (_kl(s, t, temperature) * kept).mean() * temperature**2
+
+
+def gkd_nan_when_none_kept(s, t, y, temperature=1.0):  # the reference code's behaviour
+    kept = (t.argmax(1) == y).float()
+    return (_kl(s, t, temperature) * kept).sum() / kept.sum() * temperature**2
+
+
+def gkd_zero_division(s, t, y, temperature=1.0):
+    kept = (t.argmax(1) == y).float()
+    return (_kl(s, t, temperature) * kept).sum() * (1 / int(kept.sum())) * temperature**2
+
+
+def gkd_where_nan_grad(s, t, y, temperature=1.0):
+    kept = (t.argmax(1) == y).float()
+    n = kept.sum()
+    value = (_kl(s, t, temperature) * kept).sum() / n * temperature**2
+    return torch.where(n > 0, value, torch.zeros_like(value))
+
+
+def gkd_python_zero(s, t, y, temperature=1.0):
+    kept = t.argmax(1) == y
+    if not kept.any():
+        return 0.0
+    return _kl(s[kept], t[kept], temperature).mean() * temperature**2
+
+
+def gkd_no_t2(s, t, y, temperature=1.0):
+    kept = (t.argmax(1) == y).float()
+    return (_kl(s, t, temperature) * kept).sum() / kept.sum().clamp_min(1)
+
+
+def gkd_t_not_t2(s, t, y, temperature=1.0):
+    return losses.gkd_loss(s, t, y, temperature) / temperature
+
+
+def gkd_student_only_soft(s, t, y, temperature=1.0):
+    kept = (t.argmax(1) == y).float()
+    log_s, log_t = F.log_softmax(s / temperature, 1), F.log_softmax(t, 1)
+    kl = (log_t.exp() * (log_t - log_s)).sum(1)
+    return (kl * kept).sum() / kept.sum().clamp_min(1) * temperature**2
+
+
+def gkd_plain_kd(s, t, y, temperature=1.0):
+    return losses.kd_loss(s, t, temperature)
+
+
+def gkd_reverse_kl(s, t, y, temperature=1.0):
+    kept = (t.argmax(1) == y).float()
+    kl = _kl(t, s, temperature)
+    return (kl * kept).sum() / kept.sum().clamp_min(1) * temperature**2
+
+
+def gkd_kl_div_mean(s, t, y, temperature=1.0):
+    kept = t.argmax(1) == y
+    if not kept.any():
+        return s.sum() * 0
+    return F.kl_div(F.log_softmax(s[kept] / temperature, 1), F.softmax(t[kept] / temperature, 1), reduction="mean") * temperature**2
+
+
+def gkd_probs_to_kl_div(s, t, y, temperature=1.0):
+    kept = t.argmax(1) == y
+    if not kept.any():
+        return s.sum() * 0
+    return F.kl_div(F.softmax(s[kept] / temperature, 1), F.softmax(t[kept] / temperature, 1), reduction="batchmean") * temperature**2
+
+
+def gkd_soft_cross_entropy(s, t, y, temperature=1.0):
+    kept = (t.argmax(1) == y).float()
+    ce = -(F.softmax(t / temperature, 1) * F.log_softmax(s / temperature, 1)).sum(1)
+    return (ce * kept).sum() / kept.sum().clamp_min(1) * temperature**2
+
+
+def gkd_unstable_log(s, t, y, temperature=1.0):
+    kept = (t.argmax(1) == y).float()
+    p_s, p_t = F.softmax(s / temperature, 1), F.softmax(t / temperature, 1)
+    kl = (p_t * (torch.log(p_t) - torch.log(p_s))).sum(1)
+    return (kl * kept).sum() / kept.sum().clamp_min(1) * temperature**2
+
+
+def gkd_item(s, t, y, temperature=1.0):
+    return losses.gkd_loss(s, t, y, temperature).detach().item()
+
+
+def gkd_detached(s, t, y, temperature=1.0):
+    return losses.gkd_loss(s.detach(), t, y, temperature)
+
+
+def gkd_per_sample(s, t, y, temperature=1.0):
+    kept = (t.argmax(1) == y).float()
+    return _kl(s, t, temperature) * kept * temperature**2
+
+
+def gkd_default_t4(s, t, y, temperature=4.0):
+    return losses.gkd_loss(s, t, y, temperature)
+
+
+def gkd_no_temperature_arg(s, t, y):
+    return losses.gkd_loss(s, t, y)
+
+
+GKD_WRONG = [
+    (gkd_inverted_mask, "kept the samples where the teacher is WRONG"),
+    (gkd_student_mask, "chose the samples by the STUDENT's prediction"),
+    (gkd_batch_mean, "averaged over the whole batch instead of the kept samples"),
+    (gkd_nan_when_none_kept, "NaN when no sample is kept"),
+    (gkd_zero_division, "crashed when no sample is kept"),
+    (gkd_where_nan_grad, "its gradient is NaN"),
+    (gkd_python_zero, "returned a Python float (0.0) when no sample is kept"),
+    (gkd_no_t2, "forgot the T^2 factor"),
+    (gkd_t_not_t2, "multiplied by T instead of T^2"),
+    (gkd_student_only_soft, "softened only the student's logits"),
+    (gkd_plain_kd, "kept every sample: that is plain KD"),
+    (gkd_reverse_kl, "computed KL(student || teacher)"),
+    pytest.param(gkd_kl_div_mean, "also averaged over the classes", id="gkd_kl_div_mean",
+                 marks=pytest.mark.filterwarnings("ignore:reduction. 'mean' divides")),
+    (gkd_probs_to_kl_div, "passed probabilities where F.kl_div expects LOG-probabilities"),
+    (gkd_soft_cross_entropy, "cross-entropy with the teacher's soft labels"),
+    (gkd_unstable_log, "numerically unstable"),
+    (gkd_item, "returned a Python float"),
+    (gkd_detached, "gradients don't flow"),
+    (gkd_per_sample, "expected a single number"),
+    (gkd_default_t4, "your default temperature is 4"),
+    (gkd_no_temperature_arg, "must accept the keyword argument temperature="),
+]
+
+
+@pytest.mark.parametrize("fn, diagnosis", GKD_WRONG)
+def test_check_gkd_loss_names_the_mistake(fn, diagnosis):
+    _fails_with(checks.check_gkd_loss, fn, diagnosis)
+
+
+def test_check_gkd_loss_reports_independent_mistakes_together():
+    def no_t2_and_nan(s, t, y, temperature=1.0):
+        kept = (t.argmax(1) == y).float()
+        return (_kl(s, t, temperature) * kept).sum() / kept.sum()
+
+    message = _fails_with(checks.check_gkd_loss, no_t2_and_nan, "forgot the T^2 factor", "NaN when no sample is kept")
+    assert "2 problems" in message
+
+
+def test_gkd_mistake_catalogue_is_unambiguous():
+    s, t, y = checks._gkd_case(26, 12, 7, 5)
+    right = float(losses.gkd_loss(s, t, y, 1.0).detach())
+    seen = {}
+    for message, compute in checks._gkd_mistakes(s, t, y, 1.0):
+        v = float(compute())
+        assert not math.isclose(v, right, rel_tol=1e-3), f"mistake equals the right loss: {message}"
+        for other, w in seen.items():
+            if other != message:
+                assert not math.isclose(v, w, rel_tol=1e-3), f"ambiguous: {message!r} vs {other!r}"
+        seen[message] = v
+    s, t, y = checks._gkd_case(15, 12, 7, 6)
+    right = float(losses.gkd_loss(s, t, y, 4.0).detach())
+    seen = {}
+    for message, compute in checks._gkd_temperature_mistakes(s, t, y, 4.0):
+        v = float(compute())
+        assert not math.isclose(v, right, rel_tol=1e-3), f"mistake equals the right loss: {message}"
+        for other, w in seen.items():
+            if other != message:
+                assert not math.isclose(v, w, rel_tol=1e-3), f"ambiguous: {message!r} vs {other!r}"
+        seen[message] = v
+
+
+# ============================================================================ schedules: right
+
+EPOCHS = 30
+
+
+@pytest.mark.parametrize("name", ["paper-cifar100", "paper-imagenet", "cosine", "linear", "exponential"])
+def test_check_schedule_passes_cdlib_edt_schedules(name, capsys):
+    _passes(checks.check_schedule, schedules.get(name, epochs=EPOCHS), capsys, EPOCHS)
+
+
+@pytest.mark.parametrize("epochs", [3, 30, 200])
+def test_check_schedule_passes_the_instructor_solution(epochs, capsys):
+    my_weights = _solution("exercise3_edt_schedule.ipynb", "my_weights")
+    _passes(checks.check_schedule, functools.partial(my_weights, epochs=epochs), capsys, epochs)
+
+
+def test_check_schedule_accepts_tensor_and_int_weights(capsys):
+    def tensors(epoch):
+        return {"ce": 1, "cd": torch.tensor(6.0 * 0.9 ** math.floor(epoch - 1)), "gkd": torch.tensor(0.1)}
+
+    _passes(checks.check_schedule, tensors, capsys, 5)
+
+
+# ============================================================================ schedules: wrong
+
+
+def sched_increasing(epoch):
+    return {"ce": 1.0, "cd": 6.0 * (1 + 0.1 * (epoch - 1)), "gkd": 0.1}
+
+
+def sched_constant(epoch):
+    return {"ce": 1.0, "cd": 6.0, "gkd": 0.1}
+
+
+def sched_starts_at_one(epoch):
+    return {"ce": 1.0, "cd": 1.0 / epoch, "gkd": 0.1}
+
+
+def sched_zero_indexed(epoch):
+    return {"ce": 1.0, "cd": 6.0 * 0.9 ** math.floor(epoch), "gkd": 0.1}
+
+
+def sched_missing_key(epoch):
+    return {"ce": 1.0, "cd": 6.0 * 0.9 ** (epoch - 1)}
+
+
+def sched_typo_key(epoch):
+    return {"ce": 1.0, "CD": 6.0 * 0.9 ** (epoch - 1), "gkd": 0.1}
+
+
+def sched_negative(epoch):
+    return {"ce": 1.0, "cd": 6.0 - 0.5 * (epoch - 1), "gkd": 0.1}
+
+
+def sched_nan(epoch):
+    return {"ce": 1.0, "cd": 6.0 * math.exp(-(epoch - 1) / 5), "gkd": 0.1 if epoch < 10 else float("nan")}
+
+
+def sched_list_lookup(epoch, table=[6.0 * 0.9**k for k in range(100)]):  # noqa: B006
+    return {"ce": 1.0, "cd": table[epoch - 1], "gkd": 0.1}
+
+
+def sched_dict_lookup(epoch, table={e: 6.0 * 0.9 ** (e - 1) for e in range(1, 100)}):  # noqa: B006
+    return {"ce": 1.0, "cd": table[epoch], "gkd": 0.1}
+
+
+def sched_paper_milestones(epoch):  # the paper's 200-epoch milestones on a 30-epoch run
+    return {"ce": 1.0, "cd": 6.0 * 0.9 ** sum(epoch >= m for m in (60, 160)), "gkd": 0.1}
+
+
+def sched_no_labels_at_end(epoch):
+    return {"ce": 0.0, "cd": 6.0 * 0.9 ** (epoch - 1), "gkd": 0.0}
+
+
+def sched_returns_tuple(epoch):
+    return (1.0, 6.0, 0.1)
+
+
+def sched_string_weight(epoch):
+    return {"ce": 1.0, "cd": "6", "gkd": 0.1}
+
+
+SCHEDULE_WRONG = [
+    (sched_increasing, "the CD weight increases"),
+    (sched_constant, "never decays"),
+    (sched_starts_at_one, "starts at 1 at epoch 1; the paper starts at lambda_CD = 6"),
+    (sched_zero_indexed, "did you count epochs from 0"),
+    (sched_missing_key, "no 'gkd' weight"),
+    (sched_typo_key, "unknown key(s) 'CD'"),
+    (sched_negative, "negative"),
+    (sched_nan, "every weight must be a finite number"),
+    (sched_list_lookup, "crashed at epoch 1 (TypeError"),
+    (sched_dict_lookup, "crashed at the fractional epoch 1.25"),
+    (sched_paper_milestones, "It does decay later"),
+    (sched_no_labels_at_end, "cross-entropy weight is 0 at the last epoch"),
+    (sched_returns_tuple, "it must return a dict"),
+    (sched_string_weight, "not a number"),
+]
+
+
+@pytest.mark.parametrize("fn, diagnosis", SCHEDULE_WRONG)
+def test_check_schedule_names_the_mistake(fn, diagnosis):
+    _fails_with(checks.check_schedule, fn, diagnosis, epochs=EPOCHS)
+
+
+def test_check_schedule_rejects_cdlib_constant():
+    _fails_with(checks.check_schedule, schedules.get("constant", epochs=EPOCHS), "never decays", epochs=EPOCHS)
+
+
+def test_check_schedule_needs_two_epochs():
+    with pytest.raises(ValueError):
+        checks.check_schedule(sched_constant, 1)
+
+
+# ============================================================================ fingerprint and comparison
+
+
+def test_schedule_fingerprint_changes_with_the_schedule():
+    a = checks.schedule_fingerprint(schedules.get("cosine", epochs=10), 10)
+    assert a == checks.schedule_fingerprint(schedules.get("cosine", epochs=10), 10)
+    assert a != checks.schedule_fingerprint(schedules.get("linear", epochs=10), 10)
+    assert a != checks.schedule_fingerprint(schedules.get("cosine", epochs=11), 11)
+    assert len(a) == 8
+
+
+def test_compare_schedules_reports_noise_honestly(capsys):
+    out = checks.compare_schedules({"mine": [93.0, 92.5, 93.4], "constant": [92.8, 92.9, 93.1]}, n_test=899)
+    text = capsys.readouterr().out
+    assert out["mine"]["verdict"] == "within noise"
+    assert "test-set noise" in text and "seed-to-seed noise" in text
+    out = checks.compare_schedules({"mine": [99.0, 99.2], "constant": [90.0, 90.5]}, n_test=10_000, verbose=False)
+    assert out["mine"]["verdict"] == "beats constant"
+    out = checks.compare_schedules({"mine": [80.0], "constant": [90.0]}, n_test=10_000, verbose=False)
+    assert out["mine"]["verdict"] == "is worse than constant"
+
+
+def test_compare_schedules_one_seed_warns(capsys):
+    checks.compare_schedules({"mine": [93.0], "constant": [92.0]}, n_test=899)
+    assert "one seed" in capsys.readouterr().out
+
+
+def test_checks_leave_the_global_rng_alone():
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    checks.check_cd_loss(losses.cd_loss, verbose=False)
+    checks.check_gkd_loss(losses.gkd_loss, verbose=False)
+    assert torch.equal(state, torch.get_rng_state())

@@ -1,0 +1,119 @@
+"""cdlib.viz: every plot draws what it is given — panels, lines, pixels — and returns it."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from cdlib import schedules, viz  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _attention(n=12, channels=(4, 6), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(n, c, generator=g) for c in channels]
+
+
+def test_attention_heatmaps_grid_and_pixels():
+    teacher, student = _attention(seed=0), _attention(seed=1)
+    labels = torch.tensor([2, 0, 1, 0, 2, 1, 0, 1, 2, 0, 1, 2])
+    fig = viz.attention_heatmaps({"teacher": teacher, "student": student}, labels, per_class=2)
+    images = [ax for ax in fig.axes if ax.get_images()]
+    assert len(images) == 4  # 2 sources x 2 stages (the rest are colour bars)
+    first = images[0].get_images()[0].get_array()
+    assert first.shape == (6, 4)  # 2 per class x 3 classes, 4 channels
+    # rows are grouped by class; channels sorted by the teacher's mean attention, largest first
+    picked = np.concatenate([np.flatnonzero(labels.numpy() == c)[:2] for c in range(3)])
+    order = np.argsort(-teacher[0].numpy()[picked].mean(0), kind="stable")
+    np.testing.assert_allclose(first, teacher[0].numpy()[picked][:, order])
+    # both sources share the colour scale of a stage
+    assert images[0].get_images()[0].get_clim() == images[2].get_images()[0].get_clim()
+
+
+def test_attention_heatmaps_rejects_unmatched_channels():
+    with pytest.raises(ValueError, match="connectors"):
+        viz.attention_heatmaps({"teacher": _attention(), "student": _attention(channels=(2, 3))})
+
+
+def test_attention_profile_draws_one_line_per_source_in_teacher_order():
+    teacher, student = _attention(), _attention(seed=2)
+    ax = viz.attention_profile({"teacher": teacher, "student": student}, stage=2, sample=3)
+    lines = ax.get_lines()
+    assert len(lines) == 2
+    assert np.all(np.diff(lines[0].get_ydata()) <= 0)  # the teacher's curve falls
+    order = np.argsort(-teacher[1][3].numpy(), kind="stable")
+    np.testing.assert_allclose(lines[1].get_ydata(), student[1][3].numpy()[order])
+
+
+def test_similarity_chart_has_two_panels_and_a_bar_per_stage_and_condition():
+    rows = [{"stage": s, "cd": 0.1 * s, "cosine": 0.9, "condition": c} for c in ("a", "b", "c") for s in (1, 2, 3, 4)]
+    fig = viz.similarity_chart(rows)
+    assert len(fig.axes) == 2
+    assert all(len([p for p in ax.patches if p.get_height() > 0]) == 12 for ax in fig.axes)
+    assert fig.axes[0].get_yscale() == "log"
+
+
+def test_schedule_plot_draws_a_line_per_schedule_and_term():
+    scheds = {"paper": schedules.get("paper-cifar100", epochs=20), "cos": schedules.get("cosine", epochs=20)}
+    fig = viz.schedule_plot(scheds, epochs=20)
+    assert len(fig.axes) == 3
+    for ax, term in zip(fig.axes, ("ce", "cd", "gkd")):
+        assert len(ax.get_lines()) == 2
+        x, y = ax.get_lines()[0].get_data()
+        assert x[0] == 1 and x[-1] < 21
+        assert y[0] == scheds["paper"](1.0)[term] and y[-1] == scheds["paper"](float(x[-1]))[term]
+    # per-schedule lengths
+    fig = viz.schedule_plot(scheds, epochs={"paper": 20, "cos": 10})
+    assert fig.axes[1].get_lines()[1].get_xdata().max() < 11
+
+
+def test_learning_curves_one_panel_per_metric_one_line_per_run():
+    frame = pd.DataFrame({"run": ["a"] * 3 + ["b"] * 3, "epoch": [1, 2, 3] * 2,
+                          "test_top1": [10, 50, 90, 20, 40, 80], "test_loss": [2.0, 1.0, 0.5, 2.5, 1.5, 0.7]})
+    fig = viz.learning_curves(frame, y=["test_top1", "test_loss"], logy=["test_loss"], ylims={"test_top1": (0, 100)})
+    assert len(fig.axes) == 2
+    assert len([ln for ln in fig.axes[0].get_lines() if len(ln.get_xdata()) == 3]) == 2
+    assert fig.axes[1].get_yscale() == "log" and fig.axes[0].get_ylim() == (0, 100)
+    assert len(fig.legends) == 1 and [t.get_text() for t in fig.legends[0].get_texts()] == ["a", "b"]
+
+
+def test_ablation_chart_dots_labels_and_teacher_line():
+    table = pd.DataFrame({"top-1 %": [99.0, 97.0, 98.0]}, index=["teacher", "student alone", "KD"])
+    ax = viz.ablation_chart(table, teacher=99.0, error=0.5)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["student alone", "KD"]
+    texts = [t.get_text() for t in ax.texts]
+    assert "97.00" in texts and "98.00" in texts and any("teacher" in t for t in texts)
+    assert any(np.allclose(ln.get_xdata(), 99.0) for ln in ax.get_lines())  # the dashed teacher line
+    assert ax.get_xlim()[1] <= 100.5
+
+
+def test_probability_histogram_normalises_each_group():
+    ax = viz.probability_histogram({"many": np.full(1000, 0.95), "few": np.array([0.1, 0.3])}, bins=10)
+    heights = sorted(p.get_height() for p in ax.patches if p.get_height() > 0)
+    assert heights[-1] == pytest.approx(100.0)  # all of "many" in one bin
+    assert heights[0] == pytest.approx(50.0)  # each of the two "few" in its own bin
+
+
+def test_glue_is_safe_without_a_notebook():
+    viz.glue("x", np.float64(1.5))  # outside a kernel myst-nb's glue only displays; it must not raise
+    viz.glue("y", torch.tensor(3))
+
+
+def test_explorers_build_widgets():
+    pytest.importorskip("ipywidgets")
+    w = viz.attention_explorer({"teacher": _attention(), "student": _attention(seed=1)}, torch.arange(12) % 3)
+    assert len(w.children) >= 3
+    s = viz.schedule_explorer(["constant", "cosine"], epochs=30)
+    assert len(s.children) >= 3
