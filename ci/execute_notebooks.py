@@ -229,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     # Kernels inherit this environment; with MPLBACKEND set (CI often sets Agg) ipykernel
     # would not switch to the inline backend and the notebooks would lose their figures.
     os.environ.pop("MPLBACKEND", None)
+    # The CI configuration's models are tiny and gain nothing from a second thread, while
+    # OpenMP threads that wait for a busy core made training 10-30x slower on a shared
+    # 2-core machine (measured here). A caller's own setting wins.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     # Kernel "python3" must be THIS interpreter (the one with cdlib installed), not a
     # python3 kernelspec some other install left in ~/.local/share/jupyter: JUPYTER_PATH
     # is searched before the user's and the system's folders.
