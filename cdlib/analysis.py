@@ -598,8 +598,12 @@ def connector_table(student: str, teacher: str):
     return pd.DataFrame(rows).set_index("stage")
 
 
-def cli_command(cfg: recipes.RunConfig, recipe: str, command: str = "distill") -> str:
-    """The ``cdlib`` command line that runs ``cfg``: the recipe plus every setting that differs from it."""
+def cli_command(cfg: recipes.RunConfig, recipe: str, command: str = "distill", width: Optional[int] = None) -> str:
+    """The ``cdlib`` command line that runs ``cfg``: the recipe plus every setting that differs from it.
+
+    With ``width``, the command is broken before options into lines of at most
+    about that many characters, joined with shell line continuations.
+    """
     base = recipes.get(recipe)
     parts = ["cdlib", command, "--recipe", recipe]
     for f in dataclasses.fields(recipes.RunConfig):
@@ -618,7 +622,17 @@ def cli_command(cfg: recipes.RunConfig, recipe: str, command: str = "distill") -
             continue  # a None setting cannot be written on the command line; the recipe's value applies
         else:
             parts += [flag, shlex.quote(str(value))]
-    return " ".join(parts)
+    if width is None:
+        return " ".join(parts)
+    lines, line = [], ""
+    for part in parts:
+        if part.startswith("--") and line and len(line) + 1 + len(part) > width:
+            lines.append(line)
+            line = "    " + part
+        else:
+            line = f"{line} {part}" if line else part
+    lines.append(line)
+    return " \\\n".join(lines)
 
 
 def binomial_se(accuracy_pct: float, n: int) -> float:

@@ -107,7 +107,7 @@ def attention_heatmaps(
     stages = list(stages) if stages is not None else list(range(1, len(first) + 1))
     idx = _pick_samples(labels, samples, per_class, max_samples, len(first[0]))
     fig, axes = plt.subplots(
-        len(names), len(stages), figsize=(3.1 * len(stages) + 1.2, 1.9 * len(names) + 1.0),
+        len(names), len(stages), figsize=(2.4 * len(stages) + 1.0, 1.8 * len(names) + 1.1),
         squeeze=False, constrained_layout=True,
     )
     for j, stage in enumerate(stages):
@@ -170,17 +170,35 @@ def attention_profile(attentions: Mapping[str, Sequence], stage: int, sample: in
     return ax
 
 
-def _show_in_widget(fig) -> None:
-    """Show a figure inside a widget callback: display it, then close it.
+def _png(fig) -> bytes:
+    """The figure as PNG bytes; the figure is closed (it is not also drawn in the cell)."""
+    import io
 
-    ``plt.show()`` there leaves the kernel without an execute reply under
-    papermill/nbclient (ipykernel 7, matplotlib-inline), so a notebook run by CI
-    would hang on the cell that creates the widget; ``display`` + ``close`` does not.
-    """
-    from IPython.display import display
-
-    display(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
+    return buffer.getvalue()
+
+
+def _figure_explorer(render, controls: Mapping[str, object]):
+    """Controls above an image that ``render(**values) -> Figure`` redraws on every change.
+
+    The figure travels as a PNG in an ``ipywidgets.Image`` rather than through an
+    ``Output`` widget: capturing figures in an Output widget while papermill runs
+    the cell can leave the run waiting for a reply that never comes (seen with
+    ipykernel 7 / nbclient 0.11), which would hang the book's build.
+    """
+    import ipywidgets as widgets
+
+    image = widgets.Image(format="png")
+
+    def update(change=None) -> None:
+        image.value = _png(render(**{name: c.value for name, c in controls.items()}))
+
+    for control in controls.values():
+        control.observe(update, names="value")
+    update()
+    return widgets.VBox([widgets.HBox(list(controls.values())), image])
 
 
 def attention_explorer(attentions: Mapping[str, Sequence], labels, class_names: Optional[Sequence[str]] = None):
@@ -191,10 +209,10 @@ def attention_explorer(attentions: Mapping[str, Sequence], labels, class_names: 
     n_stages = len(next(iter(attentions.values())))
     classes = [("all", -1)] + [(class_names[c] if class_names else str(c), int(c)) for c in np.unique(labels_np)]
 
-    def show(stage: int, cls: int, sample: int):
+    def render(stage: int, cls: int, sample: int):
         pool = np.arange(len(labels_np)) if cls < 0 else np.flatnonzero(labels_np == cls)
         sample = int(pool[min(sample, len(pool) - 1)])
-        fig = plt.figure(figsize=(11, 4.2), constrained_layout=True)
+        fig = plt.figure(figsize=(11, 4.2), layout="constrained")
         left, right = fig.subfigures(1, 2, width_ratios=[1, 1.3])
         shown = pool[:32]
         axes = left.subplots(len(attentions), 1, squeeze=False)[:, 0]
@@ -207,14 +225,13 @@ def attention_explorer(attentions: Mapping[str, Sequence], labels, class_names: 
             ax.set_xticks([]), ax.grid(False)
         axes[0].set_title(f"stage {stage}: {len(shown)} samples x channels")
         attention_profile(attentions, stage, sample, ax=right.subplots(), labels=labels_np, class_names=class_names)
-        _show_in_widget(fig)
+        return fig
 
-    return widgets.interactive(
-        show,
-        stage=widgets.Dropdown(options=list(range(1, n_stages + 1)), value=n_stages, description="stage"),
-        cls=widgets.Dropdown(options=classes, value=-1, description="class"),
-        sample=widgets.IntSlider(min=0, max=31, value=0, description="sample #"),
-    )
+    return _figure_explorer(render, {
+        "stage": widgets.Dropdown(options=list(range(1, n_stages + 1)), value=n_stages, description="stage"),
+        "cls": widgets.Dropdown(options=classes, value=-1, description="class"),
+        "sample": widgets.IntSlider(min=0, max=31, value=0, description="sample #"),
+    })
 
 
 def similarity_chart(rows, condition: str = "condition"):
@@ -287,18 +304,19 @@ def schedule_explorer(names: Optional[Sequence[str]] = None, epochs: int = 200, 
 
     names = list(names or sched_mod.names())
 
-    def show(chosen, epochs, cd0):
+    def render(chosen, epochs, cd0):
         if not chosen:
-            print("pick at least one schedule")
-            return
-        _show_in_widget(schedule_plot({n: sched_mod.get(n, epochs=epochs, cd0=cd0) for n in chosen}, epochs))
+            fig, ax = plt.subplots(figsize=(6, 1))
+            ax.axis("off")
+            ax.text(0.5, 0.5, "pick at least one schedule", ha="center", va="center")
+            return fig
+        return schedule_plot({n: sched_mod.get(n, epochs=epochs, cd0=cd0) for n in chosen}, epochs)
 
-    return widgets.interactive(
-        show,
-        chosen=widgets.SelectMultiple(options=names, value=tuple(names[:3]), rows=len(names), description="schedules"),
-        epochs=widgets.IntSlider(min=10, max=300, step=10, value=epochs, description="epochs"),
-        cd0=widgets.FloatSlider(min=0.5, max=12.0, step=0.5, value=cd0, description="λ_CD at start"),
-    )
+    return _figure_explorer(render, {
+        "chosen": widgets.SelectMultiple(options=names, value=tuple(names[:3]), rows=len(names), description="schedules"),
+        "epochs": widgets.IntSlider(min=10, max=300, step=10, value=epochs, description="epochs"),
+        "cd0": widgets.FloatSlider(min=0.5, max=12.0, step=0.5, value=cd0, description="λ_CD at start"),
+    })
 
 
 # ------------------------------------------------------------------ training runs

@@ -80,6 +80,10 @@ def test_cli_command_lists_exactly_the_changed_settings():
         assert part in cmd, part
     assert "--batch-size" not in cmd and "gkd=" not in cmd
     assert analysis.cli_command(recipes.get("cifar100"), "cifar100") == "cdlib distill --recipe cifar100"
+    wrapped = analysis.cli_command(cfg, "cifar100", width=40)
+    lines = wrapped.split(" \\\n")
+    assert len(lines) > 2 and all(ln.startswith("    --") for ln in lines[1:])
+    assert " ".join(ln.strip() for ln in lines) == cmd  # the same command, only broken into lines
 
 
 def test_method_labels():

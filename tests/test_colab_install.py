@@ -177,6 +177,7 @@ def fresh_env(tmp_path_factory):
     copy = _clean_copy(root / "repo")
     env["CDLIB_PIP_SPEC"] = f"channel-distillation @ {copy.as_uri()}"
     env["JUPYTER_PATH"] = str(venv / "share" / "jupyter")
+    env.setdefault("OMP_NUM_THREADS", "1")  # as ci/execute_notebooks.py: tiny CI models, busy shared CPUs
     yield python, copy, env, times
     TIMES.parent.mkdir(parents=True, exist_ok=True)
     times["total"] = round(sum(v for k, v in times.items() if k != "total"), 1)

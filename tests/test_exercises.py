@@ -120,6 +120,13 @@ def test_the_script_runs_from_the_command_line():
     assert "up to date" in proc.stdout
 
 
+def test_instructor_guide_links_every_student_notebook_in_colab():
+    guide = (REPO / "book" / "instructor_guide.md").read_text(encoding="utf8")
+    prefix = "https://colab.research.google.com/github/channel-distillation/channel-distillation/blob/main/"
+    linked = set(re.findall(re.escape(prefix) + r"(\S+?\.ipynb)", guide))
+    assert linked == {_rel(p) for p in STUDENT}, f"the guide's Colab links {sorted(linked)} != the student notebooks"
+
+
 # ============================================================================ generator rules
 
 

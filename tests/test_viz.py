@@ -111,9 +111,19 @@ def test_glue_is_safe_without_a_notebook():
     viz.glue("y", torch.tensor(3))
 
 
-def test_explorers_build_widgets():
+def test_explorers_redraw_their_image_when_a_control_changes():
     pytest.importorskip("ipywidgets")
     w = viz.attention_explorer({"teacher": _attention(), "student": _attention(seed=1)}, torch.arange(12) % 3)
-    assert len(w.children) >= 3
+    controls, image = w.children
+    assert image.value[:8] == b"\x89PNG\r\n\x1a\n"
+    before = image.value
+    controls.children[0].value = 1  # stage 1
+    assert image.value[:4] == b"\x89PNG" and image.value != before
     s = viz.schedule_explorer(["constant", "cosine"], epochs=30)
-    assert len(s.children) >= 3
+    controls, image = s.children
+    before = image.value
+    controls.children[1].value = 100  # epochs
+    assert image.value != before
+    controls.children[0].value = ()  # nothing chosen: a message, not an error
+    assert image.value[:4] == b"\x89PNG"
+    assert plt.get_fignums() == []  # every drawn figure was closed
