@@ -69,7 +69,7 @@ def describe(preference: str = "auto", warn_without_gpu: bool = True) -> torch.d
         if warn_without_gpu:
             warnings.warn(
                 "No GPU found: the full CIFAR-100 recipe would take days on a CPU. "
-                "Use the small configuration (QUICK = True) or, on Colab, Runtime > Change runtime type > GPU.",
+                "Use the small configuration (RECIPE = \"demo\") or, on Colab, Runtime > Change runtime type > GPU.",
                 stacklevel=2,
             )
     return device

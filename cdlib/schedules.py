@@ -116,7 +116,7 @@ def _paper_staircase(paper_epochs: int, milestones: tuple, warmup: int, gkd: flo
         scale = epochs / paper_epochs
         kw.setdefault("gkd", gkd)
         return staircase(
-            milestones=tuple(max(1, round(m * scale)) for m in milestones),
+            milestones=tuple(max(2, round(m * scale)) for m in milestones),  # epoch 1 always starts at cd0
             warmup_epochs=round(warmup * scale),
             **kw,
         )
