@@ -647,7 +647,8 @@ def device_name(device: Union[str, torch.device]) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
-        return f"CPU ({torch.get_num_threads()} threads)"
+        n = torch.get_num_threads()
+        return f"CPU ({n} thread{'' if n == 1 else 's'})"
     return device.type.upper()
 
 
