@@ -449,27 +449,23 @@ def test_check_gkd_loss_reports_independent_mistakes_together():
     assert "2 problems" in message
 
 
+def _assert_unambiguous(mistakes, right: float) -> None:
+    """Every catalogued mistake differs from the right value and from every other mistake."""
+    seen = {}
+    for message, compute in mistakes:
+        v = float(compute())
+        assert not math.isclose(v, right, rel_tol=1e-3), f"mistake equals the right loss: {message}"
+        for other, w in seen.items():
+            if other != message:
+                assert not math.isclose(v, w, rel_tol=1e-3), f"ambiguous: {message!r} vs {other!r}"
+        seen[message] = v
+
+
 def test_gkd_mistake_catalogue_is_unambiguous():
     s, t, y = checks._gkd_case(26, 12, 7, 5)
-    right = float(losses.gkd_loss(s, t, y, 1.0).detach())
-    seen = {}
-    for message, compute in checks._gkd_mistakes(s, t, y, 1.0):
-        v = float(compute())
-        assert not math.isclose(v, right, rel_tol=1e-3), f"mistake equals the right loss: {message}"
-        for other, w in seen.items():
-            if other != message:
-                assert not math.isclose(v, w, rel_tol=1e-3), f"ambiguous: {message!r} vs {other!r}"
-        seen[message] = v
+    _assert_unambiguous(checks._gkd_mistakes(s, t, y, 1.0), float(losses.gkd_loss(s, t, y, 1.0).detach()))
     s, t, y = checks._gkd_case(15, 12, 7, 6)
-    right = float(losses.gkd_loss(s, t, y, 4.0).detach())
-    seen = {}
-    for message, compute in checks._gkd_temperature_mistakes(s, t, y, 4.0):
-        v = float(compute())
-        assert not math.isclose(v, right, rel_tol=1e-3), f"mistake equals the right loss: {message}"
-        for other, w in seen.items():
-            if other != message:
-                assert not math.isclose(v, w, rel_tol=1e-3), f"ambiguous: {message!r} vs {other!r}"
-        seen[message] = v
+    _assert_unambiguous(checks._gkd_temperature_mistakes(s, t, y, 4.0), float(losses.gkd_loss(s, t, y, 4.0).detach()))
 
 
 # ============================================================================ schedules: right
