@@ -116,20 +116,16 @@ def method_label(method: str) -> str:
 
 
 def scaled_recipe(name: str, epochs: Optional[int] = None, **overrides) -> recipes.RunConfig:
-    """``recipes.get(name, **overrides)``, and with ``epochs`` the LR milestones scaled to match.
+    """``recipes.get(name, epochs=epochs, **overrides)``, where ``epochs=None`` keeps the recipe's.
 
+    As with ``recipes.get``, a new number of epochs moves the LR milestones with it:
     ``scaled_recipe("cifar100", epochs=50)`` decays the learning rate at epochs
     15, 30 and 40 instead of 60, 120 and 160 (which a 50-epoch run never reaches).
-    ``epochs=None`` keeps the recipe's own number of epochs and milestones.
+    Notebooks call this with a parameter that may be None.
     """
-    base = recipes.get(name)
-    changes = dict(overrides)
     if epochs is not None:
-        changes["epochs"] = int(epochs)
-        if "lr_milestones" not in changes and int(epochs) != base.epochs:
-            scale = int(epochs) / base.epochs
-            changes["lr_milestones"] = tuple(max(1, round(m * scale)) for m in base.lr_milestones)
-    return recipes.get(name, **changes)
+        overrides["epochs"] = int(epochs)
+    return recipes.get(name, **overrides)
 
 
 def describe_config(cfg: recipes.RunConfig, recipe: Optional[str] = None) -> str:
@@ -605,9 +601,12 @@ def cli_command(cfg: recipes.RunConfig, recipe: str, command: str = "distill", w
     about that many characters, joined with shell line continuations.
     """
     base = recipes.get(recipe)
+    # `--epochs N` alone already moves the milestones, so only milestones that differ from those are written.
+    scaled_milestones = recipes.get(recipe, epochs=cfg.epochs).lr_milestones
     parts = ["cdlib", command, "--recipe", recipe]
     for f in dataclasses.fields(recipes.RunConfig):
-        value, default = getattr(cfg, f.name), getattr(base, f.name)
+        value = getattr(cfg, f.name)
+        default = scaled_milestones if f.name == "lr_milestones" else getattr(base, f.name)
         if value == default:
             continue
         flag = "--" + f.name.replace("_", "-")

@@ -35,7 +35,7 @@ HELP = {
     "kd_temperature": "temperature of the KD loss",
     "gkd_temperature": "temperature of the GKD loss",
     "teacher_bn_train": "leave the teacher's BatchNorm in train mode, as the reference code did (ablation)",
-    "epochs": "number of epochs",
+    "epochs": "number of epochs (the LR milestones move with it unless --lr-milestones is given)",
     "batch_size": "batch size per process",
     "lr": "initial learning rate (SGD)",
     "momentum": "SGD momentum",

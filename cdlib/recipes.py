@@ -5,6 +5,8 @@ teacher, ResNet50 student, 200 epochs); ``get("imagenet")`` the ImageNet ones
 (torchvision's pretrained ResNet34 teacher, ResNet18 student, 100 epochs);
 ``get("demo")`` small models on the bundled digits set that train on a CPU in
 about a minute. Every field can be overridden: ``get("demo", epochs=5)``.
+Changing ``epochs`` moves the learning-rate milestones with it (unless
+``lr_milestones`` is given too), so a shortened recipe still decays its LR.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from .errors import ConfigError
 
-__all__ = ["RunConfig", "get", "names", "METHODS", "parse_method"]
+__all__ = ["RunConfig", "get", "names", "METHODS", "parse_method", "scale_milestones"]
 
 # The loss terms a method string can name, plus "edt" (weights from a schedule).
 LOSS_TERMS = ("ce", "kd", "gkd", "cd", "at", "fitnets")
@@ -201,8 +203,25 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"loss weights must be finite numbers >= 0, got {bad_weights}.")
 
 
+def scale_milestones(milestones: Tuple[int, ...], from_epochs: int, to_epochs: int) -> Tuple[int, ...]:
+    """LR milestones at the same fractions of a run of ``to_epochs`` as of ``from_epochs``:
+    (60, 120, 160) of 200 epochs -> (15, 30, 40) of 50. Never earlier than epoch 1."""
+    if to_epochs == from_epochs:
+        return tuple(milestones)
+    return tuple(max(1, round(m * to_epochs / from_epochs)) for m in milestones)
+
+
 def get(name: str, **overrides) -> RunConfig:
-    """A recipe by name, with any field overridden."""
+    """A recipe by name, with any field overridden.
+
+    ``epochs`` without ``lr_milestones`` scales the recipe's milestones:
+    ``get("cifar100", epochs=50)`` decays the LR at epochs 15, 30 and 40, where
+    the paper's 60, 120 and 160 would never be reached.
+    """
     if name not in _RECIPES:
         raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(names())}.")
-    return override(dataclasses.replace(_RECIPES[name]), **overrides)
+    base = _RECIPES[name]
+    epochs = overrides.get("epochs")
+    if isinstance(epochs, int) and epochs >= 1 and overrides.get("lr_milestones") is None:
+        overrides["lr_milestones"] = scale_milestones(base.lr_milestones, base.epochs, epochs)
+    return override(dataclasses.replace(base), **overrides)
