@@ -55,6 +55,7 @@ from .recipes import LOSS_TERMS, RunConfig, parse_method, validate
 __all__ = [
     "fit",
     "run",
+    "ensure_teacher",
     "evaluate",
     "load_data",
     "TrainStep",
@@ -896,34 +897,45 @@ def _check_reusable_teacher(teacher_dir: Path, teacher_cfg: RunConfig) -> None:
         )
 
 
+def ensure_teacher(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``teacher_checkpoint`` set, training the teacher first if there is none.
+
+    A config that names a checkpoint or pretrained weights comes back unchanged.
+    Otherwise the teacher lives in ``<run_dir>/teacher``: reused when its
+    ``model.pt`` exists (and was trained on the same data), resumed when a
+    previous attempt was interrupted, trained from scratch otherwise — so every
+    notebook and command sharing a run folder shares one teacher. Under torchrun
+    all processes train it together; rank 0 writes it.
+    """
+    validate(cfg)
+    if cfg.teacher_checkpoint or cfg.teacher_pretrained:
+        return cfg
+    teacher_dir = Path(cfg.run_dir) / "teacher"
+    # The teacher folder belongs to this run folder, so an unfinished one is resumed, never overwritten.
+    teacher_cfg = cfg.replace(student=cfg.teacher, method="student", run_dir=str(teacher_dir), resume=True)
+    if (teacher_dir / MODEL_FILE).exists():
+        _check_reusable_teacher(teacher_dir, teacher_cfg)
+    else:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"no teacher checkpoint given: training the teacher {cfg.teacher} first into {teacher_dir}", flush=True)
+        fit(teacher_cfg)
+    return cfg.replace(teacher_checkpoint=str(teacher_dir / MODEL_FILE))
+
+
 def run(cfg: RunConfig) -> Dict[str, RunResult]:
-    """Train the teacher if needed, then every method in ``cfg.method`` (','-separated).
+    """Train the teacher if needed (:func:`ensure_teacher`), then every method in ``cfg.method`` (','-separated).
 
     ``cfg.run_dir`` is an experiment folder: each method trains in its own
     sub-folder ``<run_dir>/<method>`` (``cd+gkd+edt`` -> ``cd_gkd_edt``).
-    Without a teacher checkpoint (and without pretrained weights) the teacher
-    is trained first into ``<run_dir>/teacher`` and reused by every later
-    call with the same run folder — across notebooks too. Under torchrun all
-    processes train that one teacher together; rank 0 writes it.
     """
     validate(cfg)
     methods = [m.strip() for m in cfg.method.split(",") if m.strip()]
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    if any(_uses_teacher(parse_method(m)) for m in methods) and not cfg.teacher_checkpoint and not cfg.teacher_pretrained:
-        teacher_dir = Path(cfg.run_dir) / "teacher"
-        # The teacher folder belongs to this run folder, so an unfinished one is resumed, never overwritten.
-        teacher_cfg = cfg.replace(student=cfg.teacher, method="student", run_dir=str(teacher_dir), resume=True)
-        if (teacher_dir / MODEL_FILE).exists():
-            _check_reusable_teacher(teacher_dir, teacher_cfg)
-        else:
-            if is_main:
-                print(f"no teacher checkpoint given: training the teacher {cfg.teacher} first into {teacher_dir}", flush=True)
-            fit(teacher_cfg)
-        cfg = cfg.replace(teacher_checkpoint=str(teacher_dir / MODEL_FILE))
+    if any(_uses_teacher(parse_method(m)) for m in methods):
+        cfg = ensure_teacher(cfg)
     results: Dict[str, RunResult] = {}
     for method in methods:
         results[method] = fit(cfg.replace(method=method, run_dir=str(Path(cfg.run_dir) / _slug(method))))
-    if is_main and len(methods) > 1:
+    if int(os.environ.get("RANK", "0")) == 0 and len(methods) > 1:
         print(comparison_table(results, cfg), flush=True)
     return results
 

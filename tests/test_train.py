@@ -148,6 +148,22 @@ def test_run_trains_the_teacher_once_and_reuses_it(tmp_path, capsys):
         train.run(cfg.replace(method="at", image_size=16))
 
 
+def test_ensure_teacher_trains_once_then_only_points_at_it(tmp_path, teacher_file, capsys):
+    cfg = tiny(tmp_path, method="cd+gkd+edt", epochs=1, max_steps_per_epoch=2)
+    ready = train.ensure_teacher(cfg)
+    teacher_model = Path(cfg.run_dir) / "teacher" / "model.pt"
+    assert ready.teacher_checkpoint == str(teacher_model) and teacher_model.is_file()
+    assert ready.replace(teacher_checkpoint=None) == cfg  # nothing else changed
+    assert checkpoint.load_model(teacher_model).stage_channels == (8, 16, 32, 64)  # the recipe's teacher, cifar_resnet10_w8
+    assert "training the teacher" in capsys.readouterr().out
+    stamp = teacher_model.stat().st_mtime_ns
+    assert train.ensure_teacher(cfg) == ready
+    assert "training the teacher" not in capsys.readouterr().out and teacher_model.stat().st_mtime_ns == stamp
+    # A given checkpoint is used as it is: no folder, no training.
+    given = tiny(tmp_path, "given", teacher_checkpoint=teacher_file)
+    assert train.ensure_teacher(given) == given and not (Path(given.run_dir) / "teacher").exists()
+
+
 def test_fit_refuses_a_teacher_checkpoint_of_another_model_or_class_count(tmp_path, teacher_file):
     with pytest.raises(CheckpointError, match="cifar_resnet10_w8 with 4 classes.*cifar_resnet18_w16"):
         train.fit(tiny(tmp_path, "a", method="kd", teacher="cifar_resnet18_w16", teacher_checkpoint=teacher_file))
