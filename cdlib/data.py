@@ -240,10 +240,9 @@ def make_loader(
     if isinstance(dataset, TensorImageSet) and on_device:
         return DeviceLoader(dataset, batch_size, train, device=device, seed=seed, rank=rank, world_size=world_size)
     sampler = None
-    if world_size > 1 and train:
-        from torch.utils.data.distributed import DistributedSampler
-
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    if train:
+        sampler = EpochSampler(len(dataset), seed=seed, rank=rank, world_size=world_size)
+        dataset = SeededAugmentation(dataset, seed)
     elif world_size > 1:
         # Evaluation: disjoint shards, none padded with repeats (DistributedSampler's
         # padding would count some test images twice in the combined accuracy).
@@ -252,7 +251,6 @@ def make_loader(
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train and sampler is None,
         sampler=sampler,
         drop_last=train,
         num_workers=num_workers,
@@ -260,6 +258,72 @@ def make_loader(
         persistent_workers=num_workers > 0,
         generator=g,
     )
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """The training order of one process: a permutation seeded by ``seed`` and the
+    epoch, this rank's equal share of it (as DistributedSampler with
+    ``drop_last=True``), optionally starting part-way through.
+
+    It yields ``(epoch, index)`` keys, so that :class:`SeededAugmentation` can give
+    every image of every epoch its own augmentation seed. That is what makes a
+    resumed ImageNet run cheap and exact: :meth:`start_at` skips the images already
+    trained on instead of loading and augmenting them again, and the images after
+    them are augmented exactly as in the uninterrupted run, whatever the number of
+    DataLoader workers.
+    """
+
+    def __init__(self, num_images: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        self.num_images, self.seed, self.rank, self.world_size = num_images, seed, rank, world_size
+        self.per_rank = num_images // world_size
+        self.epoch = 0
+        self._start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def start_at(self, position: int) -> None:
+        """Begin the next pass at ``position`` (images into this rank's share of the epoch); one pass only."""
+        if not 0 <= position <= self.per_rank:
+            raise ValueError(f"position {position} is outside this rank's {self.per_rank} images per epoch.")
+        self._start = position
+
+    def __len__(self) -> int:
+        return self.per_rank - self._start
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.num_images, generator=g)[self.rank :: self.world_size][: self.per_rank]
+        start, self._start = self._start, 0
+        epoch = self.epoch
+        for index in order[start:].tolist():
+            yield epoch, index
+
+
+class SeededAugmentation(Dataset):
+    """``dataset[index]`` with torch's RNG seeded by (seed, epoch, index) for that one image.
+
+    Keys come from :class:`EpochSampler`. The caller's RNG is left as it was, so
+    loading without workers draws nothing from the training process's random stream.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int = 0) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Tuple[int, int]):
+        epoch, index = key
+        # The CPU generator alone: torch.manual_seed would also visit every accelerator
+        # backend, 60x slower, and transforms draw from the CPU generator only.
+        cpu_rng = torch.random.default_generator
+        saved = cpu_rng.get_state()
+        cpu_rng.manual_seed(((self.seed * 1_000_003 + epoch) * 2_654_435_761 + index) % (2**63))
+        try:
+            return self.dataset[index]
+        finally:
+            cpu_rng.set_state(saved)
 
 
 # ---------------------------------------------------------------- CIFAR-100

@@ -10,11 +10,12 @@ A run folder holds ``config.json``, ``metrics.jsonl`` (one line per epoch),
 optimizer, scaler, schedule position and RNG state) and, when finished,
 ``model.pt`` (the trained student, reusable as a teacher).
 
-Resuming is exact for the in-memory data sets (CIFAR-100, digits, synthetic):
-an interrupted and resumed run ends with the same weights and metrics as an
-uninterrupted one. With a worker-based DataLoader (ImageNet) the resumed
-epoch sees the same images in the same order, but the workers' augmentation
-draws differ.
+Resuming is exact: an interrupted and resumed run ends with the same weights
+and metrics as an uninterrupted one. In-memory data sets (CIFAR-100, digits,
+synthetic) replay the interrupted epoch's batches up to where it stopped, which
+costs little; a DataLoader with workers (ImageNet) skips them in its sampler and
+gives every image its own augmentation seed (:class:`cdlib.data.EpochSampler`),
+so the next images look exactly as they would have.
 
 Under ``torchrun`` every process runs this same code: rank 0 alone writes
 files; decisions that stop a run (a non-finite loss, Ctrl-C) are agreed by
@@ -639,11 +640,11 @@ class _Training:
         if hasattr(loader, "set_epoch"):  # DeviceLoader: its permutation and augmentation are seeded by the epoch
             loader.set_epoch(epoch)
         sampler = getattr(loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):  # DistributedSampler
+        if hasattr(sampler, "set_epoch"):  # EpochSampler: order and augmentation seeds follow the epoch
             sampler.set_epoch(epoch)
         if getattr(loader, "generator", None) is not None:
-            # A DataLoader draws its shuffle order and workers' seeds from this generator;
-            # seeding it by the epoch makes a resumed epoch see the same batches.
+            # Workers' base seeds come from this generator; transforms that use numpy or
+            # `random` (cdlib's do not) then also repeat on resume.
             loader.generator.manual_seed(self.cfg.seed * 100_003 + epoch)
 
     def train_epoch(self, epoch: int, interrupt: _DeferredInterrupt, on_step) -> Tuple[torch.Tensor, int, float]:
@@ -663,13 +664,20 @@ class _Training:
         bar = self._progress_bar(epoch, first_step)
         started = time.perf_counter()
         step = first_step
+        # A sampler that can start part-way skips the steps already trained; other loaders replay them.
+        skipped = first_step if isinstance(getattr(self.train_loader, "sampler", None), data_mod.EpochSampler) else 0
+        if skipped:
+            self.train_loader.sampler.start_at(skipped * cfg.batch_size)
+            if self.resume_rng is not None:
+                _set_rng_state(self.resume_rng)
         try:
-            for step_index, (images, labels) in enumerate(itertools.islice(self.train_loader, self.steps_per_epoch)):
+            batches = itertools.islice(self.train_loader, self.steps_per_epoch - skipped)
+            for step_index, (images, labels) in enumerate(batches, start=skipped):
                 if step_index < first_step:
                     # Replaying the epoch's data stream (and its augmentation RNG) up to where the run stopped.
                     if step_index == first_step - 1 and self.resume_rng is not None:
-                        # A DataLoader without workers augments with the global RNG, which the replay
-                        # just drew from; the next batch must see it as the interrupted run left it.
+                        # A loader may augment with the global RNG, which the replay just drew
+                        # from; the next batch must see it as the interrupted run left it.
                         _set_rng_state(self.resume_rng)
                     continue
                 weights = _weights_for(cfg, self.terms, epoch + step_index / self.steps_per_epoch, self.schedule)

@@ -516,3 +516,63 @@ def test_augment_batch_statistics_match_torchvision():
     q = ours[:, 1].mean(dim=1)
     q = q - q.flip(1)
     assert (q.mean(0).abs() <= 5 * q.std(0) / math.sqrt(n)).all()
+
+
+# ---------------------------------------------------------------- EpochSampler / SeededAugmentation
+
+
+def test_epoch_sampler_shards_like_distributed_sampler_with_drop_last():
+    shards = [list(data.EpochSampler(10, seed=3, rank=r, world_size=3)) for r in range(3)]
+    indices = [i for shard in shards for _, i in shard]
+    assert [len(s) for s in shards] == [3, 3, 3]  # 10 // 3 each, nothing padded
+    assert len(set(indices)) == 9 and set(indices) <= set(range(10))
+    assert {e for shard in shards for e, _ in shard} == {0}
+
+
+def test_epoch_sampler_order_follows_seed_and_epoch_and_can_start_part_way():
+    sampler = data.EpochSampler(20, seed=1)
+    first = list(sampler)
+    assert sorted(i for _, i in first) == list(range(20))
+    assert list(sampler) == first  # same epoch, same order
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert [i for _, i in second] != [i for _, i in first] and {e for e, _ in second} == {1}
+    assert [i for _, i in data.EpochSampler(20, seed=2)] != [i for _, i in first]
+    sampler.start_at(7)
+    assert len(sampler) == 13
+    assert list(sampler) == second[7:]
+    assert list(sampler) == second and len(sampler) == 20  # start_at applies to one pass only
+    with pytest.raises(ValueError, match="outside"):
+        sampler.start_at(21)
+
+
+def test_seeded_augmentation_depends_on_epoch_and_index_only():
+    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    base = data.TensorImageSet(images, torch.arange(6), (0.5,) * 3, (0.25,) * 3, augment=True, pad=2)
+    seeded = data.SeededAugmentation(base, seed=5)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    a = seeded[(1, 4)][0]
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's random stream is untouched
+    for key in [(1, 0), (2, 4), (1, 3)]:
+        seeded[key]  # other images in between change nothing
+    assert torch.equal(seeded[(1, 4)][0], a)
+    later_epochs = [seeded[(e, 4)][0] for e in range(2, 12)]
+    assert any(not torch.equal(x, a) for x in later_epochs)  # 25 crops x 2 flips: ten epochs cannot all repeat one
+    assert any(not torch.equal(data.SeededAugmentation(base, seed=s)[(1, 4)][0], a) for s in range(6, 16))
+
+
+@pytest.mark.parametrize("source", ["synthetic", "imagenet"])
+def test_make_loader_batches_do_not_depend_on_the_number_of_workers(source, imagenet_root):
+    if source == "imagenet":  # PIL RandomResizedCrop + flip in the workers
+        bundle, batch, steps = data.load("imagenet", root=imagenet_root, image_size=16), 3, 3
+    else:
+        bundle, batch, steps = data.load("synthetic", num_classes=4, train_per_class=8, test_per_class=2, image_size=8), 8, 4
+    batches = {}
+    for workers in (0, 2):
+        loader = data.make_loader(bundle.train, batch, train=True, num_workers=workers, seed=4, on_device=False)
+        loader.sampler.set_epoch(3)
+        batches[workers] = list(loader)
+    assert len(batches[0]) == steps
+    for (x0, y0), (x2, y2) in zip(batches[0], batches[2]):
+        assert torch.equal(x0, x2) and torch.equal(y0, y2)

@@ -187,13 +187,14 @@ class _StopAt:
 
 
 @pytest.mark.parametrize(
-    "stop_at, on_device",
-    [((2, 3), True), ((1, 5), True), ((2, 2), False)],
-    ids=["mid-epoch", "epoch-boundary", "mid-epoch-dataloader"],
+    "stop_at, on_device, workers",
+    [((2, 3), True, 0), ((1, 5), True, 0), ((2, 2), False, 0), ((2, 3), False, 2)],
+    ids=["mid-epoch", "epoch-boundary", "mid-epoch-dataloader", "mid-epoch-dataloader-workers"],
 )
-def test_an_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, teacher_file, stop_at, on_device):
+def test_an_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, teacher_file, stop_at,
+                                                                              on_device, workers):
     common = dict(method="cd+gkd+edt", epochs=3, max_steps_per_epoch=5, teacher_checkpoint=teacher_file,
-                  data_on_device=on_device)
+                  data_on_device=on_device, num_workers=workers)
     straight = train.fit(tiny(tmp_path, "straight", **common))
 
     cfg = tiny(tmp_path, "interrupted", **common)
@@ -215,6 +216,19 @@ def test_an_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one(t
     assert a_state.keys() == b_state.keys()
     for key in a_state:
         assert torch.equal(a_state[key], b_state[key]), f"{key} differs after resuming"
+
+
+def test_a_resumed_dataloader_epoch_loads_only_the_images_it_still_needs(tmp_path, teacher_file, monkeypatch):
+    cfg = tiny(tmp_path, method="kd", epochs=1, teacher_checkpoint=teacher_file, data_on_device=False)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(cfg, on_step=_StopAt(1, 2))
+    loaded = []
+    original = cdlib.data.TensorImageSet.__getitem__
+    monkeypatch.setattr(cdlib.data.TensorImageSet, "__getitem__", lambda self, i: loaded.append(i) or original(self, i))
+    train.fit(cfg.replace(resume=True))
+    steps = min(48 // cfg.batch_size, cfg.max_steps_per_epoch)  # 4 classes x 12 training images, capped
+    test_images = 4 * 6
+    assert len(loaded) == (steps - 2) * cfg.batch_size + test_images  # the two trained steps are not loaded again
 
 
 def test_resume_guards(tmp_path, teacher_file):
