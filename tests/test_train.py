@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -334,3 +335,21 @@ def test_sigint_saves_a_resumable_checkpoint_and_exits_130(tmp_path):
     assert finished.returncode == 0, finished.stderr
     assert [r["epoch"] for r in train.read_metrics(model_dir)] == [1, 2, 3, 4]
     assert (model_dir / "model.pt").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="torch.compile on a CPU needs a C++ compiler")
+def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path, teacher_file):
+    """`--compile` (torch.compile; inductor builds C++ kernels on a CPU, ~1 minute here)."""
+    common = dict(method="cd+gkd+edt", epochs=2, max_steps_per_epoch=3, teacher_checkpoint=teacher_file)
+    eager = train.fit(tiny(tmp_path, "eager", **common))
+    compiled = train.fit(tiny(tmp_path, "compiled", compile=True, **common))
+    for a, b in zip(eager.metrics, compiled.metrics):
+        for key in ("train_loss", "loss_ce", "loss_cd", "loss_gkd", "test_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-5), key
+    # The saved student is an ordinary model: no torch.compile wrapper prefixes, loadable without compiling.
+    state = _model_state(compiled.model_path)
+    assert state.keys() == _model_state(eager.model_path).keys()
+    model = checkpoint.load_model(compiled.model_path)
+    images = torch.randn(2, 3, 8, 8)
+    assert model(images).shape == (2, 4)
