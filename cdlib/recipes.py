@@ -171,6 +171,16 @@ def validate(cfg: RunConfig) -> None:
     for name in ("momentum", "weight_decay"):
         if not (getattr(cfg, name) >= 0 and math.isfinite(getattr(cfg, name))):
             raise ConfigError(f"{name} must be a non-negative number, got {getattr(cfg, name)}.")
+    early = [m for m in cfg.lr_milestones if m < 1]
+    if early:
+        raise ConfigError(f"lr_milestones are epoch numbers from 1 on (the LR decays after that epoch), got {early}.")
+    late = [m for m in cfg.lr_milestones if m > cfg.epochs]
+    if late:
+        raise ConfigError(
+            f"lr_milestones {late} lie after the last of {cfg.epochs} epochs, so the learning rate would never decay "
+            f"there; pass milestones up to {cfg.epochs}, or change epochs through recipes.get(name, epochs=...) "
+            f"(CLI: --epochs alone), which moves the recipe's milestones with it."
+        )
     if not cfg.lr_gamma > 0:
         raise ConfigError(f"lr_gamma must be positive, got {cfg.lr_gamma}.")
     for name in ("kd_temperature", "gkd_temperature"):

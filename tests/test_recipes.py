@@ -25,8 +25,18 @@ def test_explicit_milestones_win_and_replace_is_literal():
     assert recipes.get("cifar100", epochs=50, lr_milestones=[10]).lr_milestones == (10,)
     assert recipes.get("cifar100", epochs=50, lr_milestones=[]).lr_milestones == ()  # no decay at all
     assert recipes.get("cifar100", lr_milestones=[5, 7]).lr_milestones == (5, 7)
-    # RunConfig.replace changes exactly what it is told: only a recipe knows its milestones' epoch budget.
-    assert recipes.get("cifar100").replace(epochs=50).lr_milestones == (60, 120, 160)
+    # RunConfig.replace changes exactly what it is told (only a recipe knows its milestones' epoch budget),
+    # so milestones left beyond the end of the run are refused rather than silently never reached.
+    assert recipes.get("cifar100").replace(epochs=160).lr_milestones == (60, 120, 160)
+    with pytest.raises(ConfigError, match=r"lr_milestones \[160\] lie after the last of 150 epochs"):
+        recipes.get("cifar100").replace(epochs=150)
+
+
+@pytest.mark.parametrize("milestones, message", [((0, 5), "from 1 on"), ((-3,), "from 1 on"),
+                                                 ((10, 60), r"\[60\] lie after the last of 50 epochs")])
+def test_milestones_outside_the_run_are_refused(milestones, message):
+    with pytest.raises(ConfigError, match=message):
+        recipes.get("cifar100", epochs=50, lr_milestones=milestones)
 
 
 def test_bad_epochs_are_still_a_config_error():

@@ -45,6 +45,8 @@ def tiny(tmp_path: Path, name: str = "run", **overrides) -> recipes.RunConfig:
         run_dir=str(tmp_path / name),
     )
     settings.update(overrides)
+    if "lr_milestones" not in overrides:
+        settings["lr_milestones"] = (min(2, settings["epochs"]),)  # decay after epoch 2, or after the only one
     return recipes.get("demo", **settings)
 
 
