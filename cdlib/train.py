@@ -426,6 +426,19 @@ def _build_teacher(cfg: RunConfig, num_classes: int, placement: _Placement) -> n
     return teacher
 
 
+def _warn_if_useless_teacher(metrics: Dict[str, float], num_classes: int) -> None:
+    """Say so when the teacher predicts worse than a uniform guess: distilling from it cannot help."""
+    guess = math.log(num_classes)
+    if math.isfinite(metrics["loss"]) and metrics["loss"] <= guess:
+        return
+    print(
+        f"warning: the teacher's test loss is {metrics['loss']:.3g} (top-1 {metrics['top1']:.2f}%), worse than guessing "
+        f"uniformly among {num_classes} classes ({guess:.2f}): it looks untrained, or its BatchNorm statistics never "
+        "settled (a teacher trained for only a few steps); distilling from it will not help and may diverge.",
+        flush=True,
+    )
+
+
 def _sgd(cfg: RunConfig, parameters, device: torch.device) -> torch.optim.SGD:
     kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if device.type == "cuda" and _SGD_HAS_FUSED:
@@ -585,6 +598,8 @@ class _Training:
         if self.teacher is not None and self.teacher_metrics is None:
             self.teacher_metrics = evaluate(self.teacher, self.test_loader, device, self.autocast_dtype,
                                             placement.world_size, self.channels_last)
+            if placement.is_main:
+                _warn_if_useless_teacher(self.teacher_metrics, self.bundle.num_classes)
         if cfg.compile:
             self.distiller.student.compile()
             if self.teacher is not None:

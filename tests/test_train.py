@@ -167,6 +167,26 @@ def test_ensure_teacher_trains_once_then_only_points_at_it(tmp_path, teacher_fil
     assert train.ensure_teacher(given) == given and not (Path(given.run_dir) / "teacher").exists()
 
 
+@pytest.mark.parametrize("loss, warned", [(0.9, False), (math.log(4), False), (1.5, True), (math.inf, True),
+                                         (math.nan, True)])
+def test_a_teacher_worse_than_guessing_is_named(loss, warned, capsys):
+    train._warn_if_useless_teacher({"loss": loss, "top1": 20.0, "top5": 90.0}, num_classes=4)
+    out = capsys.readouterr().out
+    assert ("worse than guessing uniformly among 4 classes (1.39)" in out) == warned, out
+
+
+def test_distilling_from_a_broken_teacher_warns_before_training(tmp_path, teacher_file, capsys):
+    saved = checkpoint.safe_load(teacher_file)
+    # Huge classifier weights: confidently wrong on every test image it misclassifies.
+    saved["state_dict"] = {k: v * 1e4 if k.startswith("fc.") else v for k, v in saved["state_dict"].items()}
+    broken = tmp_path / "broken.pt"
+    torch.save(saved, broken)
+    train.fit(tiny(tmp_path, method="kd", epochs=1, max_steps_per_epoch=1, teacher_checkpoint=str(broken)))
+    out = capsys.readouterr().out
+    assert "warning: the teacher's test loss" in out
+    assert out.index("warning: the teacher") < out.index("[kd] epoch")
+
+
 def test_fit_refuses_a_teacher_checkpoint_of_another_model_or_class_count(tmp_path, teacher_file):
     with pytest.raises(CheckpointError, match="cifar_resnet10_w8 with 4 classes.*cifar_resnet18_w16"):
         train.fit(tiny(tmp_path, "a", method="kd", teacher="cifar_resnet18_w16", teacher_checkpoint=teacher_file))
