@@ -281,6 +281,8 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        # A start position belongs to the epoch it was set for, even if that pass drew nothing.
+        self._start = 0
 
     def start_at(self, position: int) -> None:
         """Begin the next pass at ``position`` (images into this rank's share of the epoch); one pass only."""
@@ -305,6 +307,7 @@ class SeededAugmentation(Dataset):
 
     Keys come from :class:`EpochSampler`. The caller's RNG is left as it was, so
     loading without workers draws nothing from the training process's random stream.
+    Transforms that draw from numpy or ``random`` instead of torch are not covered.
     """
 
     def __init__(self, dataset: Dataset, seed: int = 0) -> None:

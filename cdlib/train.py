@@ -331,6 +331,9 @@ def _result_settings(config: dict, terms: Tuple[str, ...]) -> dict:
     scheduled = ("ce", "cd", "gkd") if "edt" in terms else ()  # weights the EDT schedule sets, whatever cfg says
     saved_weights = config.get("weights") or {}
     settings["weights"] = {t: float(saved_weights.get(t, 0.0)) for t in terms if t in LOSS_TERMS and t not in scheduled}
+    # Milestones at or after the last epoch never change the LR (and older versions kept a
+    # recipe's 60/120/160 in shortened runs), so only those that take effect must agree.
+    settings["lr_milestones"] = sorted(int(m) for m in settings["lr_milestones"] or () if int(m) < int(config["epochs"]))
     return settings
 
 
@@ -657,10 +660,6 @@ class _Training:
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):  # EpochSampler: order and augmentation seeds follow the epoch
             sampler.set_epoch(epoch)
-        if getattr(loader, "generator", None) is not None:
-            # Workers' base seeds come from this generator; transforms that use numpy or
-            # `random` (cdlib's do not) then also repeat on resume.
-            loader.generator.manual_seed(self.cfg.seed * 100_003 + epoch)
 
     def train_epoch(self, epoch: int, interrupt: _DeferredInterrupt, on_step) -> Tuple[torch.Tensor, int, float]:
         """Train one epoch; returns this process's running sums, steps trained and seconds."""
@@ -682,7 +681,8 @@ class _Training:
         # A sampler that can start part-way skips the steps already trained; other loaders replay them.
         skipped = first_step if isinstance(getattr(self.train_loader, "sampler", None), data_mod.EpochSampler) else 0
         if skipped:
-            self.train_loader.sampler.start_at(skipped * cfg.batch_size)
+            if skipped < self.steps_per_epoch:  # else the epoch was complete: nothing left to draw
+                self.train_loader.sampler.start_at(skipped * cfg.batch_size)
             if self.resume_rng is not None:
                 _set_rng_state(self.resume_rng)
         try:

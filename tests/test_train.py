@@ -211,8 +211,9 @@ class _StopAt:
 
 @pytest.mark.parametrize(
     "stop_at, on_device, workers",
-    [((2, 3), True, 0), ((1, 5), True, 0), ((2, 2), False, 0), ((2, 3), False, 2)],
-    ids=["mid-epoch", "epoch-boundary", "mid-epoch-dataloader", "mid-epoch-dataloader-workers"],
+    [((2, 3), True, 0), ((1, 5), True, 0), ((2, 2), False, 0), ((2, 3), False, 2), ((1, 5), False, 0)],
+    ids=["mid-epoch", "epoch-boundary", "mid-epoch-dataloader", "mid-epoch-dataloader-workers",
+         "epoch-boundary-dataloader"],
 )
 def test_an_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, teacher_file, stop_at,
                                                                               on_device, workers):
@@ -252,6 +253,20 @@ def test_a_resumed_dataloader_epoch_loads_only_the_images_it_still_needs(tmp_pat
     steps = min(48 // cfg.batch_size, cfg.max_steps_per_epoch)  # 4 classes x 12 training images, capped
     test_images = 4 * 6
     assert len(loaded) == (steps - 2) * cfg.batch_size + test_images  # the two trained steps are not loaded again
+
+
+def test_milestones_that_never_take_effect_do_not_block_resuming(tmp_path):
+    # Before milestones scaled with epochs, `--epochs 3` on the demo recipe saved its 20/26 milestones.
+    cfg = tiny(tmp_path, epochs=3, lr_milestones=())
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(cfg, on_step=_StopAt(1, 2))
+    path = Path(cfg.run_dir) / "checkpoint.pt"
+    saved = checkpoint.safe_load(path)
+    saved["config"]["lr_milestones"] = [20, 26]
+    torch.save(saved, path)
+    with pytest.raises(ConfigError, match=r"lr_milestones: \[\] -> \[2\]"):
+        train.fit(cfg.replace(resume=True, lr_milestones=(2,)))  # a milestone that would act: refused
+    assert len(train.fit(cfg.replace(resume=True)).metrics) == 3
 
 
 def test_resume_guards(tmp_path, teacher_file):
