@@ -16,7 +16,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from cdlib import checkpoint, train
+from cdlib import checkpoint, recipes, train
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
 # One thread per process: two processes already fill the two cores of a small machine.
@@ -147,3 +147,62 @@ def test_cdlib_distill_scales_out_with_torchrun_on_the_imagenet_path(tmp_path):
     assert saved["world_size"] == 2 and saved["config"]["student"] == "resnet18" and saved["epoch"] == 2
     model = checkpoint.load_model(run_dir / "cd_gkd_edt" / "model.pt")
     assert type(model).__name__ == "TorchvisionResNet" and model.num_classes == 2
+
+
+RESUME_DRIVER = textwrap.dedent(
+    """
+    import hashlib, json, os, sys
+    from pathlib import Path
+
+    from cdlib import recipes, train
+
+    settings, report, stop = json.loads(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
+
+    def on_step(epoch, step):
+        if [epoch, step] == stop:  # every process stops after the same step, as an agreed Ctrl-C does
+            raise KeyboardInterrupt
+
+    try:
+        result = train.fit(recipes.get("demo", **settings), on_step=on_step)
+    except KeyboardInterrupt:
+        sys.exit(0)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(result.model.state_dict().items()):
+        digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+    if int(os.environ["RANK"]) == 0:
+        report.write_text(json.dumps({"weights": digest.hexdigest(), "metrics": result.metrics}))
+    """
+)
+
+
+def test_two_processes_resume_a_dataloader_run_mid_epoch_exactly(tmp_path):
+    """The ImageNet-style path (DataLoader + EpochSampler) under torchrun: stop in the middle
+    of epoch 2, resume, and end with the weights and metrics of an uninterrupted run."""
+    teacher = train.fit(recipes.get(
+        "demo", data="synthetic", data_options={"num_classes": 4, "train_per_class": 16, "test_per_class": 5},
+        image_size=8, student="cifar_resnet10_w8", method="student", epochs=1, lr_milestones=(), batch_size=8,
+        device="cpu", progress=False, run_dir=str(tmp_path / "teacher")))
+    settings = dict(
+        data="synthetic", data_options={"num_classes": 4, "train_per_class": 16, "test_per_class": 5}, image_size=8,
+        student="cifar_resnet10_w4", teacher="cifar_resnet10_w8", teacher_checkpoint=str(teacher.model_path),
+        method="cd+gkd+edt", epochs=3, batch_size=8, device="cpu", progress=False, data_on_device=False,
+        num_workers=0,
+    )
+    driver = tmp_path / "driver.py"
+    driver.write_text(RESUME_DRIVER)
+
+    def torchrun(run_dir: Path, report: Path, stop, **extra) -> None:
+        cfg = {**settings, "run_dir": str(run_dir), **extra}
+        _torchrun([str(driver), json.dumps(cfg), str(report), json.dumps(stop)], cwd=tmp_path)
+
+    torchrun(tmp_path / "straight", tmp_path / "straight.json", None)
+    torchrun(tmp_path / "resumed", tmp_path / "unused.json", [2, 2])
+    saved = checkpoint.safe_load(tmp_path / "resumed" / "checkpoint.pt")
+    assert (saved["epoch"], saved["step"], saved["world_size"]) == (2, 2, 2)  # 64 images / 2 processes / 8 = 4 steps
+    torchrun(tmp_path / "resumed", tmp_path / "resumed.json", None, resume=True)
+
+    straight, resumed = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("straight", "resumed"))
+    assert resumed["weights"] == straight["weights"], "resuming changed the trained weights"
+    for a, b in zip(straight["metrics"], resumed["metrics"], strict=True):
+        for key in ("train_loss", "loss_ce", "loss_cd", "loss_gkd", "train_top1", "test_top1"):
+            assert a[key] == b[key], key
