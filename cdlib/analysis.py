@@ -28,7 +28,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import data as data_mod
-from . import losses, models, recipes
+from . import losses, models, recipes, train
 from .connectors import Connector, build_connectors
 from .errors import CheckpointError, ConfigError
 
@@ -162,7 +162,7 @@ def teacher_checkpoint_of(cfg: recipes.RunConfig) -> Optional[str]:
         return cfg.teacher_checkpoint
     if cfg.teacher_pretrained:
         return None
-    return str(Path(cfg.run_dir) / "teacher" / "model.pt")
+    return str(train.teacher_dir(cfg.run_dir) / train.MODEL_FILE)
 
 
 def variant(cfg: recipes.RunConfig, name: str, **changes) -> recipes.RunConfig:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -122,20 +121,15 @@ def _config_from_args(args: argparse.Namespace) -> recipes.RunConfig:
     return recipes.get(args.recipe, **changes)
 
 
-def _is_main_process() -> bool:
-    # Under torchrun every process runs the command; one of them reports.
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     from . import train
 
     cfg = _config_from_args(args)
     model = args.model or cfg.teacher
     # The recipe's teacher goes where `cdlib distill` looks for it; any other model beside it.
-    run_dir = Path(cfg.run_dir) / ("teacher" if model == cfg.teacher else model)
+    run_dir = train.teacher_dir(cfg.run_dir) if model == cfg.teacher else Path(cfg.run_dir) / model
     result = train.fit(cfg.replace(student=model, method="student", run_dir=str(run_dir)))
-    if _is_main_process():
+    if train.is_main_process():  # under torchrun every process runs the command; one reports
         print(f"trained {model}: test top-1 {result.final['top1']:.2f}%, top-5 {result.final['top5']:.2f}%; "
               f"model saved to {result.model_path}")
     return 0
@@ -145,7 +139,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     from . import train
 
     results = train.run(_config_from_args(args))
-    if _is_main_process():
+    if train.is_main_process():
         for method, result in results.items():
             print(f"{method}: test top-1 {result.final['top1']:.2f}%, top-5 {result.final['top5']:.2f}%; "
                   f"model saved to {result.model_path}")

@@ -216,8 +216,6 @@ def validate(cfg: RunConfig) -> None:
 def scale_milestones(milestones: Tuple[int, ...], from_epochs: int, to_epochs: int) -> Tuple[int, ...]:
     """LR milestones at the same fractions of a run of ``to_epochs`` as of ``from_epochs``:
     (60, 120, 160) of 200 epochs -> (15, 30, 40) of 50. Never earlier than epoch 1."""
-    if to_epochs == from_epochs:
-        return tuple(milestones)
     return tuple(max(1, round(m * to_epochs / from_epochs)) for m in milestones)
 
 

@@ -57,6 +57,8 @@ __all__ = [
     "fit",
     "run",
     "ensure_teacher",
+    "teacher_dir",
+    "is_main_process",
     "evaluate",
     "load_data",
     "TrainStep",
@@ -920,6 +922,16 @@ def _check_reusable_teacher(teacher_dir: Path, teacher_cfg: RunConfig) -> None:
         )
 
 
+def is_main_process() -> bool:
+    """True alone, and on rank 0 under torchrun: the process that prints reports."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def teacher_dir(run_dir: str | os.PathLike) -> Path:
+    """Where :func:`ensure_teacher` (and `cdlib train`) keep the teacher of an experiment folder."""
+    return Path(run_dir) / "teacher"
+
+
 def ensure_teacher(cfg: RunConfig) -> RunConfig:
     """``cfg`` with ``teacher_checkpoint`` set, training the teacher first if there is none.
 
@@ -933,16 +945,16 @@ def ensure_teacher(cfg: RunConfig) -> RunConfig:
     validate(cfg)
     if cfg.teacher_checkpoint or cfg.teacher_pretrained:
         return cfg
-    teacher_dir = Path(cfg.run_dir) / "teacher"
+    folder = teacher_dir(cfg.run_dir)
     # The teacher folder belongs to this run folder, so an unfinished one is resumed, never overwritten.
-    teacher_cfg = cfg.replace(student=cfg.teacher, method="student", run_dir=str(teacher_dir), resume=True)
-    if (teacher_dir / MODEL_FILE).exists():
-        _check_reusable_teacher(teacher_dir, teacher_cfg)
+    teacher_cfg = cfg.replace(student=cfg.teacher, method="student", run_dir=str(folder), resume=True)
+    if (folder / MODEL_FILE).exists():
+        _check_reusable_teacher(folder, teacher_cfg)
     else:
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"no teacher checkpoint given: training the teacher {cfg.teacher} first into {teacher_dir}", flush=True)
+        if is_main_process():
+            print(f"no teacher checkpoint given: training the teacher {cfg.teacher} first into {folder}", flush=True)
         fit(teacher_cfg)
-    return cfg.replace(teacher_checkpoint=str(teacher_dir / MODEL_FILE))
+    return cfg.replace(teacher_checkpoint=str(folder / MODEL_FILE))
 
 
 def run(cfg: RunConfig) -> Dict[str, RunResult]:
@@ -958,7 +970,7 @@ def run(cfg: RunConfig) -> Dict[str, RunResult]:
     results: Dict[str, RunResult] = {}
     for method in methods:
         results[method] = fit(cfg.replace(method=method, run_dir=str(Path(cfg.run_dir) / _slug(method))))
-    if int(os.environ.get("RANK", "0")) == 0 and len(methods) > 1:
+    if is_main_process() and len(methods) > 1:
         print(comparison_table(results, cfg), flush=True)
     return results
 
