@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import warnings
-from typing import Optional
+import os
+import platform
+from pathlib import Path
+from typing import Optional, Union
 
 import torch
 
 from .errors import ConfigError
 
-__all__ = ["pick_device", "amp_dtype", "describe"]
+__all__ = ["pick_device", "amp_dtype", "describe", "name", "cpu_model"]
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -56,8 +58,36 @@ def amp_dtype(device: torch.device, preference: str = "auto") -> Optional[torch.
     return None
 
 
+def cpu_model() -> str:
+    """The CPU's model name as the operating system reports it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def name(device: Union[str, torch.device]) -> str:
+    """A readable name of a device: the GPU's model, "Apple MPS", or the CPU's model, cores and torch threads."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    if device.type == "cpu":
+        threads = torch.get_num_threads()
+        return f"CPU ({cpu_model()}, {os.cpu_count()} cores, {threads} torch thread{'' if threads == 1 else 's'})"
+    return device.type.upper()
+
+
 def describe(preference: str = "auto", warn_without_gpu: bool = True) -> torch.device:
-    """Print what device was found (for notebooks) and warn, not fail, without a GPU."""
+    """The device ``preference`` picks, after printing one line about it (for notebooks).
+
+    Without a GPU (and with ``warn_without_gpu``) the line also says what to do;
+    it is a normal line, not a warning, so a rendered page shows no warning machinery.
+    """
     device = pick_device(preference)
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -65,11 +95,7 @@ def describe(preference: str = "auto", warn_without_gpu: bool = True) -> torch.d
     elif device.type == "mps":
         print(f"Using Apple MPS, torch {torch.__version__}")
     else:
-        print(f"Using CPU ({torch.get_num_threads()} threads), torch {torch.__version__}")
-        if warn_without_gpu:
-            warnings.warn(
-                "No GPU found: the full CIFAR-100 recipe would take days on a CPU. "
-                "Use the small configuration (RECIPE = \"demo\") or, on Colab, Runtime > Change runtime type > GPU.",
-                stacklevel=2,
-            )
+        advice = (" No GPU here: use the small configuration (RECIPE = \"demo\"), or on Colab, "
+                  "Runtime > Change runtime type > GPU." if warn_without_gpu else "")
+        print(f"Using {name(device)}, torch {torch.__version__}.{advice}")
     return device
