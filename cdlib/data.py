@@ -6,12 +6,15 @@ what a model needs to know: classes, image size, normalisation), and
 images and integer labels.
 
 * ``cifar100``: the CIFAR-100 "python version" archive, read directly (so a
-  small archive in the same format loads through the same code); the paper's
-  augmentation: zero-pad 4, random 32x32 crop, horizontal flip.
+  small archive in the same format loads through the same code); the reference
+  code's augmentation: reflect-pad 4, random 32x32 crop, horizontal flip.
 * ``imagenet``: an ImageFolder tree ``root/train/<class>/*.JPEG`` and
   ``root/val/<class>/*.JPEG`` with the paper's PIL transforms.
 * ``digits``: scikit-learn's 1,797 real 8x8 handwritten digits (shipped inside
   the scikit-learn wheel, so it works offline), upscaled; the bundled default.
+  ``canvas=`` and ``clutter=`` make a harder version: each digit placed at a
+  random spot of a larger dark canvas strewn with fragments of other digits, as
+  in the cluttered MNIST of the Spatial Transformer paper (Jaderberg et al. 2015).
 * ``synthetic``: a class-structured random set (class prototypes plus noise
   and shifts) of any size, for tests and quick experiments.
 
@@ -22,6 +25,7 @@ their loader can keep them on the GPU and augment whole batches there
 
 from __future__ import annotations
 
+import inspect
 import io
 import math
 import os
@@ -41,7 +45,10 @@ __all__ = [
     "DataBundle",
     "TensorImageSet",
     "DeviceLoader",
+    "augment_batch",
+    "crop_batch",
     "load",
+    "options",
     "names",
     "make_loader",
     "CIFAR100_MEAN",
@@ -54,6 +61,7 @@ CIFAR100_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR100_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+PAD_MODES = ("reflect", "zeros")
 
 
 @dataclass
@@ -79,6 +87,9 @@ class DataBundle:
 class TensorImageSet(Dataset):
     """uint8 images (N, C, H, W) in memory, with pad-crop / flip augmentation.
 
+    ``pad_mode`` is ``"reflect"`` (the reference code's ``Pad(4, padding_mode='reflect')``)
+    or ``"zeros"`` (torchvision's ``RandomCrop(padding=...)`` default).
+
     Indexing returns one normalised float image, so a standard DataLoader (and
     DistributedSampler) works; :class:`DeviceLoader` does the same work a
     batch at a time on any device.
@@ -93,11 +104,16 @@ class TensorImageSet(Dataset):
         augment: bool = False,
         pad: int = 4,
         flip: bool = True,
+        pad_mode: str = "reflect",
     ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be a uint8 (N, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}.")
         if labels.shape != images.shape[:1]:
             raise ValueError(f"{len(labels)} labels for {len(images)} images.")
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {', '.join(PAD_MODES)}, got {pad_mode!r}.")
+        if pad_mode == "reflect" and augment and pad >= min(images.shape[2:]):
+            raise ValueError(f"reflect padding by {pad} needs images larger than {pad} pixels, got {tuple(images.shape[2:])}.")
         self.images = images
         self.labels = labels.long()
         self.mean = tuple(mean)
@@ -105,6 +121,7 @@ class TensorImageSet(Dataset):
         self.augment = augment
         self.pad = pad
         self.flip = flip
+        self.pad_mode = pad_mode
 
     def __len__(self) -> int:
         return len(self.images)
@@ -121,26 +138,51 @@ def normalize(images_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[f
     return (images_uint8.float() - m) / s
 
 
-def augment_batch(images: torch.Tensor, spec: TensorImageSet, generator: Optional[torch.Generator]) -> torch.Tensor:
-    """Zero-pad by ``spec.pad``, crop back to size at a random offset per image, flip half.
+def _source_index(size: int, pad: int, mode: str, device) -> torch.Tensor:
+    """For each position -pad..size+pad-1 of a padded axis, the source position it copies
+    (reflect: mirrored about the edge pixel, as ``numpy.pad(mode='reflect')``); -1 for a zero."""
+    j = torch.arange(-pad, size + pad, device=device)
+    if mode == "zeros":
+        return torch.where((j >= 0) & (j < size), j, torch.full_like(j, -1))
+    j = j.abs()
+    return torch.where(j >= size, 2 * (size - 1) - j, j)
 
-    The same distribution as torchvision's ``RandomCrop(size, padding=pad)`` +
-    ``RandomHorizontalFlip()``, computed for a whole batch with two gathers.
+
+def crop_batch(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int, mode: str = "reflect") -> torch.Tensor:
+    """Image i padded by ``pad`` (``mode``) and cropped back to size at offset (dy[i], dx[i]) of the padded image.
+
+    Two gathers, no padded copy: the same pixels as torchvision's
+    ``F.crop(F.pad(img, pad, padding_mode=mode), dy, dx, h, w)``.
     """
     n, c, h, w = images.shape
     device = images.device
+    rows = _source_index(h, pad, mode, device)[dy.to(device)[:, None] + torch.arange(h, device=device)]  # (n, h)
+    cols = _source_index(w, pad, mode, device)[dx.to(device)[:, None] + torch.arange(w, device=device)]  # (n, w)
+    out = images.gather(2, rows.clamp(min=0).view(n, 1, h, 1).expand(n, c, h, w))
+    out = out.gather(3, cols.clamp(min=0).view(n, 1, 1, w).expand(n, c, h, w))
+    if mode == "zeros":
+        inside = (rows >= 0).view(n, 1, h, 1) & (cols >= 0).view(n, 1, 1, w)
+        out = torch.where(inside, out, torch.zeros((), dtype=out.dtype, device=device))
+    return out
+
+
+def augment_batch(images: torch.Tensor, spec: TensorImageSet, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """Pad by ``spec.pad`` (``spec.pad_mode``), crop back to size at a random offset per image, flip half.
+
+    The same distribution as torchvision's ``RandomCrop(size, padding=pad,
+    padding_mode=...)`` + ``RandomHorizontalFlip()``, computed for a whole batch.
+    """
+    n = images.shape[0]
+    device = images.device
+    rng_device = generator.device if generator else "cpu"
     out = images
     if spec.pad > 0:
-        padded = F.pad(images, (spec.pad,) * 4)
         span = 2 * spec.pad + 1
-        dy = torch.randint(0, span, (n,), generator=generator, device=generator.device if generator else "cpu").to(device)
-        dx = torch.randint(0, span, (n,), generator=generator, device=generator.device if generator else "cpu").to(device)
-        rows = (dy[:, None] + torch.arange(h, device=device)).view(n, 1, h, 1).expand(n, c, h, w + 2 * spec.pad)
-        out = padded.gather(2, rows)
-        cols = (dx[:, None] + torch.arange(w, device=device)).view(n, 1, 1, w).expand(n, c, h, w)
-        out = out.gather(3, cols)
+        dy = torch.randint(0, span, (n,), generator=generator, device=rng_device).to(device)
+        dx = torch.randint(0, span, (n,), generator=generator, device=rng_device).to(device)
+        out = crop_batch(images, dy, dx, spec.pad, getattr(spec, "pad_mode", "reflect"))
     if spec.flip:
-        flip = torch.rand(n, generator=generator, device=generator.device if generator else "cpu").to(device) < 0.5
+        flip = torch.rand(n, generator=generator, device=rng_device).to(device) < 0.5
         out = torch.where(flip.view(n, 1, 1, 1), out.flip(3), out)
     return out
 
@@ -385,6 +427,12 @@ def _cifar100_split(folder: Path, split: str) -> Tuple[torch.Tensor, torch.Tenso
             f"{folder / split} holds data of shape {data.shape} with {labels.size} labels; "
             "CIFAR-100 expects (N, 3072) uint8 rows and N fine labels."
         )
+    if len(labels) and (labels.min() < 0 or labels.max() >= 100):
+        bad = labels[(labels < 0) | (labels >= 100)]
+        raise DataError(
+            f"{folder / split} has {len(bad)} fine label(s) outside 0..99 (e.g. {int(bad[0])}); CIFAR-100 has 100 "
+            "classes, so the file is damaged or from another data set: download the archive again."
+        )
     return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
 
 
@@ -416,34 +464,6 @@ def _load_cifar100(root: Optional[str], download: bool) -> DataBundle:
         std=CIFAR100_STD,
         class_names=class_names or [str(i) for i in range(100)],
     )
-
-
-def cifar100_pil_datasets(root: str) -> Tuple[Dataset, Dataset]:
-    """CIFAR-100 as the reference code loads it: torchvision datasets with PIL transforms.
-
-    Kept for the reference-style benchmark; ``load("cifar100")`` is faster.
-    """
-    import torchvision.transforms as T
-    from PIL import Image
-
-    bundle = _load_cifar100(root, download=False)
-
-    class _PilSet(Dataset):
-        def __init__(self, tensors: TensorImageSet, transform) -> None:
-            self.images = tensors.images.permute(0, 2, 3, 1).numpy()
-            self.labels = tensors.labels
-            self.transform = transform
-
-        def __len__(self) -> int:
-            return len(self.labels)
-
-        def __getitem__(self, i: int):
-            return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
-
-    norm = T.Normalize(CIFAR100_MEAN, CIFAR100_STD)
-    train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), norm])
-    test_tf = T.Compose([T.ToTensor(), norm])
-    return _PilSet(bundle.train, train_tf), _PilSet(bundle.test, test_tf)
 
 
 # ----------------------------------------------------------------- ImageNet
@@ -495,32 +515,92 @@ def _load_imagenet(root: Optional[str], image_size: Optional[int]) -> DataBundle
 # ------------------------------------------------------------------- digits
 
 def _load_digits(
-    image_size: Optional[int], test_fraction: float = 0.2, train_per_class: Optional[int] = None, seed: int = 0
+    image_size: Optional[int],
+    test_fraction: float = 0.2,
+    train_per_class: Optional[int] = None,
+    seed: int = 0,
+    canvas: Optional[int] = None,
+    clutter: int = 0,
+    clutter_size: Optional[int] = None,
 ) -> DataBundle:
     from sklearn.datasets import load_digits
 
     size = image_size or 16
     digits = load_digits()
-    images = torch.from_numpy(digits.images).float().unsqueeze(1) / 16.0  # 8x8 grey levels 0..16
-    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-    images = (images.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
     labels = torch.from_numpy(digits.target).long()
+    _check_digits_options(labels, size, test_fraction, train_per_class, canvas, clutter, clutter_size)
+    images = torch.from_numpy(digits.images).float().unsqueeze(1) / 16.0  # 8x8 grey levels 0..16
+    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
     train_idx, test_idx = _stratified_split(labels, test_fraction, seed, train_per_class)
-    pad = max(1, size // 8)
+    splits = {"train": images[train_idx], "test": images[test_idx]}
+    if canvas is not None:
+        # Each split's clutter comes from its own digits, so no test pixels reach the training images.
+        frag = clutter_size or max(1, size // 2)
+        splits = {k: _cluttered(v, canvas, clutter, frag, torch.Generator().manual_seed(seed * 1_000_003 + i + 1))
+                  for i, (k, v) in enumerate(splits.items())}
+    side = canvas or size
+    train_x, test_x = ((v * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous() for v in splits.values())
+    pad = max(1, side // 8)
     # Normalisation statistics of the training split itself, grey replicated to RGB.
-    mean = (images[train_idx].float().mean().item() / 255,) * 3
-    std = (images[train_idx].float().std().item() / 255,) * 3
+    mean = (train_x.float().mean().item() / 255,) * 3
+    std = (train_x.float().std().item() / 255,) * 3
     return DataBundle(
         name="digits",
         # Flipping a digit changes what it is, so only the pad-and-crop jitter applies.
-        train=TensorImageSet(images[train_idx], labels[train_idx], mean, std, augment=True, pad=pad, flip=False),
-        test=TensorImageSet(images[test_idx], labels[test_idx], mean, std),
+        train=TensorImageSet(train_x, labels[train_idx], mean, std, augment=True, pad=pad, flip=False),
+        test=TensorImageSet(test_x, labels[test_idx], mean, std),
         num_classes=10,
-        image_size=size,
+        image_size=side,
         mean=mean,
         std=std,
         class_names=[str(d) for d in range(10)],
     )
+
+
+def _check_digits_options(labels, size, test_fraction, train_per_class, canvas, clutter, clutter_size) -> None:
+    smallest = int(labels.bincount().min())
+    if train_per_class is not None:
+        if not isinstance(train_per_class, int) or not 1 <= train_per_class < smallest:
+            raise ConfigError(f"digits: train_per_class must be a whole number from 1 to {smallest - 1} (the smallest "
+                              f"class has {smallest} images and each class keeps one for testing), got {train_per_class!r}.")
+    elif not isinstance(test_fraction, (int, float)) or not (
+        round(smallest * test_fraction) >= 1 and round(smallest * (1 - test_fraction)) >= 1
+    ):
+        raise ConfigError(f"digits: test_fraction must leave every class training and test images (between about "
+                          f"{1 / smallest:.3f} and {1 - 1 / smallest:.3f}), got {test_fraction!r}.")
+    if canvas is not None and (not isinstance(canvas, int) or canvas < size):
+        raise ConfigError(f"digits: canvas must be a whole number of pixels at least the digit size {size}, got {canvas!r}.")
+    if not isinstance(clutter, int) or clutter < 0:
+        raise ConfigError(f"digits: clutter must be a whole number of fragments (0 or more), got {clutter!r}.")
+    if clutter and canvas is None:
+        raise ConfigError("digits: clutter needs a canvas to strew it on; pass canvas= (e.g. canvas=32) as well.")
+    if clutter_size is not None and (not isinstance(clutter_size, int) or not 1 <= clutter_size <= size):
+        raise ConfigError(f"digits: clutter_size must be from 1 to the digit size {size}, got {clutter_size!r}.")
+
+
+def _cluttered(digits: torch.Tensor, canvas: int, clutter: int, frag: int, g: torch.Generator) -> torch.Tensor:
+    """(N, 1, s, s) digits in [0, 1] -> (N, 1, canvas, canvas): each digit at a random spot,
+    over ``clutter`` random ``frag``-pixel squares cut from random other digits of the same set
+    (pixel-wise maximum, as cluttered MNIST overlays its fragments)."""
+    n, _, s, _ = digits.shape
+    out = torch.zeros(n, 1, canvas, canvas)
+    if clutter:
+        sources = torch.randint(0, n, (n, clutter), generator=g)
+        sources = torch.where(sources == torch.arange(n)[:, None], (sources + 1) % n, sources)  # never itself
+        cut = torch.randint(0, s - frag + 1, (n, clutter, 2), generator=g)
+        put = torch.randint(0, canvas - frag + 1, (n, clutter, 2), generator=g)
+        for i in range(n):
+            for k in range(clutter):
+                (cy, cx), (py, px) = cut[i, k].tolist(), put[i, k].tolist()
+                piece = digits[sources[i, k], 0, cy : cy + frag, cx : cx + frag]
+                region = out[i, 0, py : py + frag, px : px + frag]
+                torch.maximum(region, piece, out=region)
+    at = torch.randint(0, canvas - s + 1, (n, 2), generator=g)
+    for i in range(n):
+        y, x = at[i].tolist()
+        region = out[i, 0, y : y + s, x : x + s]
+        torch.maximum(region, digits[i, 0], out=region)
+    return out
 
 
 def _stratified_split(
@@ -532,7 +612,7 @@ def _stratified_split(
     for c in labels.unique():
         idx = (labels == c).nonzero().flatten()
         idx = idx[torch.randperm(len(idx), generator=g)]
-        n_test = len(idx) - min(train_per_class, len(idx) - 1) if train_per_class else int(round(len(idx) * test_fraction))
+        n_test = len(idx) - train_per_class if train_per_class else int(round(len(idx) * test_fraction))
         test.append(idx[:n_test])
         train.append(idx[n_test:])
     return torch.cat(train).sort().values, torch.cat(test).sort().values
@@ -544,6 +624,10 @@ def _stratified_split(
 def _load_synthetic(
     image_size: Optional[int], num_classes: int = 10, train_per_class: int = 100, test_per_class: int = 20, seed: int = 0
 ) -> DataBundle:
+    for option, value, least in (("num_classes", num_classes, 2), ("train_per_class", train_per_class, 1),
+                                 ("test_per_class", test_per_class, 1)):
+        if not isinstance(value, int) or value < least:
+            raise ConfigError(f"synthetic: {option} must be a whole number of at least {least}, got {value!r}.")
     size = image_size or 16
     g = torch.Generator().manual_seed(seed)
     # Smooth class prototypes: low-resolution noise upsampled, so classes differ in
@@ -571,11 +655,20 @@ def _load_synthetic(
     )
 
 
-_LOADERS = ("cifar100", "imagenet", "digits", "synthetic")
+_LOADERS = {"cifar100": _load_cifar100, "imagenet": _load_imagenet, "digits": _load_digits, "synthetic": _load_synthetic}
+# Parameters every loader call gets from load() itself rather than from **options.
+_FIXED = ("root", "download", "image_size")
 
 
 def names() -> list:
     return list(_LOADERS)
+
+
+def options(name: str) -> list:
+    """The keyword options data set ``name`` takes besides root / download / image_size."""
+    if name not in _LOADERS:
+        raise ConfigError(f"unknown data set {name!r}; choose one of {', '.join(_LOADERS)}.")
+    return [p for p in inspect.signature(_LOADERS[name]).parameters if p not in _FIXED]
 
 
 def load(
@@ -583,7 +676,7 @@ def load(
     root: Optional[str | os.PathLike] = None,
     download: bool = False,
     image_size: Optional[int] = None,
-    **options,
+    **options_,
 ) -> DataBundle:
     """A data set by name: ``cifar100``, ``imagenet``, ``digits`` or ``synthetic``.
 
@@ -592,16 +685,24 @@ def load(
     ``image_size`` resizes digits / synthetic images (default 16) and sets the
     ImageNet crop (default 224). ``digits`` takes ``train_per_class`` (a
     low-data regime: that many training images per class, all others for
-    testing) or ``test_fraction`` (default 0.2). ``synthetic`` takes
-    ``num_classes``, ``train_per_class``, ``test_per_class`` and ``seed``.
+    testing) or ``test_fraction`` (default 0.2), ``seed`` (of the split and the
+    clutter), and for the cluttered version ``canvas`` (side of the canvas the
+    ``image_size`` digit is placed on), ``clutter`` (fragments of other digits
+    per image) and ``clutter_size`` (their side, default half a digit).
+    ``synthetic`` takes ``num_classes``, ``train_per_class``,
+    ``test_per_class`` and ``seed``. An option the set does not take is a
+    :class:`ConfigError` listing those it does.
     """
+    valid = options(name)
+    unknown = sorted(set(options_) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"data set {name!r} does not take the option(s) {', '.join(unknown)}; "
+            f"its options are {', '.join(valid) if valid else 'none (besides root, download, image_size)'}."
+        )
     root = None if root is None else str(root)
     if name == "cifar100":
         return _load_cifar100(root, download)
     if name == "imagenet":
         return _load_imagenet(root, image_size)
-    if name == "digits":
-        return _load_digits(image_size, **options)
-    if name == "synthetic":
-        return _load_synthetic(image_size, **options)
-    raise ConfigError(f"unknown data set {name!r}; choose one of {', '.join(_LOADERS)}.")
+    return _LOADERS[name](image_size, **options_)

@@ -299,6 +299,94 @@ def test_digits_images_match_sklearn():
     assert got_sorted == want_sorted
 
 
+def test_cluttered_digits_place_each_digit_whole_on_the_canvas():
+    plain = data.load("digits", train_per_class=20)
+    canvas = data.load("digits", train_per_class=20, canvas=28)
+    assert canvas.image_size == 28 and tuple(canvas.train.images.shape[1:]) == (3, 28, 28)
+    assert torch.equal(canvas.train.labels, plain.train.labels) and torch.equal(canvas.test.labels, plain.test.labels)
+    offsets = set()
+    for split in ("train", "test"):
+        digits, placed = getattr(plain, split).images[:, 0], getattr(canvas, split).images[:, 0]
+        for i in range(0, len(digits), 37):
+            # Without clutter the canvas is the digit at one offset and 0 elsewhere.
+            hits = [(y, x) for y in range(13) for x in range(13)
+                    if torch.equal(placed[i, y : y + 16, x : x + 16], digits[i])
+                    and placed[i].sum() == digits[i].sum()]
+            assert hits, (split, i)
+            offsets.add(hits[0])
+    assert len(offsets) > 20  # the spot varies from image to image
+
+
+def test_cluttered_digits_are_deterministic_and_cluttered():
+    a = data.load("digits", train_per_class=20, canvas=28, clutter=4, clutter_size=6)
+    b = data.load("digits", train_per_class=20, canvas=28, clutter=4, clutter_size=6)
+    c = data.load("digits", train_per_class=20, canvas=28, clutter=4, clutter_size=6, seed=1)
+    bare = data.load("digits", train_per_class=20, canvas=28)
+    assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.images, b.test.images)
+    assert not torch.equal(a.train.images, c.train.images)
+    # Clutter only adds ink (pixel-wise maximum), and adds it to most images.
+    lit = lambda images: (images[:, 0] > 40).flatten(1).sum(1).float()
+    more = lit(a.test.images) - lit(bare.test.images)
+    assert (more > 0).float().mean() > 0.9
+    # Each digit is still there whole: some 16x16 window dominates it pixel by pixel.
+    digits = data.load("digits", train_per_class=20).test.images[:, 0]
+    for i in range(0, len(digits), 101):
+        img = a.test.images[i, 0]
+        assert any((img[y : y + 16, x : x + 16] >= digits[i]).all() for y in range(13) for x in range(13))
+    assert a.mean != bare.mean  # statistics of the cluttered training split
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"test_fraction": 2}, "test_fraction"),
+    ({"test_fraction": 0.0}, "test_fraction"),
+    ({"test_fraction": 1.0}, "test_fraction"),
+    ({"train_per_class": 0}, "train_per_class"),
+    ({"train_per_class": 174}, "train_per_class"),
+    ({"train_per_class": 2.5}, "train_per_class"),
+    ({"canvas": 10}, "canvas"),
+    ({"clutter": 3}, "needs a canvas"),
+    ({"canvas": 24, "clutter": -1}, "clutter"),
+    ({"canvas": 24, "clutter": 2, "clutter_size": 17}, "clutter_size"),
+])
+def test_digits_refuse_nonsense_options(options, message):
+    with pytest.raises(cdlib.ConfigError, match=message) as info:
+        data.load("digits", **options)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name, options, listed", [
+    ("digits", {"num_classes": 3}, "test_fraction, train_per_class, seed, canvas, clutter, clutter_size"),
+    ("synthetic", {"test_fraction": 0.5}, "num_classes, train_per_class, test_per_class, seed"),
+    ("cifar100", {"train_per_class": 5}, "none"),
+])
+def test_load_refuses_options_a_loader_does_not_use(name, options, listed):
+    with pytest.raises(cdlib.ConfigError) as info:
+        data.load(name, **options)
+    text = str(info.value)
+    assert f"does not take the option(s) {next(iter(options))}" in text and listed in text and "\n" not in text
+    assert data.options(name) == ([] if listed == "none" else listed.split(", "))
+
+
+@pytest.mark.parametrize("options", [{"num_classes": 1}, {"train_per_class": 0}, {"test_per_class": 0}])
+def test_synthetic_refuses_empty_sets(options):
+    with pytest.raises(cdlib.ConfigError, match=next(iter(options))):
+        data.load("synthetic", **options)
+
+
+@pytest.mark.parametrize("bad_label", [100, -1, 255])
+def test_cifar100_labels_out_of_range_are_refused(tmp_path, bad_label):
+    write_tiny_cifar100(tmp_path)
+    path = tmp_path / "cifar-100-python" / "test"
+    with open(path, "rb") as f:
+        split = pickle.load(f)
+    split["fine_labels"][2] = bad_label
+    with open(path, "wb") as f:
+        pickle.dump(split, f)
+    with pytest.raises(cdlib.DataError) as info:
+        data.load("cifar100", root=tmp_path)
+    assert str(path) in str(info.value) and "outside 0..99" in str(info.value)
+
+
 def test_synthetic_sizes():
     bundle = data.load("synthetic", image_size=8, num_classes=3, train_per_class=5, test_per_class=2)
     assert bundle.num_classes == 3 and bundle.image_size == 8
@@ -412,16 +500,32 @@ def _position_coded_image(h: int, w: int) -> torch.Tensor:
     return values.view(3, h, w).to(torch.uint8)
 
 
-def test_augment_batch_outputs_are_sub_windows_of_padded_image():
+def _padded(image: torch.Tensor, pad: int, mode: str) -> torch.Tensor:
+    """``image`` (C, H, W) padded by explicit indexing: reflect mirrors about the edge pixel (edge not repeated)."""
+    c, h, w = image.shape
+    out = torch.zeros(c, h + 2 * pad, w + 2 * pad, dtype=image.dtype)
+    for y in range(-pad, h + pad):
+        for x in range(-pad, w + pad):
+            if mode == "reflect":
+                sy = -y if y < 0 else (2 * (h - 1) - y if y >= h else y)
+                sx = -x if x < 0 else (2 * (w - 1) - x if x >= w else x)
+                out[:, y + pad, x + pad] = image[:, sy, sx]
+            elif 0 <= y < h and 0 <= x < w:
+                out[:, y + pad, x + pad] = image[:, y, x]
+    return out
+
+
+@pytest.mark.parametrize("mode", ["reflect", "zeros"])
+def test_augment_batch_outputs_are_sub_windows_of_padded_image(mode):
     h, w, pad, n = 6, 10, 4, 2000
     image = _position_coded_image(h, w)
-    spec = data.TensorImageSet(image.expand(n, 3, h, w).contiguous(), torch.zeros(n), (0,) * 3, (1,) * 3, augment=True, pad=pad)
+    spec = data.TensorImageSet(image.expand(n, 3, h, w).contiguous(), torch.zeros(n), (0,) * 3, (1,) * 3, augment=True,
+                               pad=pad, pad_mode=mode)
     out = data.augment_batch(spec.images, spec, generator=torch.Generator().manual_seed(0))
     assert out.shape == (n, 3, h, w) and out.dtype == torch.uint8
 
-    # Every candidate by explicit slicing of the zero-padded image: offsets (dy, dx), flipped or not.
-    padded = torch.zeros(3, h + 2 * pad, w + 2 * pad, dtype=torch.uint8)
-    padded[:, pad : pad + h, pad : pad + w] = image
+    # Every candidate by explicit slicing of the padded image: offsets (dy, dx), flipped or not.
+    padded = _padded(image, pad, mode)
     keys, candidates = [], []
     for dy in range(2 * pad + 1):
         for dx in range(2 * pad + 1):
@@ -429,9 +533,11 @@ def test_augment_batch_outputs_are_sub_windows_of_padded_image():
             for flip in (False, True):
                 keys.append((dy, dx, flip))
                 candidates.append(window.flip(2) if flip else window)
-    candidates = torch.stack(candidates)  # (162, 3, h, w), all distinct
+    candidates = torch.stack(candidates)  # (162, 3, h, w)
     matches = (out[:, None] == candidates[None]).flatten(2).all(dim=2)  # (n, 162)
-    assert (matches.sum(dim=1) == 1).all(), "an output is not a (flipped) window of the padded image"
+    assert matches.any(dim=1).all(), "an output is not a (flipped) window of the padded image"
+    distinct = (candidates[:, None] == candidates[None]).flatten(2).all(dim=2).sum(dim=1) == 1
+    # Reflection makes some windows equal (e.g. a mirrored edge); the offset test below uses the distinct ones.
     which = matches.float().argmax(dim=1).tolist()
     drawn = [keys[i] for i in which]
 
@@ -441,17 +547,51 @@ def test_augment_batch_outputs_are_sub_windows_of_padded_image():
         expected = padded[:, dy : dy + h, dx : dx + w]
         assert torch.equal(out[k], expected.flip(2) if flip else expected)
 
-    # Offsets uniform over the 81 positions: chi-square with 80 degrees of freedom has mean 80,
-    # sd 12.6; 140 is beyond its 99.99th percentile. Flips: n * 0.5 +- 5 sd (sd = sqrt(n) / 2 = 22).
-    counts = {}
-    for dy, dx, _ in drawn:
-        counts[(dy, dx)] = counts.get((dy, dx), 0) + 1
-    assert len(counts) == 81
-    expected_count = n / 81
-    chi2 = sum((c - expected_count) ** 2 / expected_count for c in counts.values())
-    assert chi2 < 140
-    flips = sum(flip for _, _, flip in drawn)
-    assert abs(flips - n / 2) < 5 * math.sqrt(n) / 2
+    if mode == "zeros":
+        assert distinct.all()
+        # Offsets uniform over the 81 positions: chi-square with 80 degrees of freedom has mean 80,
+        # sd 12.6; 140 is beyond its 99.99th percentile. Flips: n * 0.5 +- 5 sd (sd = sqrt(n) / 2 = 22).
+        counts = {}
+        for dy, dx, _ in drawn:
+            counts[(dy, dx)] = counts.get((dy, dx), 0) + 1
+        assert len(counts) == 81
+        expected_count = n / 81
+        chi2 = sum((c - expected_count) ** 2 / expected_count for c in counts.values())
+        assert chi2 < 140
+        flips = sum(flip for _, _, flip in drawn)
+        assert abs(flips - n / 2) < 5 * math.sqrt(n) / 2
+
+
+@pytest.mark.parametrize("mode", ["reflect", "zeros"])
+def test_crop_batch_equals_torchvision_at_the_same_offsets(mode):
+    """Pad by 4 and crop at a given offset: the reference code's Pad(4, padding_mode='reflect')
+    followed by a 32x32 crop, pixel for pixel, on uint8 and on float images."""
+    import torchvision.transforms.functional as TF
+
+    n, size, pad = 64, 32, 4
+    g = torch.Generator().manual_seed(5)
+    images = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    ours = data.crop_batch(images, dy, dx, pad, mode)
+    tv_mode = "reflect" if mode == "reflect" else "constant"
+    for i in range(n):
+        padded = TF.pad(images[i], [pad], padding_mode=tv_mode)
+        theirs = TF.crop(padded, int(dy[i]), int(dx[i]), size, size)
+        assert torch.equal(ours[i], theirs), i
+        # torch's own reflection padding agrees too.
+        if mode == "reflect":
+            ref = torch.nn.functional.pad(images[i : i + 1].float(), (pad,) * 4, mode="reflect")[0]
+            assert torch.equal(ours[i].float(), ref[:, dy[i] : dy[i] + size, dx[i] : dx[i] + size])
+
+
+def test_reflect_is_the_default_and_needs_room():
+    images = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    assert data.TensorImageSet(images, torch.zeros(2), (0,) * 3, (1,) * 3, augment=True, pad=3).pad_mode == "reflect"
+    with pytest.raises(ValueError, match="reflect padding by 4"):
+        data.TensorImageSet(images, torch.zeros(2), (0,) * 3, (1,) * 3, augment=True, pad=4)
+    with pytest.raises(ValueError, match="pad_mode"):
+        data.TensorImageSet(images, torch.zeros(2), (0,) * 3, (1,) * 3, pad_mode="edge")
 
 
 def test_augment_batch_without_pad_or_flip_is_identity():
@@ -465,8 +605,8 @@ def test_augment_batch_statistics_match_torchvision():
 
     n, size, pad = 1500, 32, 4
     g = torch.Generator().manual_seed(0)
-    # Pixel values 1..255 (0 only ever comes from padding); channel 0 noisy, channel 1 a
-    # left-to-right ramp (sensitive to flips), channel 2 a top-to-bottom ramp.
+    # Channel 0 noisy, channel 1 a left-to-right ramp (sensitive to flips), channel 2 a
+    # top-to-bottom ramp (reflection at its edges shows in the profile).
     ramp = torch.linspace(20, 250, size)
     base = torch.stack(
         [
@@ -480,7 +620,7 @@ def test_augment_batch_statistics_match_torchvision():
     spec = data.TensorImageSet(images, torch.zeros(n), (0,) * 3, (1,) * 3, augment=True, pad=pad, flip=True)
     ours = data.augment_batch(images, spec, generator=torch.Generator().manual_seed(1)).double()
     torch.manual_seed(2)
-    reference_tf = T.Compose([T.RandomCrop(size, padding=pad), T.RandomHorizontalFlip()])
+    reference_tf = T.Compose([T.RandomCrop(size, padding=pad, padding_mode="reflect"), T.RandomHorizontalFlip()])
     theirs = torch.stack([reference_tf(img) for img in images]).double()
 
     # Each statistic is an average over n independent images of a per-image quantity q_i;
@@ -496,7 +636,6 @@ def test_augment_batch_statistics_match_torchvision():
     checks = {
         "channel mean": lambda x: x.mean(dim=(2, 3)),
         "channel second moment": lambda x: (x**2).mean(dim=(2, 3)),
-        "zero (padding) fraction": lambda x: (x == 0).double().mean(dim=(1, 2, 3)),
         "column profile of the left-right ramp": lambda x: x[:, 1].mean(dim=1),
         "row profile of the top-bottom ramp": lambda x: x[:, 2].mean(dim=2),
     }
@@ -504,13 +643,6 @@ def test_augment_batch_statistics_match_torchvision():
         diff, se = per_image(stat, ours, theirs)
         assert (diff.abs() <= 5 * se + 1e-9).all(), (name, diff, se)
 
-    # The padding fraction also has a closed form: an offset u in -4..4 keeps 32 - |u| rows,
-    # E[32 - |u|] = (9 * 32 - 2 * (1 + 2 + 3 + 4)) / 9 = 268 / 9, so the expected zero fraction
-    # is 1 - (268 / 288)^2 = 0.134066.
-    expected_zero = 1 - (268 / 288) ** 2
-    for x in (ours, theirs):
-        z = (x == 0).double().mean(dim=(1, 2, 3))
-        assert abs(z.mean().item() - expected_zero) < 5 * z.std().item() / math.sqrt(n)
     # A flip rate of 1/2 makes the left-right ramp's expected column profile symmetric:
     # per image q_i = profile - mirrored profile has mean 0 (same 5-standard-error rule).
     q = ours[:, 1].mean(dim=1)
