@@ -400,3 +400,35 @@ def probability_histogram(groups: Mapping[str, Sequence[float]], ax=None, bins: 
     if ax.get_legend() is not None:
         ax.get_legend().set_title(None)
     return ax
+
+
+def seed_comparison(per_seed, summary=None, ax=None, value: str = "top1", baseline: Optional[str] = None):
+    """One dot per seed and, per method, the mean with its 95 % t-interval (from :mod:`cdlib.seeds`).
+
+    ``per_seed``: a DataFrame with columns method, seed and ``value``;
+    ``summary``: the matching summary (its ``top1_ci_low``/``top1_ci_high``),
+    computed with :func:`cdlib.seeds.summarize` when not given. ``baseline``
+    draws that method's mean as a dotted line. Returns the Axes.
+    """
+    import pandas as pd
+    import seaborn as sns
+
+    from .seeds import summarize
+
+    frame = pd.DataFrame(per_seed)
+    summary = summarize(frame, baseline or frame["method"].iloc[0]) if summary is None else summary
+    order = list(summary["method"])
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 0.5 * len(order) + 1.3), constrained_layout=True)
+    sns.stripplot(data=frame, x=value, y="method", order=order, color="0.55", size=5, jitter=0.12, ax=ax, zorder=2)
+    ypos = np.arange(len(order))
+    mean = summary["top1_mean"].to_numpy(float)
+    low, high = summary["top1_ci_low"].to_numpy(float), summary["top1_ci_high"].to_numpy(float)
+    err = np.vstack([mean - low, high - mean])
+    ax.errorbar(mean, ypos, xerr=np.nan_to_num(err), fmt="D", ms=7, capsize=5, color="C3", zorder=3,
+                label="mean, 95 % t-interval")
+    if baseline is not None and baseline in order:
+        ax.axvline(mean[order.index(baseline)], ls=":", color="0.3", lw=1.2)
+    ax.set(xlabel="final test top-1 % (one dot per seed)", ylabel="")
+    ax.legend(loc="lower right", fontsize="small")
+    return ax

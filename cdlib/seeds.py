@@ -1,0 +1,313 @@
+"""Runs over several seeds, and the comparison that says which differences are real.
+
+``run(cfg, seeds=[0, 1, 2, 3, 4])`` trains every method of ``cfg.method`` once
+per seed and compares them: per method the mean, sd and 95 % t-interval of the
+final top-1, and the paired (same seed) difference to a baseline method with its
+interval. A difference counts as resolved only when its interval excludes 0.
+
+Layout of the experiment folder ``cfg.run_dir``::
+
+    teacher/seed<k>/     one teacher per seed (config.json, metrics.jsonl, model.pt)
+    <method>/seed<k>/    each method, each seed ('cd+gkd+edt' -> cd_gkd_edt)
+    per_seed.csv         method, seed, top1, top1_best, top5, train_seconds
+    summary.csv          method, n_seeds, top1_mean, top1_sd, top1_ci_low, top1_ci_high,
+                         diff_mean, diff_ci_low, diff_ci_high, ...
+
+A seed is a replicate of the whole pipeline, so each seed trains its own teacher
+(the luck of a teacher's initialisation is part of what a user of the method
+gets, and paired differences then compare students of the same teacher). With
+``teacher_checkpoint`` or pretrained weights in ``cfg``, that one teacher serves
+every seed. A finished run (``model.pt`` present, same settings) is reused, an
+interrupted one resumed, so rerunning the same call only trains what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Union
+
+from . import stats
+from .errors import ConfigError
+from .recipes import RunConfig, parse_method, validate
+
+__all__ = ["parse_seeds", "run", "summarize", "format_table", "verdicts", "load_summary", "SeedStudy",
+           "PER_SEED_COLUMNS", "SUMMARY_COLUMNS", "TEACHER"]
+
+TEACHER = "teacher"
+PER_SEED_FILE, SUMMARY_FILE, PLOT_FILE = "per_seed.csv", "summary.csv", "seed_comparison.png"
+PER_SEED_COLUMNS = ["method", "seed", "top1", "top1_best", "top5", "train_seconds"]
+SUMMARY_COLUMNS = ["method", "n_seeds", "top1_mean", "top1_sd", "top1_ci_low", "top1_ci_high",
+                   "diff_mean", "diff_ci_low", "diff_ci_high", "resolved", "top1_best_mean", "train_seconds_mean"]
+# Settings that do not change what a run computes: a finished run is reused whatever they say.
+_MACHINERY = {"device", "amp", "channels_last", "compile", "num_workers", "data_on_device", "run_dir", "resume",
+              "progress", "download", "data_root", "teacher_checkpoint"}
+
+MethodSpec = Union[str, Mapping[str, Mapping[str, object]]]
+
+
+def parse_seeds(text: Union[str, int, Sequence[int]]) -> List[int]:
+    """'0-4' -> [0, 1, 2, 3, 4]; '0,2,5' -> [0, 2, 5]; '0-2,7' -> [0, 1, 2, 7]; a list passes through (checked)."""
+    if isinstance(text, int):
+        text = [text]
+    if not isinstance(text, str):
+        seeds = list(text)
+        if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+            raise ConfigError(f"seeds must be whole numbers 0 or more, got {seeds!r}.")
+    else:
+        seeds = []
+        for part in text.replace(" ", "").split(","):
+            match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+            if not match or (match.group(2) is not None and int(match.group(2)) < int(match.group(1))):
+                raise ConfigError(
+                    f"cannot read seeds {text!r}: write a range '0-4', a list '0,2,5' or both '0-2,7' "
+                    "(whole numbers 0 or more, ranges low-high)."
+                )
+            low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+            seeds.extend(range(low, high + 1))
+    duplicates = sorted({s for s in seeds if seeds.count(s) > 1})
+    if duplicates:
+        raise ConfigError(f"seeds {text!r} name seed(s) {duplicates} more than once; each seed is one run.")
+    return seeds
+
+
+@dataclass
+class SeedStudy:
+    """What :func:`run` and :func:`load_summary` return: both tables (pandas DataFrames) and where they live."""
+
+    summary: "object"
+    per_seed: "object"
+    baseline: str
+    folder: Optional[Path] = None
+
+    def table(self) -> str:
+        return format_table(self.summary, self.baseline)
+
+
+# ------------------------------------------------------------------ statistics
+
+
+def summarize(per_seed, baseline: str = "student", level: float = 0.95):
+    """The summary table of a per-seed table (columns at least method, seed, top1, top1_best).
+
+    ``diff_*`` is the paired difference ``method - baseline`` over the seeds
+    both have; ``resolved`` is True when its interval excludes 0.
+    """
+    import pandas as pd
+
+    frame = pd.DataFrame(per_seed)
+    methods = list(dict.fromkeys(frame["method"]))
+    if baseline not in methods:
+        raise ConfigError(f"baseline {baseline!r} is not among the methods compared ({', '.join(methods)}).")
+    base = frame[frame["method"] == baseline].set_index("seed")["top1"]
+    rows = []
+    for method in methods:
+        runs = frame[frame["method"] == method].sort_values("seed")
+        top1 = stats.mean_interval(runs["top1"].tolist(), level)
+        row = {"method": method, "n_seeds": top1.n, "top1_mean": top1.mean, "top1_sd": top1.sd,
+               "top1_ci_low": top1.low, "top1_ci_high": top1.high}
+        shared = [s for s in runs["seed"] if s in base.index]
+        if method == baseline or not shared:
+            row.update(diff_mean=math.nan, diff_ci_low=math.nan, diff_ci_high=math.nan, resolved=False)
+        else:
+            mine = runs.set_index("seed")["top1"]
+            diff = stats.paired_difference([mine[s] for s in shared], [base[s] for s in shared], level)
+            row.update(diff_mean=diff.mean, diff_ci_low=diff.low, diff_ci_high=diff.high, resolved=diff.excludes_zero)
+        row["top1_best_mean"] = float(runs["top1_best"].mean())
+        row["train_seconds_mean"] = float(runs["train_seconds"].mean()) if "train_seconds" in runs else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def _interval(low: float, high: float) -> str:
+    return "" if math.isnan(low) else f"[{low:.2f}, {high:.2f}]"
+
+
+def format_table(summary, baseline: str = "student") -> str:
+    """The summary as plain text, with the footnote on best-epoch accuracy."""
+    header = (f"{'method':<22}{'n':>3}{'top-1 mean':>12}{'sd':>7}{'95% CI':>18}"
+              f"{'diff vs ' + baseline:>22}{'95% CI':>18}{'best-epoch*':>13}")
+    lines = [header, "-" * len(header)]
+    for r in summary.itertuples():
+        diff = "" if math.isnan(r.diff_mean) else f"{r.diff_mean:+.2f}"
+        lines.append(f"{r.method:<22}{r.n_seeds:>3}{r.top1_mean:>12.2f}{r.top1_sd:>7.2f}"
+                     f"{_interval(r.top1_ci_low, r.top1_ci_high):>18}{diff:>22}"
+                     f"{_interval(r.diff_ci_low, r.diff_ci_high):>18}{r.top1_best_mean:>13.2f}")
+    lines.append("top-1: last epoch, % of the test set; diff: paired by seed. *best-epoch: the best test accuracy "
+                 "of any epoch, as the reference code reports it; chosen on the test set, so optimistic.")
+    return "\n".join(lines + verdicts(summary, baseline))
+
+
+def verdicts(summary, baseline: str = "student") -> List[str]:
+    """One line per method: its difference to the baseline, resolved only when the interval excludes 0."""
+    out = []
+    for r in summary.itertuples():
+        if r.method == baseline or math.isnan(r.diff_mean):
+            continue
+        if math.isnan(r.diff_ci_low):
+            out.append(f"{r.method} vs {baseline}: {r.diff_mean:+.2f} points from one seed: no interval, not resolved.")
+        elif r.resolved:
+            word = "better" if r.diff_mean > 0 else "worse"
+            out.append(f"{r.method} vs {baseline}: {r.diff_mean:+.2f} points, 95% CI "
+                       f"{_interval(r.diff_ci_low, r.diff_ci_high)} excludes 0: resolved, {word}.")
+        else:
+            out.append(f"{r.method} vs {baseline}: {r.diff_mean:+.2f} points, 95% CI "
+                       f"{_interval(r.diff_ci_low, r.diff_ci_high)} contains 0: not resolved (within noise).")
+    return out
+
+
+def load_summary(path: Union[str, os.PathLike]) -> SeedStudy:
+    """The tables of an experiment folder written by :func:`run` (or its summary.csv / per_seed.csv)."""
+    import pandas as pd
+
+    folder = Path(path)
+    if folder.is_file():
+        folder = folder.parent
+    files = {name: folder / name for name in (SUMMARY_FILE, PER_SEED_FILE)}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise ConfigError(f"no seed comparison in {folder}: {', '.join(missing)} missing; run cdlib.seeds.run "
+                          "(CLI: cdlib distill --seeds 0-4) into that folder first.")
+    summary = pd.read_csv(files[SUMMARY_FILE])
+    per_seed = pd.read_csv(files[PER_SEED_FILE])
+    lacking = [c for c in SUMMARY_COLUMNS[:9] if c not in summary] + [c for c in PER_SEED_COLUMNS[:4] if c not in per_seed]
+    if lacking:
+        raise ConfigError(f"{folder} has tables without column(s) {', '.join(lacking)}; they were not written by cdlib.seeds.")
+    no_diff = summary[summary["diff_mean"].isna()]["method"].tolist()
+    baseline = next((m for m in no_diff if m != TEACHER), no_diff[0] if no_diff else "student")
+    return SeedStudy(summary=summary, per_seed=per_seed, baseline=baseline, folder=folder)
+
+
+# ---------------------------------------------------------------------- runs
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label.strip().replace("+", "_")).strip("_")
+
+
+def _variants(cfg: RunConfig, methods: Optional[Sequence[MethodSpec]]) -> Dict[str, dict]:
+    """label -> config changes. A string is a method; a mapping names a label and its overrides,
+    e.g. {"cd+gkd+edt (cosine)": {"method": "cd+gkd+edt", "schedule": "cosine"}}."""
+    specs = methods if methods is not None else [m.strip() for m in cfg.method.split(",") if m.strip()]
+    variants: Dict[str, dict] = {}
+    for spec in specs:
+        items = spec.items() if isinstance(spec, Mapping) else [(spec, {"method": spec})]
+        for label, changes in items:
+            changes = dict(changes)
+            changes.setdefault("method", label)
+            if "," in str(changes["method"]):
+                raise ConfigError(f"method {changes['method']!r} of {label!r} is a list; give each method its own entry.")
+            parse_method(str(changes["method"]))
+            if label == TEACHER:
+                raise ConfigError(f"{TEACHER!r} is the name of the teacher's rows; label that method otherwise.")
+            variants[label] = changes
+    if not variants:
+        raise ConfigError("no methods to compare; e.g. methods=['student', 'kd'] or cfg.method='student,kd'.")
+    slugs = [_slug(label) for label in variants]
+    if len(set(slugs)) != len(slugs):
+        raise ConfigError(f"methods {list(variants)} share a folder name; give them distinct labels.")
+    return variants
+
+
+def _settings(config: Mapping[str, object]) -> dict:
+    out = {k: v for k, v in config.items() if k not in _MACHINERY}
+    if out.get("lr_milestones") is not None:
+        out["lr_milestones"] = [int(m) for m in out["lr_milestones"]]
+    return out
+
+
+def _finished(cfg: RunConfig) -> bool:
+    """True when ``cfg.run_dir`` holds a finished run of these settings; a ConfigError when it holds other ones."""
+    from . import train
+
+    folder = Path(cfg.run_dir)
+    if not (folder / train.MODEL_FILE).is_file():
+        return False
+    try:
+        saved = json.loads((folder / train.CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"{folder} holds a model.pt without a readable config.json, so it cannot be checked for "
+                          "reuse; move the folder away or choose another run_dir.") from None
+    before, now = _settings(saved), _settings(dataclasses.asdict(cfg))
+    diffs = [f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in now if before.get(k) != now[k]]
+    if diffs:
+        raise ConfigError(f"{folder} holds a finished run with other settings ({'; '.join(diffs)}); "
+                          "use the original settings or another run_dir.")
+    return bool(train.read_metrics(folder))
+
+
+def _train_or_reuse(cfg: RunConfig) -> dict:
+    """Train ``cfg`` (resuming an interrupted attempt) unless it is finished; its per-seed row."""
+    from . import train
+
+    if not _finished(cfg):
+        train.fit(cfg.replace(resume=True))
+    metrics = train.read_metrics(cfg.run_dir)
+    return {"top1": metrics[-1]["test_top1"], "top1_best": max(m["test_top1"] for m in metrics),
+            "top5": metrics[-1]["test_top5"], "train_seconds": sum(m["epoch_seconds"] for m in metrics)}
+
+
+def run(cfg: RunConfig, seeds: Union[str, Sequence[int]] = (0, 1, 2, 3, 4), baseline: str = "student",
+        methods: Optional[Sequence[MethodSpec]] = None, plot: bool = True, on_run=None) -> SeedStudy:
+    """Train the teacher(s) and every method once per seed into ``cfg.run_dir``; compare; write the tables.
+
+    ``methods`` defaults to ``cfg.method`` split at ','; entries may also be
+    ``{label: overrides}`` (see :func:`_variants`). ``baseline`` is a method
+    label (or ``"teacher"``). ``on_run(label, seed, row)`` is called after each
+    run (the study script times runs with it). Returns a :class:`SeedStudy`;
+    the table is printed, and written as per_seed.csv / summary.csv (and the
+    plot as seed_comparison.png with ``plot``).
+    """
+    import pandas as pd
+
+    from . import train
+
+    seeds = parse_seeds(seeds)
+    validate(cfg)
+    variants = _variants(cfg, methods)
+    own_teacher = not (cfg.teacher_checkpoint or cfg.teacher_pretrained)
+    needs_teacher = any(train._uses_teacher(parse_method(str(v["method"]))) for v in variants.values())
+    labels = ([TEACHER] if own_teacher and needs_teacher else []) + list(variants)
+    if baseline not in labels:
+        raise ConfigError(f"baseline {baseline!r} is not among the methods compared ({', '.join(labels)}); "
+                          "add it to the methods or pick one of them.")
+    folder = Path(cfg.run_dir)
+    rows = []
+    for seed in seeds:
+        seeded = cfg.replace(seed=seed)
+        if own_teacher and needs_teacher:
+            teacher_cfg = seeded.replace(student=cfg.teacher, method="student", run_dir=str(folder / TEACHER / f"seed{seed}"))
+            rows.append({"method": TEACHER, "seed": seed, **_train_or_reuse(teacher_cfg)})
+            if on_run:
+                on_run(TEACHER, seed, rows[-1])
+            seeded = seeded.replace(teacher_checkpoint=str(Path(teacher_cfg.run_dir) / train.MODEL_FILE))
+        for label, changes in variants.items():
+            run_cfg = seeded.replace(**changes, run_dir=str(folder / _slug(label) / f"seed{seed}"))
+            rows.append({"method": label, "seed": seed, **_train_or_reuse(run_cfg)})
+            if on_run:
+                on_run(label, seed, rows[-1])
+    per_seed = pd.DataFrame(rows, columns=PER_SEED_COLUMNS)
+    study = SeedStudy(summary=summarize(per_seed, baseline), per_seed=per_seed, baseline=baseline, folder=folder)
+    if train.is_main_process():
+        folder.mkdir(parents=True, exist_ok=True)
+        per_seed.to_csv(folder / PER_SEED_FILE, index=False)
+        study.summary.to_csv(folder / SUMMARY_FILE, index=False)
+        print(study.table(), flush=True)
+        if plot:
+            _save_plot(study, folder / PLOT_FILE)
+    return study
+
+
+def _save_plot(study: SeedStudy, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from . import viz
+
+    ax = viz.seed_comparison(study.per_seed, study.summary, baseline=study.baseline)
+    ax.figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(ax.figure)

@@ -1,0 +1,113 @@
+"""Statistics for comparing runs over seeds: mean, sd, Student-t intervals, paired differences.
+
+Nothing beyond the standard library: the t quantile comes from the t
+distribution's CDF (a regularized incomplete beta function, evaluated by its
+continued fraction) inverted by bisection, so scipy is not needed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+__all__ = ["t_cdf", "t_quantile", "Interval", "mean_interval", "paired_difference"]
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """The continued fraction of the incomplete beta function (modified Lentz's method)."""
+    tiny, eps = 1e-300, 1e-15
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 400):
+        m2 = 2 * m
+        for numerator in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < eps:
+            break
+    return h
+
+
+def _regularized_beta(a: float, b: float, x: float) -> float:
+    """I_x(a, b) for 0 <= x <= 1."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    # The fraction converges fast on one side of the mean of the beta distribution; use symmetry on the other.
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with ``df`` degrees of freedom."""
+    if df <= 0:
+        raise ValueError(f"degrees of freedom must be positive, got {df}.")
+    tail = 0.5 * _regularized_beta(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (e.g. p=0.975: the 95 % two-sided value)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must lie strictly between 0 and 1, got {p}.")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        hi *= 2.0
+    for _ in range(200):  # bisection: the CDF is monotone, and 200 halvings reach float precision
+        mid = 0.5 * (lo + hi)
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-13 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A sample's mean, standard deviation (n - 1 in the denominator) and t-interval for the mean."""
+
+    n: int
+    mean: float
+    sd: float
+    low: float
+    high: float
+    level: float = 0.95
+
+    @property
+    def excludes_zero(self) -> bool:
+        """True when the interval lies wholly above or below 0 (NaN bounds: False)."""
+        return self.low > 0 or self.high < 0
+
+
+def mean_interval(values: Sequence[float], level: float = 0.95) -> Interval:
+    """The mean of ``values`` with its two-sided ``level`` t-interval (NaN bounds for fewer than 2 values)."""
+    xs = [float(v) for v in values]
+    n = len(xs)
+    if n == 0:
+        raise ValueError("no values to summarise.")
+    mean = math.fsum(xs) / n
+    if n < 2:
+        return Interval(n, mean, math.nan, math.nan, math.nan, level)
+    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
+    half = t_quantile(0.5 + level / 2.0, n - 1) * sd / math.sqrt(n)
+    return Interval(n, mean, sd, mean - half, mean + half, level)
+
+
+def paired_difference(values: Sequence[float], baseline: Sequence[float], level: float = 0.95) -> Interval:
+    """The mean of ``values[i] - baseline[i]`` (pairs, e.g. by seed) with its t-interval."""
+    if len(values) != len(baseline):
+        raise ValueError(f"paired values need equal lengths, got {len(values)} and {len(baseline)}.")
+    return mean_interval([float(a) - float(b) for a, b in zip(values, baseline)], level)
