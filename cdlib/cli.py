@@ -138,6 +138,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_distill(args: argparse.Namespace) -> int:
     from . import train
 
+    if args.seeds is not None:
+        from . import seeds
+
+        # The table, per_seed.csv and summary.csv are the report; seeds.run prints the table.
+        seeds.run(_config_from_args(args), seeds.parse_seeds(args.seeds), baseline=args.baseline)
+        return 0
     results = train.run(_config_from_args(args))
     if train.is_main_process():
         for method, result in results.items():
@@ -187,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
     p = sub.add_parser("distill", help="distil a student from a teacher (trains the teacher first if needed)")
     _add_recipe_options(p)
+    p.add_argument("--seeds", default=None,
+                   help="run every method once per seed, e.g. 0-4 or 0,2,5, into <run-dir>/<method>/seed<k> (a teacher "
+                        "per seed), and compare: mean, 95%% t-interval, paired difference to --baseline")
+    p.add_argument("--baseline", default="student",
+                   help="with --seeds: the method the others are compared with, paired by seed (default: student)")
     p.set_defaults(func=_cmd_distill)
     p = sub.add_parser("evaluate", help="top-1 / top-5 accuracy and loss of a checkpoint on a test set")
     p.add_argument("checkpoint", help="a model.pt or checkpoint.pt written by cdlib")

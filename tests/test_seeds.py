@@ -150,3 +150,21 @@ def test_variants_with_their_own_settings(tmp_path):
 def test_load_summary_of_an_empty_folder(tmp_path):
     with pytest.raises(ConfigError, match="summary.csv"):
         seeds.load_summary(tmp_path)
+
+
+def test_cli_seeds(tmp_path, capsys):
+    from cdlib import cli
+
+    common = ["distill", "--recipe", "demo", "--data", "synthetic", "--data-options", "num_classes=4", "train_per_class=12",
+              "test_per_class=6", "--image-size", "8", "--student", "cifar_resnet10_w4", "--method", "student",
+              "--epochs", "1", "--lr-milestones", "1", "--batch-size", "8", "--max-steps-per-epoch", "2", "--device", "cpu",
+              "--no-progress", "--run-dir", str(tmp_path / "cli")]
+    assert cli.main(common + ["--seeds", "0-x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cdlib: error: cannot read seeds '0-x'") and err.count("\n") == 1
+    assert cli.main(common + ["--seeds", "0,1", "--baseline", "kd"]) == 2
+    assert "baseline 'kd' is not among" in capsys.readouterr().err
+    assert cli.main(common + ["--seeds", "0,1"]) == 0
+    assert "student" in capsys.readouterr().out
+    per_seed = pd.read_csv(tmp_path / "cli" / "per_seed.csv")
+    assert per_seed.seed.tolist() == [0, 1] and (tmp_path / "cli" / "student" / "seed1" / "model.pt").exists()
