@@ -1,0 +1,156 @@
+"""Show the code a chapter explains, read from cdlib's own files.
+
+A chapter that teaches ``cd_loss`` shows ``cd_loss`` as it is in the installed
+package, not a copy pasted into the notebook that could drift from it:
+
+>>> from cdlib import losses, source
+>>> source.show(losses.cd_loss)                      # a function, class or method
+>>> source.show("cdlib.schedules._PRESETS")          # a module-level assignment, by name
+
+In Jupyter, Colab and the rendered book the code appears as a highlighted Python
+block headed by the file and lines it comes from; in a plain Python session it is
+printed.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib
+import inspect
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+from .errors import CDLibError
+
+__all__ = ["Source", "SourceError", "source_of", "show"]
+
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SourceError(CDLibError, LookupError):
+    """The object asked for does not exist, or has no Python source to show."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """The source text of one object and where it lives."""
+
+    name: str
+    text: str
+    file: str
+    first_line: int
+
+    @property
+    def last_line(self) -> int:
+        return self.first_line + self.text.count("\n") - (1 if self.text.endswith("\n") else 0)
+
+    @property
+    def header(self) -> str:
+        return f"# {self.name}: {self.file}, lines {self.first_line}-{self.last_line}"
+
+    def __str__(self) -> str:
+        return f"{self.header}\n{self.text.rstrip()}\n"
+
+    def _repr_markdown_(self) -> str:
+        return f"```python\n{self}```\n"
+
+    def __repr__(self) -> str:  # the text/plain form of a notebook output
+        return str(self)
+
+
+def _display_path(path: str) -> str:
+    try:
+        return Path(path).resolve().relative_to(_PACKAGE_ROOT).as_posix()
+    except ValueError:
+        return path
+
+
+def _resolve(name: str):
+    """The object a dotted name such as ``cdlib.losses.cd_loss`` points to, and its module."""
+    parts = name.split(".")
+    module, i = None, len(parts)
+    while i > 0 and module is None:
+        try:
+            module = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError:
+            i -= 1
+    if module is None:
+        raise SourceError(f"no module in {name!r} can be imported; write a full dotted name such as 'cdlib.losses.cd_loss'.")
+    obj, owner = module, module
+    for j in range(i, len(parts)):
+        if not hasattr(obj, parts[j]):
+            close = difflib.get_close_matches(parts[j], dir(obj), n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise SourceError(f"{'.'.join(parts[:j])} has no attribute {parts[j]!r}.{hint}")
+        owner, obj = obj, getattr(obj, parts[j])
+    return obj, owner, parts[-1]
+
+
+def _assignment(module: types.ModuleType, attr: str, name: str) -> Source:
+    """The top-level statement of ``module`` that assigns ``attr`` (for values: dicts, constants)."""
+    path = inspect.getsourcefile(module)
+    text = Path(path).read_text(encoding="utf8")
+    for node in ast.parse(text).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and any(isinstance(t, ast.Name) and t.id == attr for t in targets):
+            start = node.lineno
+            while start > 1 and text.splitlines()[start - 2].lstrip().startswith("#"):
+                start -= 1  # the comment above an assignment belongs to it
+            lines = text.splitlines(keepends=True)[start - 1 : node.end_lineno]
+            return Source(name, "".join(lines), _display_path(path), start)
+    raise SourceError(f"{name} is a value, not code, and no assignment to it was found at the top level of {module.__name__}.")
+
+
+def source_of(obj: Union[object, str]) -> Source:
+    """The current source of a function, class, method or module, or of a dotted name.
+
+    A name may also point at a module-level value (``"cdlib.schedules._PRESETS"``):
+    the assignment that defines it is returned. An instance of a class defined
+    in Python stands for its class. Raises :class:`SourceError` for a name that
+    does not exist or an object without Python source (a builtin, a C function).
+    """
+    owner = attr = None
+    if isinstance(obj, str):
+        name = obj
+        obj, owner, attr = _resolve(obj)
+    else:
+        name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or type(obj).__qualname__
+        mod = getattr(obj, "__module__", None) or getattr(type(obj), "__module__", None)
+        name = f"{mod}.{name}" if mod and not isinstance(obj, types.ModuleType) else getattr(obj, "__name__", name)
+    target = obj
+    if not (inspect.isfunction(target) or inspect.isclass(target) or inspect.ismethod(target) or inspect.ismodule(target)):
+        if isinstance(owner, types.ModuleType):
+            return _assignment(owner, attr, name)
+        target = type(target)
+    try:
+        lines, first = inspect.getsourcelines(target)
+        path = inspect.getsourcefile(target)
+    except (OSError, TypeError):
+        raise SourceError(
+            f"{name} has no Python source to show (a builtin or compiled object); show a function or class defined in Python."
+        ) from None
+    return Source(name, "".join(lines), _display_path(path or "?"), max(first, 1))
+
+
+def show(*objects: Union[object, str]) -> None:
+    """Display the source of each object (see :func:`source_of`) as a highlighted Python block.
+
+    In IPython (Jupyter, Colab, the book's build) each becomes a Markdown code
+    block; elsewhere it is printed.
+    """
+    if not objects:
+        raise SourceError("show() needs at least one function, class or dotted name to show.")
+    sources = [source_of(o) for o in objects]  # all found before anything is shown
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    for src in sources:
+        if shell is not None:
+            from IPython.display import display
+
+            display(src)
+        else:
+            print(src)

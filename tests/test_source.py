@@ -1,0 +1,76 @@
+"""cdlib.source shows what the files say now, and says clearly what it cannot show."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+from cdlib import CDLibError, losses, schedules, source
+from cdlib.connectors import Connector
+
+
+def _lines_of(path: Path, first: int, last: int) -> str:
+    return "".join(path.read_text(encoding="utf8").splitlines(keepends=True)[first - 1 : last])
+
+
+def test_a_function_is_shown_as_its_file_has_it():
+    src = source.source_of(losses.cd_loss)
+    path = Path(losses.__file__)
+    lines = path.read_text(encoding="utf8").splitlines()
+    first = next(i for i, line in enumerate(lines, start=1) if line.startswith("def cd_loss("))
+    assert src.first_line == first
+    assert src.text == _lines_of(path, first, src.last_line)
+    assert src.file == "cdlib/losses.py"
+    assert src.text.startswith("def cd_loss(") and "return total" in src.text
+
+
+def test_the_source_follows_the_file_when_it_changes(tmp_path, monkeypatch):
+    module = tmp_path / "h2_demo_module.py"
+    module.write_text("def f():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module("h2_demo_module")
+    assert source.source_of(mod.f).text == "def f():\n    return 1\n"
+    module.write_text("X = {'a': 1,\n     'b': 2}\n\n\ndef f():\n    return 2  # changed\n")
+    importlib.invalidate_caches()
+    mod = importlib.reload(mod)
+    src = source.source_of(mod.f)
+    assert src.text == "def f():\n    return 2  # changed\n" and src.first_line == 5
+    value = source.source_of("h2_demo_module.X")  # a value: the assignment that makes it
+    assert value.text == "X = {'a': 1,\n     'b': 2}\n" and (value.first_line, value.last_line) == (1, 2)
+    sys.modules.pop("h2_demo_module", None)
+
+
+def test_classes_instances_and_module_values():
+    assert source.source_of(Connector).text.startswith("class Connector(")
+    assert source.source_of(Connector(2, 3)).text == source.source_of(Connector).text  # an instance: its class
+    presets = source.source_of("cdlib.schedules._PRESETS")
+    assert "_PRESETS" in presets.text and '"paper-cifar100"' in presets.text
+    assert presets.text == _lines_of(Path(schedules.__file__), presets.first_line, presets.last_line)
+
+
+def test_markdown_block_and_plain_print(capsys):
+    src = source.source_of(losses.channel_attention)
+    md = src._repr_markdown_()
+    assert md.startswith("```python\n# cdlib.losses.channel_attention: cdlib/losses.py, lines ")
+    assert md.rstrip().endswith("```") and src.text.rstrip() in md
+    source.show(losses.channel_attention)  # no IPython shell in pytest: printed
+    assert src.text.rstrip() in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "missing, message",
+    [
+        ("cdlib.losses.cd_losss", "has no attribute 'cd_losss'. Did you mean cd_loss"),
+        ("no_such_package.f", "no module in 'no_such_package.f' can be imported"),
+        (len, "has no Python source"),
+    ],
+)
+def test_a_missing_object_is_one_clear_error(missing, message):
+    with pytest.raises(source.SourceError, match=message) as info:
+        source.source_of(missing)
+    assert isinstance(info.value, CDLibError)
+    with pytest.raises(source.SourceError):
+        source.show(missing)
