@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from . import __version__, recipes
+from . import __version__, recipes, terms
 from .errors import CDLibError, ConfigError
 
 HELP = {
@@ -28,8 +28,8 @@ HELP = {
     "teacher": "teacher model name (`cdlib train`: the model trained unless --model is given)",
     "teacher_checkpoint": "teacher weights (a model.pt from `cdlib train`); without it, distill trains the teacher first",
     "teacher_pretrained": "use torchvision's pretrained ImageNet weights for the teacher",
-    "method": "'+'-joined loss terms of ce, kd, gkd, cd, at, fitnets, edt ('student' = ce only); ',' separates methods to compare",
-    "weights": "loss weights as term=value, e.g. cd=6 gkd=0.1 (EDT's schedule overrides ce, cd, gkd)",
+    "method": f"'+'-joined loss terms of {', '.join(terms.methods())} ('student' = ce only); ',' separates methods to compare",
+    "weights": f"loss weights as term=value, e.g. cd=6 gkd=0.1 (EDT's schedule overrides {', '.join(terms.SCHEDULED)})",
     "schedule": "EDT schedule: paper-cifar100, paper-imagenet, constant, linear, cosine, exponential",
     "kd_temperature": "temperature of the KD loss",
     "gkd_temperature": "temperature of the GKD loss",
@@ -174,7 +174,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print("models:    " + ", ".join(models.names()))
     print("data sets: " + ", ".join(data.names()))
     print("schedules: " + ", ".join(schedules.names()))
-    print("methods:   '+'-joined terms of " + ", ".join(recipes.METHODS))
+    print("methods:   '+'-joined terms of " + ", ".join(terms.methods()))
+    for term in terms.TERMS:
+        print(f"  {term.name:<8} {term.description}")
     return 0
 
 

@@ -4,7 +4,8 @@
 where ``losses`` maps each loss term to its *weighted* value; the training
 loss is their sum. Terms whose weight is 0 are not computed at all (the
 reference code computes and multiplies them by 0), and the teacher does not
-run when no term needs it.
+run when no term needs it. Which terms need the teacher or the stage features,
+and which inputs each loss function takes, come from :mod:`cdlib.terms`.
 """
 
 from __future__ import annotations
@@ -12,21 +13,21 @@ from __future__ import annotations
 from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import losses
+from . import losses, terms as term_table
 from .connectors import build_connectors
 from .errors import ConfigError
-from .recipes import LOSS_TERMS
 
 __all__ = ["Distiller", "FITNETS_HINT_STAGE"]
 
 # FitNets regresses a single middle hint; stage 3 of 4 plays the role of the
 # "middle layer" in the original paper's guided layer choice.
 FITNETS_HINT_STAGE = 2
-_FEATURE_TERMS = ("cd", "at", "fitnets")
-_TEACHER_TERMS = ("kd", "gkd", "cd", "at", "fitnets")
+
+
+def _uses(rows, name: str) -> bool:
+    return any(name in row.inputs for row in rows)
 
 
 class Distiller(nn.Module):
@@ -40,28 +41,33 @@ class Distiller(nn.Module):
         teacher_bn_train: bool = False,
     ) -> None:
         super().__init__()
-        unknown = [t for t in terms if t not in LOSS_TERMS]
+        known = term_table.loss_terms()
+        unknown = [t for t in terms if t not in known]
         if unknown:
-            raise ConfigError(f"unknown loss term(s) {unknown}; choose from {', '.join(LOSS_TERMS)}.")
+            raise ConfigError(f"unknown loss term(s) {unknown}; choose from {', '.join(known)}.")
         self.terms = tuple(terms)
+        self._rows = {t: term_table.get(t) for t in self.terms}
         self.student = student
-        needs_teacher = any(t in _TEACHER_TERMS for t in self.terms)
+        needs_teacher = term_table.needs_teacher(self.terms)
         if needs_teacher and teacher is None:
-            raise ConfigError(f"loss terms {[t for t in self.terms if t in _TEACHER_TERMS]} need a teacher; pass one.")
+            named = [t for t in self.terms if self._rows[t].needs_teacher]
+            raise ConfigError(f"loss terms {named} need a teacher; pass one (e.g. cdlib.models.create(...) with trained weights).")
         self.teacher = teacher if needs_teacher else None
         if self.teacher is not None:
             self._check_pair(student, self.teacher)
             self.teacher.requires_grad_(False)
             self.teacher.eval()
+        rows = self._rows.values()
         self.connectors = (
-            build_connectors(student.stage_channels, self.teacher.stage_channels) if "cd" in self.terms else None
+            build_connectors(student.stage_channels, self.teacher.stage_channels)
+            if _uses(rows, "connected_features") else None
         )
         self.hint_regressor = (
             build_connectors(
                 student.stage_channels[FITNETS_HINT_STAGE : FITNETS_HINT_STAGE + 1],
                 self.teacher.stage_channels[FITNETS_HINT_STAGE : FITNETS_HINT_STAGE + 1],
             )
-            if "fitnets" in self.terms
+            if _uses(rows, "hint")
             else None
         )
         self.kd_temperature = kd_temperature
@@ -123,8 +129,8 @@ class Distiller(nn.Module):
             return self.student(images), {}
         weights = {t: float(weights.get(t, 0.0)) if weights is not None else 1.0 for t in self.terms}
         active = [t for t in self.terms if weights[t] != 0.0]
-        need_features = any(t in _FEATURE_TERMS for t in active)
-        need_teacher = any(t in _TEACHER_TERMS for t in active)
+        need_features = term_table.needs_features(active)
+        need_teacher = term_table.needs_teacher(active)
 
         if need_features:
             logits, feats = self.student(images, return_features=True)
@@ -136,20 +142,38 @@ class Distiller(nn.Module):
         else:
             t_logits = t_feats = None
 
+        inputs = _Inputs(self, logits=logits, teacher_logits=t_logits, targets=targets, features=feats,
+                         teacher_features=t_feats)
         out: Dict[str, torch.Tensor] = {}
         for term in active:
-            if term == "ce":
-                value = F.cross_entropy(logits.float(), targets)
-            elif term == "kd":
-                value = losses.kd_loss(logits, t_logits, self.kd_temperature)
-            elif term == "gkd":
-                value = losses.gkd_loss(logits, t_logits, targets, self.gkd_temperature)
-            elif term == "cd":
-                value = losses.cd_loss([c(f) for c, f in zip(self.connectors, feats)], t_feats)
-            elif term == "at":
-                value = losses.at_loss(feats, t_feats)
-            else:  # fitnets
-                hint = self.hint_regressor[0](feats[FITNETS_HINT_STAGE])
-                value = losses.fitnets_loss([hint], [t_feats[FITNETS_HINT_STAGE]])
-            out[term] = weights[term] * value
+            row = self._rows[term]
+            # Looked up at every call, so a replaced loss function (a test, an exercise) takes effect.
+            loss_function = getattr(losses, row.function)
+            out[term] = weights[term] * loss_function(*(inputs[name] for name in row.inputs))
         return logits, out
+
+
+class _Inputs:
+    """The arguments a loss function can ask for (see :data:`cdlib.terms.INPUTS`), each computed
+    on first use: the connectors run only when a CD-like term is active."""
+
+    def __init__(self, distiller: Distiller, **given) -> None:
+        self._distiller, self._values = distiller, given
+
+    def __getitem__(self, name: str):
+        if name not in self._values:
+            self._values[name] = self._derive(name)
+        return self._values[name]
+
+    def _derive(self, name: str):
+        d = self._distiller
+        if name == "connected_features":
+            return [connector(f) for connector, f in zip(d.connectors, self["features"])]
+        if name == "hint":
+            return [d.hint_regressor[0](self["features"][FITNETS_HINT_STAGE])]
+        if name == "teacher_hint":
+            return [self["teacher_features"][FITNETS_HINT_STAGE]]
+        if name in ("kd_temperature", "gkd_temperature"):
+            return getattr(d, name)
+        raise ConfigError(f"a loss term asks for input {name!r}, which the distiller does not provide; "
+                          f"use the names in cdlib.terms.INPUTS ({', '.join(term_table.INPUTS)}).")

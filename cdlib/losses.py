@@ -8,10 +8,14 @@ by gradient checks) stay float64. The result lives on the inputs' device.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from .errors import ConfigError
+
 
 def _acc(t: torch.Tensor) -> torch.Tensor:
     """The tensor in its accumulation dtype: at least float32."""
@@ -19,6 +23,7 @@ def _acc(t: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
+    "ce_loss",
     "channel_attention",
     "cd_loss",
     "kd_loss",
@@ -32,7 +37,7 @@ __all__ = [
 def channel_attention(feature_map: torch.Tensor) -> torch.Tensor:
     """Channel-wise attention of a (N, C, H, W) map: the spatial mean, (N, C)."""
     if feature_map.dim() != 4:
-        raise ValueError(
+        raise ConfigError(
             f"channel_attention expects a 4-D (N, C, H, W) feature map, got shape {tuple(feature_map.shape)}."
         )
     return _acc(feature_map).mean(dim=(2, 3))
@@ -40,15 +45,15 @@ def channel_attention(feature_map: torch.Tensor) -> torch.Tensor:
 
 def _check_stage_lists(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]) -> None:
     if len(student_feats) != len(teacher_feats):
-        raise ValueError(
+        raise ConfigError(
             f"student has {len(student_feats)} feature stages but teacher has {len(teacher_feats)}; "
             "pass one feature map per stage for both."
         )
     if len(student_feats) == 0:
-        raise ValueError("cd_loss needs at least one feature stage, got empty lists.")
+        raise ConfigError("cd_loss needs at least one feature stage, got empty lists.")
     for stage, (s, t) in enumerate(zip(student_feats, teacher_feats), start=1):
         if s.shape[:2] != t.shape[:2]:
-            raise ValueError(
+            raise ConfigError(
                 f"stage {stage}: student (N, C) = {tuple(s.shape[:2])} differs from teacher's {tuple(t.shape[:2])}; "
                 "pass the student's features through connectors so channel counts match."
             )
@@ -70,16 +75,37 @@ def cd_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch
 
 def _check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
     if student_logits.shape != teacher_logits.shape or student_logits.dim() != 2:
-        raise ValueError(
+        raise ConfigError(
             f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
             "must both be (batch, classes) with the same number of classes."
         )
+    if student_logits.shape[0] == 0:
+        # The batch mean of nothing is NaN: a silent NaN loss would only surface steps later.
+        raise ConfigError("the batch is empty (0 samples); pass at least one sample (check the data loader).")
+
+
+def _check_targets(targets: torch.Tensor, num_classes: int) -> None:
+    """Labels must index a class. Checked on the CPU only: on a GPU the check would make every
+    training step wait for the device (cross-entropy there fails on such labels by itself)."""
+    if targets.device.type != "cpu" or targets.numel() == 0:
+        return
+    low, high = int(targets.min()), int(targets.max())
+    if low < 0 or high >= num_classes:
+        raise ConfigError(
+            f"targets must be class indices from 0 to {num_classes - 1}, got values from {low} to {high}; "
+            "check that the labels and the model's number of classes belong to the same data set."
+        )
+
+
+def ce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy with the labels, batch mean, in at least float32."""
+    return F.cross_entropy(_acc(logits), targets)
 
 
 def _per_sample_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(softmax(t/T) || softmax(s/T)) for each sample, in float32."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}.")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ConfigError(f"temperature must be a positive, finite number, got {temperature}; the paper uses 4 for KD, 1 for GKD.")
     log_p_student = F.log_softmax(_acc(student_logits) / temperature, dim=1)
     log_p_teacher = F.log_softmax(_acc(teacher_logits) / temperature, dim=1)
     return (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1)
@@ -110,10 +136,11 @@ def gkd_loss(
     """
     _check_logits(student_logits, teacher_logits)
     if targets.shape != student_logits.shape[:1]:
-        raise ValueError(
+        raise ConfigError(
             f"targets must be a (batch,) tensor of class indices, got shape {tuple(targets.shape)} "
             f"for {student_logits.shape[0]} logits."
         )
+    _check_targets(targets, student_logits.shape[1])
     kept = teacher_correct_mask(teacher_logits, targets)
     per_sample = _per_sample_kl(student_logits, teacher_logits, temperature)
     # Multiplying by the mask (instead of indexing) keeps the graph shape fixed,
@@ -136,11 +163,11 @@ def at_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch
     channel counts may differ (attention averages channels away).
     """
     if len(student_feats) != len(teacher_feats) or not student_feats:
-        raise ValueError("at_loss needs the same, non-zero number of stages for student and teacher.")
+        raise ConfigError("at_loss needs the same, non-zero number of stages for student and teacher.")
     total = _acc(student_feats[0]).new_zeros(())
     for stage, (s, t) in enumerate(zip(student_feats, teacher_feats), start=1):
         if s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
-            raise ValueError(
+            raise ConfigError(
                 f"stage {stage}: attention transfer needs equal batch and spatial sizes, "
                 f"got student {tuple(s.shape)} and teacher {tuple(t.shape)}."
             )
@@ -155,11 +182,11 @@ def fitnets_loss(student_hints: Sequence[torch.Tensor], teacher_hints: Sequence[
     so shapes match the teacher's. Summed over the given stages.
     """
     if len(student_hints) != len(teacher_hints) or not student_hints:
-        raise ValueError("fitnets_loss needs the same, non-zero number of stages for student and teacher.")
+        raise ConfigError("fitnets_loss needs the same, non-zero number of stages for student and teacher.")
     total = _acc(student_hints[0]).new_zeros(())
     for stage, (s, t) in enumerate(zip(student_hints, teacher_hints), start=1):
         if s.shape != t.shape:
-            raise ValueError(
+            raise ConfigError(
                 f"stage {stage}: FitNets hint needs equal shapes, got student {tuple(s.shape)} and teacher {tuple(t.shape)}; "
                 "regress the student's feature with a connector first."
             )

@@ -13,23 +13,27 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
+from . import terms
 from .errors import ConfigError
 
 __all__ = ["RunConfig", "get", "names", "METHODS", "parse_method", "scale_milestones"]
 
-# The loss terms a method string can name, plus "edt" (weights from a schedule).
-LOSS_TERMS = ("ce", "kd", "gkd", "cd", "at", "fitnets")
-METHODS = LOSS_TERMS + ("edt",)
+# The loss terms a method string can name, plus "edt" (weights from a schedule): cdlib.terms' table.
+LOSS_TERMS = terms.LOSS_TERMS
+METHODS = terms.METHODS
 
 
 @dataclass
 class RunConfig:
     """Everything one training run needs. ``method`` is a '+'-joined subset of
-    ``ce, kd, gkd, cd, at, fitnets, edt`` (cross-entropy is always included);
-    a ','-separated list of methods trains each and prints a comparison."""
+    the loss terms of :data:`cdlib.terms.TERMS` (``ce, kd, gkd, cd, at, fitnets``)
+    and ``edt`` (cross-entropy is always included); a ','-separated list of
+    methods trains each and prints a comparison."""
 
     # what to train
     data: str = "cifar100"
@@ -44,7 +48,7 @@ class RunConfig:
     teacher_pretrained: bool = False
     method: str = "cd+gkd+edt"
     # loss weights when no schedule applies (and for kd / at / fitnets always)
-    weights: Dict[str, float] = field(default_factory=lambda: {"ce": 1.0, "kd": 1.0, "gkd": 0.1, "cd": 6.0, "at": 1000.0, "fitnets": 100.0})
+    weights: Dict[str, float] = field(default_factory=terms.default_weights)
     schedule: str = "paper-cifar100"
     kd_temperature: float = 4.0
     gkd_temperature: float = 1.0
@@ -77,18 +81,21 @@ class RunConfig:
 
 def parse_method(method: str) -> Tuple[str, ...]:
     """'cd+gkd+edt' -> ('ce', 'cd', 'gkd', 'edt'); unknown terms raise ConfigError."""
-    terms = [t.strip().lower() for t in method.split("+") if t.strip()]
-    if terms in (["student"], ["baseline"]):
-        terms = ["ce"]
-    unknown = [t for t in terms if t not in METHODS]
-    if unknown or not terms:
+    if not isinstance(method, str):
+        raise ConfigError(f"a method is a string such as 'kd' or 'cd+gkd+edt', got {method!r}.")
+    names = [t.strip().lower() for t in method.split("+") if t.strip()]
+    if names in (["student"], ["baseline"]):
+        names = ["ce"]
+    known = terms.methods()
+    unknown = [t for t in names if t not in known]
+    if unknown or not names:
         raise ConfigError(
-            f"unknown method term(s) {unknown or [method]!r} in {method!r}; combine {', '.join(METHODS)} with '+', "
+            f"unknown method term(s) {unknown or [method]!r} in {method!r}; combine {', '.join(known)} with '+', "
             "e.g. 'kd' or 'cd+gkd+edt' ('student' trains with cross-entropy only)."
         )
-    if "ce" not in terms:
-        terms.insert(0, "ce")
-    return tuple(dict.fromkeys(terms))
+    if "ce" not in names:
+        names.insert(0, "ce")
+    return tuple(dict.fromkeys(names))
 
 
 _RECIPES: Dict[str, RunConfig] = {
@@ -99,7 +106,7 @@ _RECIPES: Dict[str, RunConfig] = {
         student="resnet18",
         teacher="resnet34",
         teacher_pretrained=True,
-        weights={"ce": 1.0, "kd": 1.0, "gkd": 1.0, "cd": 6.0, "at": 1000.0, "fitnets": 100.0},
+        weights={**terms.default_weights(), "gkd": 1.0},
         schedule="paper-imagenet",
         epochs=100,
         batch_size=256,
@@ -139,14 +146,19 @@ def override(cfg: RunConfig, **changes) -> RunConfig:
     unknown = sorted(set(changes) - known)
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; valid settings are {', '.join(sorted(known))}.")
-    if "lr_milestones" in changes and changes["lr_milestones"] is not None:
-        try:
-            changes["lr_milestones"] = tuple(int(m) for m in changes["lr_milestones"])
-        except (TypeError, ValueError):
-            raise ConfigError(f"lr_milestones must be a list of epoch numbers, got {changes['lr_milestones']!r}.") from None
+    for name, value in changes.items():
+        if isinstance(value, os.PathLike) and _KINDS[name] in ("str", "Optional[str]"):
+            changes[name] = os.fspath(value)  # a pathlib.Path for a folder is fine; config.json stores text
+    milestones = changes.get("lr_milestones")
+    if milestones is not None:
+        if isinstance(milestones, (str, bytes)) or not _is_sequence(milestones) or not all(map(_is_whole, milestones)):
+            raise ConfigError(f"lr_milestones must be a list of whole epoch numbers, e.g. [60, 120, 160], "
+                              f"got {milestones!r}.")
+        changes["lr_milestones"] = tuple(int(m) for m in milestones)
     if "weights" in changes and changes["weights"] is not None:
         if not isinstance(changes["weights"], dict):
-            raise ConfigError(f"weights must be a dict of loss term -> weight, got {changes['weights']!r}.")
+            raise ConfigError(f"weights must be a dict of loss term -> weight, e.g. {{'cd': 6.0}}, "
+                              f"got {changes['weights']!r}.")
         # Only the named terms change; the recipe's other weights stay.
         changes["weights"] = {**cfg.weights, **changes["weights"]}
     new = dataclasses.replace(cfg, **changes)
@@ -154,23 +166,86 @@ def override(cfg: RunConfig, **changes) -> RunConfig:
     return new
 
 
+# Each setting's kind, as its annotation spells it (the annotations are strings here).
+_KINDS: Dict[str, str] = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
+
+
+def _is_whole(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_sequence(value) -> bool:
+    try:
+        iter(value)
+    except TypeError:
+        return False
+    return True
+
+
+_KIND_CHECKS = {
+    "int": (_is_whole, "a whole number"),
+    "Optional[int]": (lambda v: v is None or _is_whole(v), "a whole number or None"),
+    "float": (_is_number, "a number"),
+    "bool": (lambda v: isinstance(v, bool), "True or False"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "Optional[str]": (lambda v: v is None or isinstance(v, str), "a string or None"),
+    "Dict[str, Any]": (lambda v: isinstance(v, dict), "a dict"),
+    "Dict[str, float]": (lambda v: isinstance(v, dict), "a dict of loss term -> weight"),
+    "Tuple[int, ...]": (lambda v: isinstance(v, tuple) and all(map(_is_whole, v)), "a tuple of whole numbers"),
+}
+
+
+def _check_types(cfg: RunConfig) -> None:
+    """Every setting has the kind its annotation names: ``epochs="3"`` or ``batch_size=2.5``
+    fails here, with the setting's name, rather than as a TypeError deep in the trainer."""
+    for name, kind in _KINDS.items():
+        value = getattr(cfg, name)
+        check, wanted = _KIND_CHECKS[kind]
+        if not check(value):
+            raise ConfigError(f"{name} must be {wanted}, got {value!r} ({type(value).__name__}); "
+                              f"e.g. {name}={getattr(RunConfig(), name)!r}.")
+
+
+def _check_range(cfg: RunConfig, names, positive: bool) -> None:
+    wanted = "positive" if positive else "non-negative"
+    for name in names:
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+            raise ConfigError(f"{name} must be a {wanted}, finite number, got {value}; e.g. {name}={getattr(RunConfig(), name)}.")
+
+
 def validate(cfg: RunConfig) -> None:
     """Check every setting that can be checked without data or a GPU, so a typo
     fails in a second instead of after the teacher has trained for an hour."""
+    _check_types(cfg)
     methods = [m for m in cfg.method.split(",") if m.strip()]
     if not methods:
         raise ConfigError(f"method {cfg.method!r} names no method; e.g. 'kd' or 'student,kd,cd+gkd+edt'.")
     for method in methods:
         parse_method(method)
-    if cfg.epochs < 1:
-        raise ConfigError(f"epochs must be at least 1, got {cfg.epochs}.")
-    if cfg.batch_size < 1:
-        raise ConfigError(f"batch size must be at least 1, got {cfg.batch_size}.")
-    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise ConfigError(f"learning rate must be a positive number, got {cfg.lr}.")
-    for name in ("momentum", "weight_decay"):
-        if not (getattr(cfg, name) >= 0 and math.isfinite(getattr(cfg, name))):
-            raise ConfigError(f"{name} must be a non-negative number, got {getattr(cfg, name)}.")
+    for name in ("epochs", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(cfg, name)}.")
+    _check_range(cfg, ("lr", "lr_gamma", "kd_temperature", "gkd_temperature"), positive=True)
+    _check_range(cfg, ("momentum", "weight_decay"), positive=False)
+    _check_milestones(cfg)
+    if cfg.max_steps_per_epoch is not None and cfg.max_steps_per_epoch < 1:
+        raise ConfigError(f"max_steps_per_epoch must be at least 1 (or None for whole epochs), got {cfg.max_steps_per_epoch}.")
+    if cfg.num_workers < 0:
+        raise ConfigError(f"num_workers must be 0 or more, got {cfg.num_workers}.")
+    if cfg.image_size is not None and cfg.image_size < 1:
+        raise ConfigError(f"image_size must be a positive number of pixels, got {cfg.image_size}.")
+    if cfg.amp not in ("auto", "bf16", "fp16", "off"):
+        raise ConfigError(f"amp must be one of auto, bf16, fp16, off; got {cfg.amp!r}.")
+    _check_names(cfg)
+    _check_weights(cfg.weights)
+
+
+def _check_milestones(cfg: RunConfig) -> None:
     early = [m for m in cfg.lr_milestones if m < 1]
     if early:
         raise ConfigError(f"lr_milestones are epoch numbers from 1 on (the LR decays after that epoch), got {early}.")
@@ -181,21 +256,9 @@ def validate(cfg: RunConfig) -> None:
             f"there; pass milestones up to {cfg.epochs}, or change epochs through recipes.get(name, epochs=...) "
             f"(CLI: --epochs alone), which moves the recipe's milestones with it."
         )
-    if not cfg.lr_gamma > 0:
-        raise ConfigError(f"lr_gamma must be positive, got {cfg.lr_gamma}.")
-    for name in ("kd_temperature", "gkd_temperature"):
-        if not getattr(cfg, name) > 0:
-            raise ConfigError(f"{name} must be positive, got {getattr(cfg, name)}.")
-    if cfg.max_steps_per_epoch is not None and cfg.max_steps_per_epoch < 1:
-        raise ConfigError(f"max_steps_per_epoch must be at least 1 (or None for whole epochs), got {cfg.max_steps_per_epoch}.")
-    if cfg.num_workers < 0:
-        raise ConfigError(f"num_workers must be 0 or more, got {cfg.num_workers}.")
-    if cfg.image_size is not None and cfg.image_size < 1:
-        raise ConfigError(f"image_size must be a positive number of pixels, got {cfg.image_size}.")
-    if cfg.amp not in ("auto", "bf16", "fp16", "off"):
-        raise ConfigError(f"amp must be one of auto, bf16, fp16, off; got {cfg.amp!r}.")
-    if not isinstance(cfg.data_options, dict):
-        raise ConfigError(f"data_options must be a dict of keyword arguments for cdlib.data.load, got {cfg.data_options!r}.")
+
+
+def _check_names(cfg: RunConfig) -> None:
     from . import data, models, schedules
 
     for role in ("student", "teacher"):
@@ -205,10 +268,14 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"unknown data set {cfg.data!r}; choose one of {', '.join(data.names())}.")
     if cfg.schedule not in schedules.names():
         raise ConfigError(f"unknown EDT schedule {cfg.schedule!r}; choose one of {', '.join(schedules.names())}.")
-    unknown_weights = sorted(set(cfg.weights) - set(LOSS_TERMS))
+
+
+def _check_weights(weights: Dict[str, float]) -> None:
+    known = terms.loss_terms()
+    unknown_weights = sorted(set(weights) - set(known))
     if unknown_weights:
-        raise ConfigError(f"unknown loss weight(s) {unknown_weights}; weights exist for {', '.join(LOSS_TERMS)}.")
-    bad_weights = {t: w for t, w in cfg.weights.items() if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0)}
+        raise ConfigError(f"unknown loss weight(s) {unknown_weights}; weights exist for {', '.join(known)}.")
+    bad_weights = {t: w for t, w in weights.items() if not (_is_number(w) and math.isfinite(w) and w >= 0)}
     if bad_weights:
         raise ConfigError(f"loss weights must be finite numbers >= 0, got {bad_weights}.")
 
@@ -224,12 +291,16 @@ def get(name: str, **overrides) -> RunConfig:
 
     ``epochs`` without ``lr_milestones`` scales the recipe's milestones:
     ``get("cifar100", epochs=50)`` decays the LR at epochs 15, 30 and 40, where
-    the paper's 60, 120 and 160 would never be reached.
+    the paper's 60, 120 and 160 would never be reached. Another ``data``
+    without ``data_options`` drops the recipe's data options (they are the
+    recipe's data set's).
     """
     if name not in _RECIPES:
         raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(names())}.")
     base = _RECIPES[name]
     epochs = overrides.get("epochs")
-    if isinstance(epochs, int) and epochs >= 1 and overrides.get("lr_milestones") is None:
+    if _is_whole(epochs) and epochs >= 1 and overrides.get("lr_milestones") is None:
         overrides["lr_milestones"] = scale_milestones(base.lr_milestones, base.epochs, epochs)
+    if overrides.get("data", base.data) != base.data and "data_options" not in overrides:
+        overrides["data_options"] = {}  # the recipe's options belong to its own data set
     return override(dataclasses.replace(base), **overrides)

@@ -69,3 +69,52 @@ def test_cli_command_round_trips(overrides):
 
 def test_cli_command_writes_only_epochs_when_the_milestones_follow_them():
     assert analysis.cli_command(recipes.get("cifar100", epochs=50), "cifar100") == "cdlib distill --recipe cifar100 --epochs 50"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"batch_size": 2.5}, r"^batch_size must be a whole number, got 2\.5 \(float\)"),
+    ({"epochs": True}, r"^epochs must be a whole number, got True \(bool\)"),
+    ({"epochs": "3"}, r"^epochs must be a whole number, got '3' \(str\)"),
+    ({"lr_gamma": float("inf")}, r"^lr_gamma must be a positive, finite number, got inf"),
+    ({"kd_temperature": float("inf")}, r"^kd_temperature must be a positive, finite number, got inf"),
+    ({"gkd_temperature": float("nan")}, r"^gkd_temperature must be a positive, finite number, got nan"),
+    ({"momentum": -0.1}, r"^momentum must be a non-negative, finite number"),
+    ({"progress": "no"}, r"^progress must be True or False"),
+    ({"lr_milestones": [1.5]}, r"^lr_milestones must be a list of whole epoch numbers"),
+    ({"lr_milestones": "12"}, r"^lr_milestones must be a list of whole epoch numbers"),
+    ({"weights": {"cd": True}}, r"^loss weights must be finite numbers >= 0"),
+    ({"method": 5}, r"^method must be a string"),
+])
+def test_wrong_kinds_of_values_are_one_sentence_naming_the_setting(overrides, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        recipes.get("demo", **overrides)
+    assert "\n" not in str(caught.value) and str(caught.value).endswith(".")
+
+
+def test_the_combination_from_the_issue_fails_on_its_first_bad_setting():
+    with pytest.raises(ConfigError, match="must be"):
+        recipes.get("demo", batch_size=2.5, epochs=True, lr_gamma=float("inf"), kd_temperature=float("inf"))
+
+
+def test_right_kinds_still_pass_and_paths_become_text(tmp_path):
+    import numpy as np
+
+    cfg = recipes.get("demo", epochs=np.int64(4), lr=1, run_dir=tmp_path / "x", lr_milestones=(np.int32(2),))
+    assert cfg.epochs == 4 and cfg.lr == 1 and cfg.run_dir == str(tmp_path / "x") and cfg.lr_milestones == (2,)
+
+
+def test_another_data_set_drops_the_recipes_data_options():
+    assert recipes.get("demo").data_options == {"test_fraction": 0.5}
+    assert recipes.get("demo", data="synthetic").data_options == {}
+    assert recipes.get("demo", data="synthetic", data_options={"num_classes": 3}).data_options == {"num_classes": 3}
+
+
+def test_every_term_list_comes_from_the_table():
+    from cdlib import terms
+
+    assert recipes.LOSS_TERMS == terms.loss_terms() and recipes.METHODS == terms.methods()
+    assert recipes.RunConfig().weights == terms.default_weights()
+    assert set(recipes.get("imagenet").weights) == set(terms.loss_terms())
+    assert cli.HELP["method"].count(",") >= len(terms.methods()) - 1
+    for name in terms.methods():
+        assert name in cli.HELP["method"]
