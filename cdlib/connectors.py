@@ -7,9 +7,12 @@ one on every stage, even where channel counts already agree, and so do we.
 
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 from torch import nn
+
+from .errors import ConfigError
 
 __all__ = ["Connector", "build_connectors"]
 
@@ -28,8 +31,11 @@ class Connector(nn.Sequential):
 def build_connectors(student_channels: Sequence[int], teacher_channels: Sequence[int]) -> nn.ModuleList:
     """One connector per stage, from the two models' stage channel counts."""
     if len(student_channels) != len(teacher_channels):
-        raise ValueError(
+        raise ConfigError(
             f"student has {len(student_channels)} stages {tuple(student_channels)} but teacher has "
             f"{len(teacher_channels)} {tuple(teacher_channels)}; pick a teacher/student pair with the same number of stages."
         )
+    bad = [c for c in (*student_channels, *teacher_channels) if isinstance(c, bool) or not isinstance(c, numbers.Integral) or c < 1]
+    if bad:
+        raise ConfigError(f"channel counts must be positive whole numbers, got {bad}; pass a model's stage_channels.")
     return nn.ModuleList(Connector(s, t) for s, t in zip(student_channels, teacher_channels))

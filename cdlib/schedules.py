@@ -22,6 +22,8 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Dict
 
+from .errors import ConfigError
+
 __all__ = ["Weights", "Schedule", "get", "names", "register", "staircase", "smooth"]
 
 Weights = Dict[str, float]
@@ -34,7 +36,7 @@ CIFAR_GKD_WEIGHT = 0.1
 
 def _check_epoch(epoch: float) -> None:
     if not epoch >= 0:  # also rejects NaN
-        raise ValueError(f"epoch must be a non-negative number (1-indexed), got {epoch!r}.")
+        raise ConfigError(f"epoch must be a non-negative number (1-indexed), got {epoch!r}.")
 
 
 @dataclass(frozen=True)
@@ -85,11 +87,11 @@ class smooth:
 
     def __post_init__(self) -> None:
         if self.shape not in _SHAPES:
-            raise ValueError(f"unknown decay shape {self.shape!r}; choose one of {sorted(_SHAPES)}.")
+            raise ConfigError(f"unknown decay shape {self.shape!r}; choose one of {sorted(_SHAPES)}.")
         if self.epochs <= 0:
-            raise ValueError(f"a schedule needs a positive number of epochs, got {self.epochs}.")
+            raise ConfigError(f"a schedule needs a positive number of epochs (the run's length), got {self.epochs}.")
         if self.shape == "exponential" and (self.cd0 <= 0 or self.cd_final <= 0):
-            raise ValueError("an exponential decay needs positive initial and final CD weights.")
+            raise ConfigError("an exponential decay needs positive initial and final CD weights.")
 
     def __call__(self, epoch: float) -> Weights:
         _check_epoch(epoch)
@@ -149,8 +151,25 @@ def names() -> list:
     return sorted(_PRESETS)
 
 
+_SHIPPED = frozenset(_PRESETS)
+
+
 def register(name: str, factory: Callable[..., Schedule]) -> None:
-    """Add a schedule factory ``factory(epochs=..., **overrides) -> schedule``."""
+    """Add a schedule factory ``factory(epochs=..., **overrides) -> schedule``.
+
+    Registering a name again replaces the earlier factory (a notebook cell run
+    twice); the shipped presets cannot be replaced, so ``paper-cifar100`` always
+    means the paper's staircase.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"a schedule name is a non-empty string such as 'cosine-warmup', got {name!r}.")
+    if name in _SHIPPED:
+        raise ConfigError(f"{name!r} is a shipped schedule and cannot be replaced; register yours under another name.")
+    if not callable(factory):
+        raise ConfigError(
+            f"register({name!r}, ...) needs a factory: a function epochs=..., **overrides -> schedule, "
+            f"got {type(factory).__name__}; e.g. register({name!r}, lambda epochs=200, **kw: staircase((60,), 0, **kw))."
+        )
     _PRESETS[name] = factory
 
 
@@ -162,9 +181,11 @@ def get(name: str, epochs: int | None = None, **overrides) -> Schedule:
     overrides (``cd0=``, ``gkd=``, ``ce=``...) change the weights.
     """
     if name not in _PRESETS:
-        raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(names())}.")
+        raise ConfigError(f"unknown schedule {name!r}; choose one of {', '.join(names())}.")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise ConfigError(f"a schedule's epochs must be a whole number >= 1 (the run's length), got {epochs!r}.")
     factory = _PRESETS[name]
     try:
         return factory(**overrides) if epochs is None else factory(epochs=epochs, **overrides)
     except TypeError as exc:
-        raise ValueError(f"schedule {name!r} does not accept {sorted(overrides)}: {exc}") from None
+        raise ConfigError(f"schedule {name!r} does not accept {sorted(overrides)}: {exc}") from None

@@ -13,6 +13,7 @@ CIFAR-stem ResNets (``cifar_resnet18 ... 152`` and the narrow ``_w8``/``_w16``/
 
 from __future__ import annotations
 
+import numbers
 from typing import Tuple
 
 from torch import nn
@@ -29,13 +30,17 @@ def names() -> list:
 
 
 def _check_name(name: str) -> None:
-    if name not in cifar_resnet.CIFAR_ARCHITECTURES and name not in imagenet.IMAGENET_ARCHITECTURES:
+    if not isinstance(name, str) or name not in cifar_resnet.CIFAR_ARCHITECTURES and name not in imagenet.IMAGENET_ARCHITECTURES:
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(names())}.")
 
 
 def create(name: str, num_classes: int = 100, pretrained: bool = False, in_channels: int = 3) -> nn.Module:
     """Build a model by name. ``pretrained`` applies to the ImageNet ResNets only."""
     _check_name(name)
+    for setting, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ConfigError(f"{setting} must be a positive whole number, got {value!r}; "
+                              "pass the data set's classes and image channels (bundle.num_classes).")
     if name in cifar_resnet.CIFAR_ARCHITECTURES:
         if pretrained:
             raise ConfigError(f"no pretrained weights ship for {name}; train it with `cdlib train` or pass pretrained=False.")

@@ -12,6 +12,8 @@ from typing import List, Tuple, Union
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 # torchvision is imported where it is used: importing it costs seconds, and most
 # runs (CIFAR, digits) never touch an ImageNet model.
 
@@ -50,10 +52,12 @@ class TorchvisionResNet(nn.Module):
 def build(name: str, num_classes: int = 1000, pretrained: bool = False) -> TorchvisionResNet:
     import torchvision
 
+    if name not in IMAGENET_ARCHITECTURES:
+        raise ConfigError(f"unknown ImageNet model {name!r}; choose one of {', '.join(sorted(IMAGENET_ARCHITECTURES))}.")
     constructor, weights_enum, channels = IMAGENET_ARCHITECTURES[name]
     weights = getattr(torchvision.models, weights_enum).DEFAULT if pretrained else None
     if pretrained and num_classes != 1000:
-        raise ValueError(
+        raise ConfigError(
             f"pretrained {name} weights have 1000 ImageNet classes, but num_classes={num_classes}; "
             "use pretrained=False or num_classes=1000."
         )
