@@ -121,11 +121,15 @@ def source_of(obj: Union[object, str]) -> Source:
         name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or type(obj).__qualname__
         mod = getattr(obj, "__module__", None) or getattr(type(obj), "__module__", None)
         name = f"{mod}.{name}" if mod and not isinstance(obj, types.ModuleType) else getattr(obj, "__name__", name)
-    target = obj
+    target = inspect.unwrap(obj) if callable(obj) else obj  # functools.wraps decorators: the function inside
     if not (inspect.isfunction(target) or inspect.isclass(target) or inspect.ismethod(target) or inspect.ismodule(target)):
         if isinstance(owner, types.ModuleType):
             return _assignment(owner, attr, name)
         target = type(target)
+    found = _definition(target)
+    if found is not None:
+        path, text, first = found
+        return Source(name, text, _display_path(path), first)
     try:
         lines, first = inspect.getsourcelines(target)
         path = inspect.getsourcefile(target)
@@ -134,6 +138,35 @@ def source_of(obj: Union[object, str]) -> Source:
             f"{name} has no Python source to show (a builtin or compiled object); show a function or class defined in Python."
         ) from None
     return Source(name, "".join(lines), _display_path(path or "?"), max(first, 1))
+
+
+def _definition(obj):
+    """``(file, text, first line)`` of the ``def``/``class`` named like ``obj`` in its file as it is now.
+
+    Looked up by qualified name in the file's syntax tree, so the lines are right
+    even when the file was edited after the module was imported (where the line
+    numbers Python recorded at import would point at the wrong lines). None when
+    the lookup does not apply (modules, functions defined inside functions).
+    """
+    qualname = getattr(obj, "__qualname__", "")
+    try:
+        path = inspect.getsourcefile(obj)
+    except TypeError:
+        return None
+    if not qualname or "<" in qualname or not path or not Path(path).is_file():
+        return None
+    text = Path(path).read_text(encoding="utf8")
+    nodes = ast.parse(text).body
+    node = None
+    for part in qualname.split("."):
+        node = next((n for n in nodes if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                     and n.name == part), None)
+        if node is None:
+            return None
+        nodes = node.body
+    first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+    lines = text.splitlines(keepends=True)[first - 1 : node.end_lineno]
+    return path, "".join(lines), first
 
 
 def show(*objects: Union[object, str]) -> None:

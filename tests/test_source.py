@@ -74,3 +74,16 @@ def test_a_missing_object_is_one_clear_error(missing, message):
     assert isinstance(info.value, CDLibError)
     with pytest.raises(source.SourceError):
         source.show(missing)
+
+
+def test_lines_stay_right_when_the_file_is_edited_after_import(tmp_path, monkeypatch):
+    module = tmp_path / "h2_edited_module.py"
+    body = "@functools.lru_cache\ndef g():\n    return 1\n\n\nclass K:\n    def m(self):\n        return 3\n"
+    module.write_text("import functools\n\n\n" + body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module("h2_edited_module")
+    module.write_text("import functools\nimport sys\nimport json\n\n\n" + body)
+    src = source.source_of(mod.g)  # Python recorded line 4 for g at import; the file now has it at line 6
+    assert (src.first_line, src.text) == (6, "@functools.lru_cache\ndef g():\n    return 1\n")
+    assert source.source_of(mod.K.m).text == "    def m(self):\n        return 3\n"
+    sys.modules.pop("h2_edited_module", None)
