@@ -134,6 +134,28 @@ _RECIPES: Dict[str, RunConfig] = {
         num_workers=0,
         run_dir="runs/demo",
     ),
+    "cpu-study": RunConfig(
+        data="digits",
+        data_root=None,
+        # Digits made harder, chosen by measurement (benchmarks/cpu_study.py; results/cpu-study/README.md):
+        # each 12-pixel digit at a random spot of a 20x20 canvas with 3 fragments of other digits (the
+        # cluttered MNIST of Jaderberg et al. 2015), half the images for training, and a teacher twice
+        # the student's width, so that the teacher leads by ~10 points and errs on ~4 % of augmented
+        # training images (something for GKD to drop); one student's run takes about 30 s on 2 CPU cores.
+        data_options={"test_fraction": 0.5, "canvas": 20, "clutter": 3},
+        image_size=12,
+        student="cifar_resnet10_w8",
+        teacher="cifar_resnet10_w16",
+        method="student,kd,cd,cd+gkd,cd+gkd+edt",
+        schedule="paper-cifar100",
+        epochs=30,
+        batch_size=64,
+        lr=0.05,
+        lr_milestones=(20, 26),
+        lr_gamma=0.2,
+        num_workers=0,
+        run_dir="runs/cpu-study",
+    ),
 }
 
 

@@ -1,0 +1,206 @@
+"""The CPU study: do CD, GKD and EDT help where a teacher has something to teach? Five seeds each.
+
+One command, from the repository root::
+
+    python benchmarks/cpu_study.py            # ~20-40 min on a 2-core CPU; writes results/cpu-study/
+
+trains, for each of the seeds 0-4, the teacher and seven students of the recipe
+``cpu-study`` (cluttered digits, see ``cdlib.recipes``): the student alone, KD,
+CD, CD+GKD, CD+GKD+EDT (the paper's staircase) and CD+GKD+EDT with a cosine
+decay, and writes into ``results/cpu-study/``:
+
+* ``summary.csv`` / ``per_seed.csv`` — the comparison (cdlib.seeds formats; the
+  teacher has rows too, method ``teacher``), and ``seed_comparison.png``;
+* ``teacher_errors.csv`` — per seed, the teacher's error on the test set, on the
+  training images and on augmented training images (what GKD drops);
+* ``<method>/seed<k>/config.json`` and ``metrics.jsonl`` of every run (no model
+  files: the commit stays small);
+* ``provenance.json`` — command, versions, git commit, CPU model, threads, load,
+  date, wall time of the study and of each run.
+
+Runs go to ``--work`` (default ``runs/cpu-study``, not committed) and are
+reused when finished, so an interrupted study continues where it stopped.
+``--jobs 2`` trains two seeds at a time in separate processes (each one torch
+thread), which halves the wall time on an otherwise idle 2-core machine.
+``tests/test_cpu_study.py`` re-runs the student of seed 0 and checks that it
+reproduces the committed accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# The study's methods: label -> settings that differ from the recipe.
+METHODS = [
+    "student",
+    "kd",
+    "cd",
+    "cd+gkd",
+    "cd+gkd+edt",
+    {"cd+gkd+edt (cosine)": {"method": "cd+gkd+edt", "schedule": "cosine"}},
+]
+
+
+def _git_commit() -> str:
+    if os.environ.get("CDLIB_GIT_COMMIT"):  # a study run from an exported tree (git archive) has no .git
+        return os.environ["CDLIB_GIT_COMMIT"]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "cdlib", "benchmarks/cpu_study.py"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return commit + ("+uncommitted-changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _load() -> list:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _study(cfg, seed_list, timings_path: Path, plot: bool):
+    """cdlib.seeds.run over ``seed_list``, logging each run's wall time (reused runs are not logged)."""
+    from cdlib import seeds
+
+    clock = {"last": time.perf_counter()}
+
+    def on_run(label, seed, row):
+        now = time.perf_counter()
+        seconds = now - clock["last"]
+        clock["last"] = now
+        if seconds > 1.0:  # a reused run takes milliseconds; only trained runs are timed
+            with open(timings_path, "a") as f:
+                f.write(json.dumps({"method": label, "seed": seed, "wall_seconds": round(seconds, 2),
+                                    "train_seconds": round(row["train_seconds"], 2), "load": _load()}) + "\n")
+
+    return seeds.run(cfg, seeds=seed_list, baseline="student", methods=METHODS, plot=plot, on_run=on_run)
+
+
+def teacher_errors(cfg, seed_list, work: Path, augmented_epochs: int = 5):
+    """Per seed: the teacher's top-1 error (%) on the test set, the training images, and augmented training images."""
+    import torch
+
+    from cdlib import checkpoint, data, train
+
+    bundle = train.load_data(cfg)
+    rows = []
+    for seed in seed_list:
+        model = checkpoint.load_model(str(work / "teacher" / f"seed{seed}" / "model.pt"), num_classes=bundle.num_classes)
+        model.eval()
+
+        def error(loader, epochs=1):
+            wrong = total = 0
+            with torch.no_grad():
+                for epoch in range(epochs):
+                    if hasattr(loader, "set_epoch"):
+                        loader.set_epoch(epoch)
+                    for images, labels in loader:
+                        wrong += int((model(images).argmax(1) != labels).sum())
+                        total += len(labels)
+            return 100.0 * wrong / total
+
+        augmented = data.make_loader(bundle.train, 256, train=True, seed=1000 + seed)
+        augmented.drop_last = False
+        rows.append({"seed": seed,
+                     "test_error": round(error(data.make_loader(bundle.test, 512, train=False)), 3),
+                     "train_error": round(error(data.make_loader(bundle.train, 512, train=False)), 3),
+                     "augmented_train_error": round(error(augmented, augmented_epochs), 3)})
+    return rows
+
+
+def _copy_runs(work: Path, out: Path) -> None:
+    for config in sorted(work.glob("*/seed*/config.json")):
+        run = config.parent
+        target = out / run.relative_to(work)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", "metrics.jsonl"):
+            shutil.copy2(run / name, target / name)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", default="0-4")
+    parser.add_argument("--work", default="runs/cpu-study", help="where the runs train (reused when finished)")
+    parser.add_argument("--out", default="results/cpu-study", help="where the committed result set goes")
+    parser.add_argument("--jobs", type=int, default=1, help="processes training seeds side by side (one thread each)")
+    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (smoke tests only)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)  # one thread per process: reproducible, and fair on a shared machine
+    import cdlib
+    from cdlib import device, recipes, seeds
+
+    seed_list = seeds.parse_seeds(args.seeds)
+    work, out = Path(args.work), Path(args.out)
+    overrides = {"run_dir": str(work), "progress": False, "device": "cpu"}
+    if args.epochs:
+        overrides["epochs"] = args.epochs
+    cfg = recipes.get("cpu-study", **overrides)
+    work.mkdir(parents=True, exist_ok=True)
+    timings = work / "timings.jsonl"
+    if args.worker:
+        _study(cfg, seed_list, timings, plot=False)
+        return 0
+
+    started, started_at, load_before = time.perf_counter(), datetime.datetime.now().astimezone(), _load()
+    if args.jobs > 1:
+        # Seeds split over processes; each writes its own run folders, then the study below reuses them all.
+        groups = [seed_list[i :: args.jobs] for i in range(args.jobs)]
+        command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--work", str(work)]
+        if args.epochs:
+            command += ["--epochs", str(args.epochs)]
+        workers = [subprocess.Popen(command + ["--seeds", ",".join(map(str, g))]) for g in groups if g]
+        if any(w.wait() != 0 for w in workers):
+            print("a worker failed; rerun the same command to continue (finished runs are reused).", file=sys.stderr)
+            return 1
+    study = _study(cfg, seed_list, timings, plot=True)
+    errors = teacher_errors(cfg, seed_list, work)
+    wall = time.perf_counter() - started
+
+    out.mkdir(parents=True, exist_ok=True)
+    _copy_runs(work, out)
+    for name in (seeds.SUMMARY_FILE, seeds.PER_SEED_FILE, seeds.PLOT_FILE):
+        shutil.copy2(work / name, out / name)
+    import pandas as pd
+
+    pd.DataFrame(errors).to_csv(out / "teacher_errors.csv", index=False)
+    run_times = [json.loads(line) for line in timings.read_text().splitlines()] if timings.exists() else []
+    provenance = {
+        "command": " ".join([Path(sys.executable).name, "benchmarks/cpu_study.py", *(argv if argv is not None else sys.argv[1:])]),
+        "recipe": "cpu-study",
+        "config": json.loads((work / "student" / f"seed{seed_list[0]}" / "config.json").read_text()),
+        "cdlib_version": cdlib.__version__,
+        "git_commit": _git_commit(),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "cpu_model": device.cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads_per_process": torch.get_num_threads(),
+        "jobs": args.jobs,
+        "date": started_at.isoformat(timespec="seconds"),
+        "wall_seconds": round(wall, 1),
+        "load_average_before": load_before,
+        "load_average_after": _load(),
+        "runs": run_times,
+    }
+    (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    print(f"study: {wall / 60:.1f} min wall time; results in {out}")
+    print(pd.DataFrame(errors).to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
