@@ -1,0 +1,241 @@
+"""Grading a folder of submissions: one child process per notebook, a CSV and a feedback file each."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from ..errors import CDLibError, ConfigError, DataError
+from . import notebook
+from .assignments import Assignment, Verdict, notebook_points
+from .loss_exercises import CD, GKD
+from .sandbox import RunResult, run_in_sandbox
+from .schedule_exercise import SCHEDULE
+
+ASSIGNMENTS: Dict[str, Assignment] = {a.name: a for a in (CD, GKD, SCHEDULE)}
+CSV_COLUMNS = ("submission", "question", "points", "max_points", "diagnosis")
+RUNNER_NEEDS = ("IPython", "torch")  # what the child process imports besides cdlib
+
+
+class GradingError(CDLibError):
+    """The grader cannot run (a missing package, an empty submissions folder)."""
+
+
+@dataclass(frozen=True)
+class SubmissionGrade:
+    submission: str  # the file stem: the student's id
+    verdicts: List[Verdict]
+    public_check: str  # what the notebook's own check says ("" if it did not run)
+    notes: List[str]  # how the run went, for the feedback file
+    seconds: float
+
+    @property
+    def points(self) -> float:
+        return sum(v.points for v in self.verdicts)
+
+    @property
+    def max_points(self) -> float:
+        return sum(v.max_points for v in self.verdicts)
+
+
+def require_runner_packages() -> None:
+    missing = [name for name in RUNNER_NEEDS if importlib.util.find_spec(name) is None]
+    if missing:
+        raise GradingError(
+            f"cdlib grade needs {', '.join(missing)} to run notebooks, and it is not installed: "
+            "pip install 'channel-distillation[book]'."
+        )
+
+
+def default_instructor_notebook(name: str) -> Optional[Path]:
+    """notebooks/exercises/<name>.ipynb of the source checkout cdlib runs from, if there is one."""
+    path = Path(__file__).resolve().parents[2] / "notebooks" / "exercises" / f"{name}.ipynb"
+    return path if path.is_file() else None
+
+
+def get_assignment(name: str, instructor_notebook: Optional[Path] = None) -> Assignment:
+    """The assignment ``name`` with its points from the instructor notebook's metadata (if any)."""
+    if name not in ASSIGNMENTS:
+        raise ConfigError(f"unknown assignment {name!r}; choose one of {', '.join(sorted(ASSIGNMENTS))}.")
+    assignment = ASSIGNMENTS[name]
+    path = Path(instructor_notebook) if instructor_notebook else default_instructor_notebook(name)
+    if path is not None:
+        points = notebook_points(path)
+        if points:
+            assignment = assignment.with_points(points)
+    return assignment
+
+
+# ---------------------------------------------------------------------------- one submission
+
+
+def _public_fields(case: dict) -> dict:
+    """What the child process gets of a case: the inputs, never the expected answers."""
+    return {k: case[k] for k in ("id", "args", "kwargs", "grad") if k in case}
+
+
+def _write_job(job: Path, assignment: Assignment, cells, cases) -> None:
+    import torch
+
+    spec = {
+        "function": assignment.function,
+        "cells": [{"index": c.index, "source": c.source} for c in cells],
+        "forbidden_modules": list(assignment.forbidden_modules),
+        "public_check": assignment.public_check,
+    }
+    (job / "job.json").write_text(json.dumps(spec), encoding="utf8")
+    torch.save([_public_fields(c) for c in cases], job / "cases.pt")
+
+
+def _stopped_diagnosis(assignment: Assignment, run: RunResult, status: Optional[dict], timeout: float) -> str:
+    fn = assignment.function
+    if run.timed_out:
+        return f"did not finish within {timeout:g} s (killed while {run.stage}): a cell or {fn} never ends."
+    if status is None:
+        how = f"was killed by signal {-run.returncode}" if run.returncode < 0 else f"exited with code {run.returncode}"
+        return f"the notebook's process {how} while {run.stage} (os._exit, a crash or running out of memory)."
+    if status["status"] == "sys_exit":
+        return f"cell {status['cell']} stops the notebook (sys.exit / exit, code {status['code']}), so {fn} was never graded."
+    if status["status"] == "cell_error":
+        return f"the notebook crashes: cell {status['cell']} raised {status['error']}, so {fn} was never graded."
+    if status["status"] == "not_callable":
+        return f"{fn} is a {status['type']}, not a function."
+    return f"the notebook could not be graded ({status})."
+
+
+def _cheat_diagnosis(fn: str, static: Sequence[str], seen: Sequence[str]) -> str:
+    names = sorted(set(static) | set(seen))
+    how = " and ".join(x for x, found in (("in its source", static), ("when it ran", seen)) if found)
+    return (f"{fn} calls cdlib's own implementation ({', '.join(names)}; found {how}): the exercise is to "
+            "write it yourself, so it scores 0.")
+
+
+def _load_json(path: Path) -> Optional[dict]:
+    return json.loads(path.read_text(encoding="utf8")) if path.is_file() else None
+
+
+def grade_submission(assignment: Assignment, path: Path, timeout: float = 60.0,
+                     cases: Optional[List[dict]] = None) -> SubmissionGrade:
+    """Grade one notebook: run it in its own process and folder, then judge its function."""
+    import torch
+
+    start = time.perf_counter()
+    name, fn = Path(path).stem, assignment.function
+    cases = assignment.make_cases() if cases is None else cases
+
+    def done(verdicts, public="", notes=()):
+        return SubmissionGrade(name, verdicts, public, list(notes), time.perf_counter() - start)
+
+    try:
+        cells = notebook.read_code_cells(Path(path))
+    except notebook.UnreadableNotebook as exc:
+        return done(assignment.zero(f"{exc}, so {fn} cannot be graded."))
+    selected = notebook.cells_to_run(cells, fn)
+    if selected is None:
+        blank = "the notebook is empty" if not any(c.source.strip() for c in cells) else f"no cell defines {fn}"
+        return done(assignment.zero(f"{blank}: write {assignment.signature} in the notebook."))
+    static = notebook.static_uses(selected, fn, assignment.forbidden_modules)
+
+    root = Path(tempfile.mkdtemp(prefix=f"cdlib-grade-{name}-"))
+    try:
+        job, work = root / "job", root / "work"
+        job.mkdir()
+        work.mkdir()
+        _write_job(job, assignment, selected, cases)
+        run = run_in_sandbox(job, work, timeout)
+        status = _load_json(job / "status.json")
+        notes = [f"ran cells {', '.join(str(c.index + 1) for c in selected)} in {run.seconds:.1f} s"]
+        outcomes_file = job / "outcomes.pt"
+        if not outcomes_file.is_file():
+            if run.log_tail:
+                notes.append("the notebook's last output:\n" + run.log_tail)
+            return done(assignment.zero(_stopped_diagnosis(assignment, run, status, timeout)), notes=notes)
+        saved = torch.load(outcomes_file, weights_only=True)  # written by the student's process: data only
+        public = _load_json(job / "public.json") or {"status": "none", "message": ""}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    if run.timed_out:
+        notes.append(f"the public check did not finish within the {timeout:g} s limit.")
+    if static or saved["forbidden_calls"]:
+        return done(assignment.zero(_cheat_diagnosis(fn, static, saved["forbidden_calls"])), notes=notes)
+    outcomes = saved["outcomes"]
+    if outcomes and all(o.get("not_implemented") for o in outcomes):
+        return done(assignment.zero(f"{fn} is not implemented yet (it raises NotImplementedError)."), notes=notes)
+    public_text = "passed" if public["status"] == "passed" else public["message"]
+    return done(_with_hint(assignment.score(cases, outcomes), public_text), public_text, notes)
+
+
+def _with_hint(verdicts: List[Verdict], public: str) -> List[Verdict]:
+    """Lost points get the public check's diagnosis of the usual mistake, when it names one."""
+    lines = [line.strip()[2:] for line in public.splitlines() if line.strip().startswith("- ")]
+    if not lines:
+        return verdicts
+    hint = lines[0]
+    return [v if v.points == v.max_points else Verdict(v.question, v.points, v.max_points,
+                                                       f"{v.diagnosis} Hint from the public check: {hint}")
+            for v in verdicts]
+
+
+# ---------------------------------------------------------------------------- a folder
+
+
+def grade(assignment: str, submissions: Path, out: Path = Path("grades.csv"), timeout: float = 60.0,
+          feedback_dir: Optional[Path] = None, instructor_notebook: Optional[Path] = None,
+          jobs: int = 1) -> List[SubmissionGrade]:
+    """Grade every ``*.ipynb`` in ``submissions`` (file stem = student id) for ``assignment``.
+
+    Writes ``out`` (one row per submission and question) and one markdown feedback
+    file per submission into ``feedback_dir`` (default: ``feedback/`` beside ``out``).
+    """
+    require_runner_packages()
+    task = get_assignment(assignment, instructor_notebook)
+    folder = Path(submissions)
+    if not folder.is_dir():
+        raise DataError(f"the submissions folder {folder} does not exist; pass the folder holding the .ipynb files.")
+    paths = sorted(p for p in folder.glob("*.ipynb") if not p.name.startswith("."))
+    if not paths:
+        raise DataError(f"{folder} holds no .ipynb file; put one notebook per student there (file name = student id).")
+    if not timeout > 0 or jobs < 1:
+        raise ConfigError(f"--timeout must be > 0 seconds and --jobs >= 1 (got {timeout!r} and {jobs!r}).")
+    cases = task.make_cases()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        grades = list(pool.map(lambda p: grade_submission(task, p, timeout, cases), paths))
+    out = Path(out)
+    write_csv(grades, out)
+    write_feedback(task, grades, Path(feedback_dir) if feedback_dir else out.parent / "feedback")
+    return grades
+
+
+def write_csv(grades: Sequence[SubmissionGrade], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="", encoding="utf8") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for g in grades:
+            for v in g.verdicts:
+                writer.writerow([g.submission, v.question, f"{v.points:g}", f"{v.max_points:g}", v.diagnosis])
+
+
+def write_feedback(task: Assignment, grades: Sequence[SubmissionGrade], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    what = {q.name: q.what for q in task.questions}
+    for g in grades:
+        lines = [f"# {task.name}: feedback for {g.submission}", "",
+                 f"**{g.points:g} / {g.max_points:g} points** for `{task.signature}`.", "",
+                 "| question | what it checks | points | diagnosis |", "|---|---|---|---|"]
+        for v in g.verdicts:
+            cell = v.diagnosis.replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| {v.question} | {what[v.question]} | {v.points:g} / {v.max_points:g} | {cell} |")
+        if g.public_check:
+            lines += ["", "## The notebook's own check", "", "```", g.public_check, "```"]
+        if g.notes:
+            lines += ["", "## How the run went", ""] + [f"```\n{n}\n```" if "\n" in n else f"- {n}" for n in g.notes]
+        (folder / f"{g.submission}.md").write_text("\n".join(lines) + "\n", encoding="utf8")

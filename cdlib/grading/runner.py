@@ -1,0 +1,265 @@
+"""The process that runs ONE submission: ``python -m cdlib.grading.runner JOB_DIR``.
+
+The grader starts it in its own session (process group), with a temporary
+working folder as its current directory, and kills the whole group when the time
+is up. It runs the selected cells in an IPython shell (magics, ``!`` commands
+and ``sys.exit`` behave as in Jupyter), then calls the student's function on the
+hidden cases the grader wrote to ``JOB_DIR/cases.pt`` and saves what came back —
+values, gradients, errors — to ``JOB_DIR/outcomes.pt``. It judges nothing: the
+grader compares the outcomes with its own reference computations in its own
+process, where the student's code cannot reach them.
+
+While the student's function runs, a profile hook records every call into
+cdlib's implementation of the exercise (any code object from the forbidden
+modules' files, however it was reached: an alias, ``getattr``, a copied function
+object, cdlib's loss table). What it cannot see: code copied as text, code run in
+another process or in a C extension, and a hook the student removes with
+``sys.setprofile(None)`` inside the function.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import numbers
+import os
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+
+def _stage(job: Path, text: str) -> None:
+    (job / "stage.txt").write_text(text, encoding="utf8")
+
+
+def _save(obj, path: Path) -> None:
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _error_text(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------- running the cells
+
+
+def _shell():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance(colors="nocolor")
+    shell.ask_exit = lambda: setattr(shell, "exit_now", True)  # exit() / quit() in a cell
+    return shell
+
+
+def run_cells(shell, cells, job: Path) -> dict:
+    """Run the cells as "Run all" would, stopping at the first error; a status dict."""
+    for cell in cells:
+        _stage(job, f"running cell {cell['index'] + 1}")
+        print(f"----- cell {cell['index'] + 1}", flush=True)
+        result = shell.run_cell(cell["source"], store_history=False, silent=False)
+        error = result.error_before_exec or result.error_in_exec
+        if isinstance(error, SystemExit):
+            return {"status": "sys_exit", "cell": cell["index"] + 1, "code": repr(error.code)}
+        if shell.exit_now:
+            return {"status": "sys_exit", "cell": cell["index"] + 1, "code": "exit()"}
+        if error is not None:
+            return {"status": "cell_error", "cell": cell["index"] + 1, "error": _error_text(error)}
+    return {"status": "ran"}
+
+
+# ---------------------------------------------------------------------------- watching for cdlib's implementation
+
+
+class CallWatch:
+    """Records calls into code from the given modules' files while it is on."""
+
+    def __init__(self, modules):
+        self.prefixes = []
+        self.names = {}
+        for name in modules:
+            module = importlib.import_module(name)
+            path = os.path.abspath(module.__file__)
+            if os.path.basename(path) == "__init__.py":
+                path = os.path.dirname(path) + os.sep
+                self.prefixes.append(path)
+            else:
+                self.prefixes.append(path)
+            self.names[path] = name
+        self.prefixes = tuple(self.prefixes)
+        self.seen = set()
+        self._owners = {}  # file name -> owning prefix or None: the hook runs on every Python call
+
+    def _owner(self, filename: str):
+        if filename not in self._owners:
+            path = os.path.abspath(filename)
+            self._owners[filename] = next(
+                (p for p in self.prefixes if path == p or (p.endswith(os.sep) and path.startswith(p))), None)
+        return self._owners[filename]
+
+    def _hook(self, frame, event, arg):
+        if event != "call":
+            return
+        code = frame.f_code
+        owner = self._owner(code.co_filename)
+        if owner is None:
+            return
+        caller = frame.f_back
+        if caller is not None and self._owner(caller.f_code.co_filename) is not None:
+            return  # cdlib calling itself: only the entry point is worth naming
+        module = self.names[owner]
+        if owner.endswith(os.sep):
+            rel = os.path.relpath(os.path.abspath(code.co_filename), owner)[: -len(".py")].replace(os.sep, ".")
+            module = module if rel == "__init__" else f"{module}.{rel}"
+        self.seen.add(f"{module}.{getattr(code, 'co_qualname', code.co_name)}")
+
+    def __enter__(self):
+        sys.setprofile(self._hook)
+        threading.setprofile(self._hook)
+        return self
+
+    def __exit__(self, *exc):
+        sys.setprofile(None)
+        threading.setprofile(None)
+        return False
+
+
+# ---------------------------------------------------------------------------- calling the function
+
+
+def _prepare(value, grad: bool):
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        out = value.clone()
+        return out.requires_grad_(True) if grad and out.is_floating_point() else out
+    if isinstance(value, list):
+        return [_prepare(v, grad) for v in value]
+    return value
+
+
+def _leaves(value):
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, list):
+        return [x for v in value for x in _leaves(v)]
+    return []
+
+
+def _number(value):
+    if isinstance(value, bool) or value is None or isinstance(value, (str, bytes)):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return number
+
+
+def describe_result(value, grad_inputs):
+    """What a call returned, as plain data (numbers, strings, tensors) the grader can load safely."""
+    import torch
+
+    out = {"type": type(value).__name__}
+    if isinstance(value, torch.Tensor):
+        out.update(shape=list(value.shape), dtype=str(value.dtype).replace("torch.", ""),
+                   is_float=bool(value.is_floating_point()),
+                   connected=bool(value.requires_grad or value.grad_fn is not None))
+        if value.numel() == 1 and value.is_floating_point():
+            out["value"] = float(value.detach().double().reshape(-1)[0])
+            if out["connected"] and grad_inputs:
+                try:
+                    grads = torch.autograd.grad(value.reshape(()), grad_inputs, allow_unused=True)
+                    out["grads"] = [torch.zeros_like(x, dtype=torch.float64) if g is None else g.detach().double()
+                                    for g, x in zip(grads, grad_inputs)]
+                except Exception as exc:  # noqa: BLE001 - reported to the student
+                    out["grad_error"] = _error_text(exc)
+    elif isinstance(value, numbers.Number) and not isinstance(value, bool):
+        out["value"] = float(value)
+    elif isinstance(value, Mapping):
+        out["mapping"] = {str(k): _number(v) for k, v in value.items()}
+        out["mapping_repr"] = {str(k): repr(v)[:80] for k, v in value.items()}
+    return out
+
+
+def call_case(fn, case, watch: CallWatch) -> dict:
+    import torch
+
+    grad = set(case.get("grad", ()))
+    args = [_prepare(a, i in grad) for i, a in enumerate(case["args"])]
+    kwargs = dict(case.get("kwargs", {}))
+    grad_inputs = [x for i in sorted(grad) for x in _leaves(args[i]) if x.requires_grad]
+    before = [x.detach().clone() for x in _leaves(args)]
+    start = time.perf_counter()
+    try:
+        with watch, torch.enable_grad():  # grading the function, not a notebook that turned autograd off
+            value = fn(*args, **kwargs)
+    except NotImplementedError as exc:
+        return {"id": case["id"], "error": _error_text(exc), "not_implemented": True}
+    except Exception as exc:  # noqa: BLE001 - every error is part of the grade
+        return {"id": case["id"], "error": _error_text(exc)}
+    out = describe_result(value, grad_inputs)
+    out["id"] = case["id"]
+    out["seconds"] = time.perf_counter() - start
+    after = _leaves(args)
+    out["modified"] = any(not torch.equal(b, a.detach()) for b, a in zip(before, after))
+    return out
+
+
+def run_public_check(fn, check: dict) -> dict:
+    """The exercise's public check (cdlib.checks), for the feedback: "passed" or its message."""
+    checks = importlib.import_module("cdlib.checks")
+    target = fn
+    if check.get("epochs"):
+        epochs = check["epochs"]
+        target = lambda epoch: fn(epoch, epochs)  # noqa: E731 - the adapter the notebook registers
+        target.__name__ = getattr(fn, "__name__", "schedule")
+    args = [target] + ([check["epochs"]] if check.get("epochs") else [])
+    try:
+        getattr(checks, check["name"])(*args, verbose=False)
+    except checks.CheckFailed as exc:
+        return {"status": "failed", "message": str(exc)}
+    except Exception as exc:  # noqa: BLE001
+        return {"status": "error", "message": _error_text(exc)}
+    return {"status": "passed", "message": ""}
+
+
+def main(job_dir: str) -> int:
+    job = Path(job_dir)
+    spec = json.loads((job / "job.json").read_text(encoding="utf8"))
+    import torch
+
+    cases = torch.load(job / "cases.pt", weights_only=True)
+    watch = CallWatch(spec["forbidden_modules"])  # files known before any student code runs
+    shell = _shell()
+    status = run_cells(shell, spec["cells"], job)
+    if status["status"] == "ran":
+        fn = shell.user_ns.get(spec["function"])
+        if not callable(fn):
+            status = {"status": "not_callable", "type": type(fn).__name__}
+    if status["status"] != "ran":
+        (job / "status.json").write_text(json.dumps(status), encoding="utf8")
+        return 0
+    outcomes = []
+    for case in cases:
+        _stage(job, f"calling {spec['function']} on hidden case {case['id']}")
+        outcomes.append(call_case(fn, case, watch))
+    _save({"outcomes": outcomes, "forbidden_calls": sorted(watch.seen)}, job / "outcomes.pt")
+    _stage(job, "running the public check")
+    public = run_public_check(fn, spec["public_check"])
+    (job / "public.json").write_text(json.dumps(public), encoding="utf8")
+    (job / "status.json").write_text(json.dumps(status), encoding="utf8")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,72 @@
+"""Running one submission in a child process with a time limit.
+
+The child (:mod:`cdlib.grading.runner`) starts in a new session, so it leads its
+own process group; whatever it starts (a ``!`` command, a DataLoader worker,
+``multiprocessing``) joins that group unless it deliberately leaves it. When the
+time is up the whole group is killed with SIGKILL, and after a normal exit the
+group is killed too, so nothing a submission left running outlives its grading.
+This isolates processes and time, not files or the network: the submission runs
+as the grading user, in a temporary working folder of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+LOG_TAIL_LINES = 30
+
+
+@dataclass(frozen=True)
+class RunResult:
+    returncode: int  # negative: killed by that signal
+    timed_out: bool
+    seconds: float
+    stage: str  # what the child was doing last (from its stage file)
+    log_tail: str  # the last lines of what it printed
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _child_env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("MPLBACKEND", "Agg")  # plots need no display
+    env.setdefault("OMP_NUM_THREADS", "1")  # several submissions share the cores
+    env["PYTHONUNBUFFERED"] = "1"
+    env["CDLIB_GRADING"] = "1"
+    return env
+
+
+def run_in_sandbox(job_dir: Path, work_dir: Path, timeout: float) -> RunResult:
+    """Run the runner on ``job_dir`` with ``work_dir`` as its current folder, for at most ``timeout`` s."""
+    log_path = job_dir / "log.txt"
+    start = time.perf_counter()
+    with open(log_path, "wb") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "cdlib.grading.runner", str(job_dir)],
+            cwd=work_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            env=_child_env(), start_new_session=True,
+        )
+        timed_out = False
+        try:
+            child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            _kill_group(child.pid)  # the child's pid is its group's id (new session)
+            child.wait()
+    seconds = time.perf_counter() - start
+    stage_file = job_dir / "stage.txt"
+    stage = stage_file.read_text(encoding="utf8") if stage_file.is_file() else "starting Python"
+    text = log_path.read_text(encoding="utf8", errors="replace").splitlines()
+    return RunResult(child.returncode, timed_out, seconds, stage, "\n".join(text[-LOG_TAIL_LINES:]))
