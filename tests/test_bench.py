@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from cdlib import bench, models
+from cdlib import bench, data, models, terms
 from cdlib.connectors import build_connectors
 from cdlib.distiller import Distiller
 
@@ -186,6 +186,35 @@ def test_reference_style_step_keeps_teacher_in_train_mode_and_computes_zero_weig
     assert stats[-1].item() == 1.0 and stats[-2].item() == 8
 
 
+def _decay_only_factor(steps: int, lr: float, momentum: float, weight_decay: float) -> float:
+    """How SGD with momentum scales a weight whose loss gradient is exactly 0: w' = w - lr * buf,
+    buf' = momentum * buf + weight_decay * w (torch's SGD, no dampening), from buf = 0."""
+    w, buf = 1.0, 0.0
+    for _ in range(steps):
+        buf = momentum * buf + weight_decay * w
+        w -= lr * buf
+    return w
+
+
+def test_zero_weighted_ce_lets_weight_decay_shrink_the_classifier_only_in_the_reference_style():
+    """paper.md: the reference's 0 * CE keeps the classifier in the graph with a zero gradient, so
+    weight decay shrinks it during the CD-only warm-up; cdlib skips the term and leaves it untouched."""
+    cfg = _tiny_config(lr=0.1, momentum=0.9, weight_decay=0.05)
+    warmup = {"ce": 0.0, "cd": 6.0, "gkd": 0.0}
+    for build, shrinks in ((bench.steps.reference_step, True), (bench.steps.ours_step, False)):
+        student, teacher = _tiny_pair()
+        step, _ = build(student, teacher, cfg, torch.device("cpu"))
+        before = student.fc.weight.detach().clone()
+        for _ in range(3):
+            step(*_batch(), warmup)
+        if shrinks:
+            factor = _decay_only_factor(3, cfg.lr, cfg.momentum, cfg.weight_decay)
+            assert factor < 0.99
+            assert torch.allclose(student.fc.weight, before * factor, rtol=1e-5, atol=1e-7)
+        else:
+            assert torch.equal(student.fc.weight, before)
+
+
 def test_reference_style_gkd_is_finite_when_teacher_is_wrong_everywhere():
     student, teacher = _tiny_pair()
     connectors = build_connectors(student.stage_channels, teacher.stage_channels)
@@ -200,25 +229,50 @@ def test_reference_style_gkd_is_finite_when_teacher_is_wrong_everywhere():
 
 def test_ours_keeps_teacher_in_eval_mode_and_skips_zero_weight_terms():
     student, teacher = _tiny_pair()
-    distiller = Distiller(student, teacher, terms=bench.METHOD_TERMS)
+    distiller = Distiller(student, teacher, terms=terms.SCHEDULED)
     distiller.train()
     running_mean = teacher.stem[1].running_mean.clone()
-    _, terms = distiller(*_batch(), {"ce": 0.0, "cd": 1.0, "gkd": 0.0})
+    _, computed = distiller(*_batch(), {"ce": 0.0, "cd": 1.0, "gkd": 0.0})
     assert not teacher.training
     assert torch.equal(teacher.stem[1].running_mean, running_mean)
-    assert set(terms) == {"cd"}
+    assert set(computed) == {"cd"}
 
 
 def test_pil_image_set_serves_the_same_images_normalised():
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
-    tensors = bench.data_mod.TensorImageSet(images, torch.arange(6), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), augment=True)
+    tensors = data.TensorImageSet(images, torch.arange(6), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), augment=True)
     pil_set = bench.pil_image_set(tensors)
     assert len(pil_set) == 6
     image, label = pil_set[3]
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and label == 3
-    # The crop and flip only move pixels (and pad zeros): every value is an original pixel or the padding.
-    allowed = set(((images[3].float() / 255 - 0.5) / 0.25).flatten().tolist()) | {-2.0}
-    assert set(image.flatten().tolist()) <= allowed
+
+
+def test_reference_transform_reflect_pads_as_the_reference():
+    """Every image the PIL pipeline serves is a 32x32 crop (at one of the 9 x 9 offsets, maybe
+    flipped) of the image REFLECT-padded by 4 (the reference's Pad(4, padding_mode='reflect')),
+    computed here independently with torch.nn.functional.pad; zero padding would not match."""
+    images = torch.randint(1, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    tensors = data.TensorImageSet(images, torch.zeros(1, dtype=torch.long), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25),
+                                  augment=True)
+    pil_set = bench.pil_image_set(tensors)
+    padded = torch.nn.functional.pad((images.float() / 255 - 0.5) / 0.25, (4, 4, 4, 4), mode="reflect")[0]
+    zero_padded = torch.nn.functional.pad((images.float() / 255 - 0.5) / 0.25, (4, 4, 4, 4), value=-2.0)[0]
+
+    def offsets(source, image):
+        return [(i, j, flip) for i in range(9) for j in range(9) for flip in (False, True)
+                if torch.allclose((source[:, i:i + 32, j:j + 32].flip(-1) if flip else source[:, i:i + 32, j:j + 32]),
+                                  image, atol=1e-5)]
+
+    seen = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        image, _ = pil_set[0]
+        found = offsets(padded, image)
+        assert len(found) == 1, f"seed {seed}: the crop matches {found} of the reflect-padded image"
+        seen.add(found[0][:2])
+        if found[0][:2] != (4, 4):
+            assert not offsets(zero_padded, image), "a crop that reaches into the border must not be zero padding"
+    assert len(seen) > 3, f"the crop offsets do not vary: {seen}"
 
 
 # ------------------------------------------------------------- end to end
@@ -293,7 +347,7 @@ def test_results_table_and_plot(tiny_result, tmp_path):
 
 
 def test_memory_probe_reports_growth():
-    grown = bench._measure_cpu_memory(_tiny_config(), "ours", steps=1)
+    grown = bench.measure_cpu_memory(_tiny_config(), "ours", steps=1)
     assert 0 <= grown < 4 * 2**30
 
 
