@@ -562,8 +562,28 @@ def test_augment_batch_outputs_are_sub_windows_of_padded_image(mode):
         assert abs(flips - n / 2) < 5 * math.sqrt(n) / 2
 
 
+def test_both_loader_paths_pad_by_reflection(device):
+    """DeviceLoader (batches on the device) and TensorImageSet[i] (DataLoader workers) crop windows of the
+    reflect-padded image: a window that reaches past the border shows mirrored pixels, never zeros."""
+    h = w = 8
+    pad, n = 3, 64
+    image = _position_coded_image(h, w)
+    spec = data.TensorImageSet(image.expand(n, 3, h, w).contiguous(), torch.arange(n), (0.0,) * 3, (1 / 255,) * 3,
+                               augment=True, pad=pad, flip=False)
+    padded = _padded(image, pad, "reflect")
+    windows = torch.stack([padded[:, dy : dy + h, dx : dx + w] for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)])
+    loader = data.make_loader(spec, batch_size=16, train=True, device=device)
+    device_images = torch.cat([x.cpu() for x, _ in loader]).round().to(torch.uint8)
+    item_images = torch.stack([spec[i][0] for i in range(16)]).round().to(torch.uint8)
+    for images in (device_images, item_images):
+        assert (images > 0).all()  # position codes start at 1: a zero would be zero padding
+        matches = (images[:, None] == windows[None]).flatten(2).all(dim=2)
+        assert matches.any(dim=1).all()
+        assert (matches.float().argmax(dim=1) != pad * (2 * pad + 1) + pad).any()  # not all uncropped
+
+
 @pytest.mark.parametrize("mode", ["reflect", "zeros"])
-def test_crop_batch_equals_torchvision_at_the_same_offsets(mode):
+def test_crop_batch_equals_torchvision_at_the_same_offsets(mode, device):
     """Pad by 4 and crop at a given offset: the reference code's Pad(4, padding_mode='reflect')
     followed by a 32x32 crop, pixel for pixel, on uint8 and on float images."""
     import torchvision.transforms.functional as TF
@@ -573,7 +593,7 @@ def test_crop_batch_equals_torchvision_at_the_same_offsets(mode):
     images = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=g)
-    ours = data.crop_batch(images, dy, dx, pad, mode)
+    ours = data.crop_batch(images.to(device), dy.to(device), dx.to(device), pad, mode).cpu()
     tv_mode = "reflect" if mode == "reflect" else "constant"
     for i in range(n):
         padded = TF.pad(images[i], [pad], padding_mode=tv_mode)
