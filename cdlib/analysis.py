@@ -1,13 +1,15 @@
-"""What the book's chapters compute about trained runs: attention, errors, tables.
+"""Plumbing for the book's chapters: loading trained runs, their data, and tables.
 
 Everything here reads runs that :func:`cdlib.train.run` / :func:`cdlib.train.fit`
 wrote (``config.json``, ``metrics.jsonl``, ``checkpoint.pt``, ``model.pt``) or
-runs models over a loader; nothing trains a student. The plots of these
-numbers are in :mod:`cdlib.viz`.
+formats what they logged; nothing trains a student and nothing computes what a
+chapter teaches: channel attention over a data set, the connector probe and the
+teacher's mistakes are written out in the chapters themselves. The plots are in
+:mod:`cdlib.viz`.
 
 >>> cfg = scaled_recipe("demo", epochs=15, run_dir="runs/demo")
->>> att, labels = channel_attention_of(teacher, loader)      # one (N, C_k) tensor per stage
->>> stats = teacher_error_stats(teacher, loader)              # how often the teacher is wrong
+>>> teacher, d = load_teacher(cfg), data_for(cfg)          # a frozen teacher, ordered loaders
+>>> results_table({"CD": "runs/demo/cd"}, teacher="runs/demo/teacher")
 """
 
 from __future__ import annotations
@@ -23,12 +25,11 @@ from types import SimpleNamespace
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt
 from . import data as data_mod
-from . import losses, models, recipes, train
+from . import models, recipes, train
 from .connectors import Connector, build_connectors
 from .errors import CheckpointError, ConfigError
 
@@ -37,7 +38,6 @@ __all__ = [
     "METHOD_LABELS",
     "method_label",
     "scaled_recipe",
-    "describe_config",
     "config_table",
     "variant",
     "teacher_checkpoint_of",
@@ -45,13 +45,6 @@ __all__ = [
     "load_student",
     "load_connectors",
     "data_for",
-    "channel_attention_of",
-    "fit_connectors",
-    "attention_similarity",
-    "predictions",
-    "teacher_error_stats",
-    "true_class_probability",
-    "teacher_wrong_batch",
     "metrics_frame",
     "results_table",
     "cost_table",
@@ -59,9 +52,6 @@ __all__ = [
     "connector_table",
     "cli_command",
     "binomial_se",
-    "device_name",
-    "closeness_verdict",
-    "gkd_note",
 ]
 
 RunLike = Union["RunResult", str, os.PathLike, Sequence[dict]]  # noqa: F821 - RunResult from cdlib.train
@@ -126,15 +116,6 @@ def scaled_recipe(name: str, epochs: Optional[int] = None, **overrides) -> recip
     if epochs is not None:
         overrides["epochs"] = int(epochs)
     return recipes.get(name, **overrides)
-
-
-def describe_config(cfg: recipes.RunConfig, recipe: Optional[str] = None) -> str:
-    """One line saying what a configuration trains, for the book's prose."""
-    name = f"the {recipe} recipe: " if recipe else ""
-    return (
-        f"{name}teacher {cfg.teacher} and student {cfg.student} on the {cfg.data} data set, "
-        f"{cfg.epochs} epochs with batch size {cfg.batch_size}"
-    )
 
 
 def config_table(cfg: recipes.RunConfig):
@@ -253,219 +234,6 @@ def data_for(cfg: recipes.RunConfig, device: Optional[torch.device] = None, batc
     )
 
 
-# ------------------------------------------------------------------ attention
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-@torch.no_grad()
-def channel_attention_of(
-    model: nn.Module,
-    loader,
-    connectors: Optional[Sequence[nn.Module]] = None,
-    max_samples: Optional[int] = None,
-) -> Tuple[List[torch.Tensor], torch.Tensor]:
-    """Per-stage channel attention (the spatial mean of each stage output) over a loader.
-
-    With ``connectors`` (one per stage) the stage outputs pass through them first,
-    as the student's do in the CD loss. Returns ``([ (N, C_1), ..., (N, C_4) ], labels)``
-    on the CPU in float32; model and connectors are used in eval mode and left so.
-    """
-    model.eval()
-    if connectors is not None:
-        for c in connectors:
-            c.eval()
-    device = _device_of(model)
-    stages: Optional[List[List[torch.Tensor]]] = None
-    labels: List[torch.Tensor] = []
-    seen = 0
-    for images, targets in loader:
-        _, feats = model(images.to(device), return_features=True)
-        if connectors is not None:
-            if len(connectors) != len(feats):
-                raise ValueError(f"{len(connectors)} connectors for {len(feats)} stages; pass one per stage.")
-            feats = [c(f) for c, f in zip(connectors, feats)]
-        atts = [losses.channel_attention(f).float().cpu() for f in feats]
-        if stages is None:
-            stages = [[] for _ in atts]
-        for store, a in zip(stages, atts):
-            store.append(a)
-        labels.append(targets.cpu())
-        seen += len(targets)
-        if max_samples is not None and seen >= max_samples:
-            break
-    if stages is None:
-        raise ValueError("the loader yielded no batches.")
-    n = seen if max_samples is None else min(seen, max_samples)
-    return [torch.cat(s)[:n] for s in stages], torch.cat(labels)[:n]
-
-
-def fit_connectors(
-    student: nn.Module,
-    teacher: nn.Module,
-    loader,
-    steps: int = 300,
-    lr: float = 0.01,
-    batch_size: int = 128,
-    max_samples: int = 2048,
-    seed: int = 0,
-) -> nn.ModuleList:
-    """Fresh connectors fitted to a *frozen* student so its channel attention matches the teacher's.
-
-    A probe: how close can the best connectors (1x1 conv, BatchNorm, ReLU per stage)
-    bring a given student to the teacher, without changing the student? The
-    student's stage features and the teacher's attention are computed once for up
-    to ``max_samples`` images of ``loader``; then ``steps`` Adam steps on random
-    batches of ``batch_size`` of them minimise the CD loss. Student and teacher are
-    not changed. Returns the connectors in eval mode.
-    """
-    device = _device_of(student)
-    student.eval()
-    teacher.eval()
-    feats: Optional[List[List[torch.Tensor]]] = None
-    targets: Optional[List[List[torch.Tensor]]] = None
-    seen = 0
-    with torch.no_grad():
-        for images, _ in loader:
-            images = images.to(device)
-            _, fs = student(images, return_features=True)
-            _, ft = teacher(images, return_features=True)
-            if feats is None:
-                feats, targets = [[] for _ in fs], [[] for _ in ft]
-            for store, f in zip(feats, fs):
-                store.append(f.float())
-            for store, f in zip(targets, ft):
-                store.append(losses.channel_attention(f).float())
-            seen += len(images)
-            if seen >= max_samples:
-                break
-    if feats is None:
-        raise ValueError("the loader yielded no batches.")
-    feats = [torch.cat(f)[:max_samples] for f in feats]
-    targets = [torch.cat(t)[:max_samples] for t in targets]
-    n = len(feats[0])
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    conns = build_connectors(student.stage_channels, teacher.stage_channels).to(device).train()
-    optimizer = torch.optim.Adam(conns.parameters(), lr=lr)
-    for _ in range(steps):
-        idx = torch.randperm(n, generator=g)[: min(batch_size, n)].to(device)
-        loss = sum(
-            (losses.channel_attention(c(f.index_select(0, idx))) - t.index_select(0, idx)).pow(2).mean()
-            for c, f, t in zip(conns, feats, targets)
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return conns.eval()
-
-
-def attention_similarity(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> List[dict]:
-    """Per stage: the CD loss term (mean squared difference) and the mean cosine similarity.
-
-    ``student`` and ``teacher`` are per-stage (N, C) attention tensors with equal shapes
-    (the student's taken through connectors). Rows: ``{"stage", "channels", "cd", "cosine"}``.
-    """
-    if len(student) != len(teacher):
-        raise ValueError(f"{len(student)} student stages but {len(teacher)} teacher stages.")
-    rows = []
-    for k, (s, t) in enumerate(zip(student, teacher), start=1):
-        if s.shape != t.shape:
-            raise ValueError(f"stage {k}: student attention {tuple(s.shape)} vs teacher {tuple(t.shape)}; use connectors.")
-        s, t = s.double(), t.double()
-        rows.append(
-            {
-                "stage": k,
-                "channels": t.shape[1],
-                "cd": float((s - t).pow(2).mean()),
-                "cosine": float(F.cosine_similarity(s, t, dim=1, eps=1e-12).mean()),
-            }
-        )
-    return rows
-
-
-# ------------------------------------------------------------------ teacher errors
-
-
-@torch.no_grad()
-def predictions(model: nn.Module, loader, max_samples: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(logits, labels) of ``model`` (eval mode) over a loader, on the CPU in float32."""
-    model.eval()
-    device = _device_of(model)
-    logits, labels, seen = [], [], 0
-    for images, targets in loader:
-        logits.append(model(images.to(device)).float().cpu())
-        labels.append(targets.cpu())
-        seen += len(targets)
-        if max_samples is not None and seen >= max_samples:
-            break
-    n = seen if max_samples is None else min(seen, max_samples)
-    return torch.cat(logits)[:n], torch.cat(labels)[:n]
-
-
-def true_class_probability(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """softmax(logits / T) at each sample's label: what a KD target gives the true class."""
-    return F.softmax(logits.float() / temperature, dim=1).gather(1, labels[:, None].long()).squeeze(1)
-
-
-def teacher_error_stats(teacher: nn.Module, loader, temperature: float = 1.0, max_samples: Optional[int] = None) -> dict:
-    """How often the teacher is wrong, and what it says on the samples it gets wrong.
-
-    Returns ``n``, ``wrong`` (count), ``error_rate`` (%), the boolean ``correct`` mask,
-    ``p_true`` (teacher probability of the true class at ``temperature``),
-    ``p_pred`` (probability of its own top class), ``logits`` and ``labels``.
-    """
-    logits, labels = predictions(teacher, loader, max_samples)
-    correct = losses.teacher_correct_mask(logits, labels)
-    probs = F.softmax(logits / temperature, dim=1)
-    n = len(labels)
-    wrong = int((~correct).sum())
-    return {
-        "n": n,
-        "wrong": wrong,
-        "error_rate": 100.0 * wrong / max(n, 1),
-        "correct": correct,
-        "p_true": true_class_probability(logits, labels, temperature),
-        "p_pred": probs.max(dim=1).values,
-        "logits": logits,
-        "labels": labels,
-    }
-
-
-@torch.no_grad()
-def teacher_wrong_batch(teacher: nn.Module, loader, size: int = 8) -> dict:
-    """A batch on which the teacher is wrong on every sample: images, labels, teacher logits.
-
-    Made of real images the teacher misclassifies. If the loader holds fewer than
-    ``size`` of them (a strong teacher on an easy set), the batch is completed with
-    correctly classified images *relabelled* as the teacher's runner-up class;
-    ``relabelled`` says how many.
-    """
-    teacher.eval()
-    device = _device_of(teacher)
-    wrong_x, wrong_y, right_x, right_y = [], [], [], []
-    for images, targets in loader:
-        images, targets = images.to(device), targets.to(device)
-        logits = teacher(images)
-        ok = logits.argmax(1) == targets
-        wrong_x.append(images[~ok]), wrong_y.append(targets[~ok])
-        right_x.append(images[ok]), right_y.append(logits[ok].topk(2, dim=1).indices[:, 1])
-        if sum(len(y) for y in wrong_y) >= size:
-            break
-    xs = torch.cat(wrong_x)[:size]
-    ys = torch.cat(wrong_y)[:size]
-    missing = size - len(ys)
-    if missing > 0:
-        xs = torch.cat([xs, torch.cat(right_x)[:missing]])
-        ys = torch.cat([ys, torch.cat(right_y)[:missing]])
-    logits = teacher(xs)
-    assert bool((logits.argmax(1) != ys).all()), "internal error: the batch is not all-wrong"
-    return {"images": xs, "labels": ys, "teacher_logits": logits, "relabelled": max(missing, 0)}
-
-
 # ------------------------------------------------------------------ runs and tables
 
 
@@ -504,24 +272,44 @@ def metrics_frame(runs: Mapping[str, RunLike]):
     return pd.concat(frames, ignore_index=True)
 
 
-def results_table(runs: Mapping[str, RunLike], teacher: Optional[Mapping[str, float]] = None, baseline: Optional[str] = None):
+TeacherLike = Union[Mapping[str, float], RunLike]
+
+
+def _summary(run: Union[TeacherLike, None]) -> Dict[str, float]:
+    """Last-epoch top-1/top-5, best-epoch top-1 and training minutes of a run.
+
+    A mapping (a run's ``teacher_metrics``: ``{"top1", "top5"}``) gives the first
+    two only: it does not say how the teacher trained.
+    """
+    if isinstance(run, Mapping):
+        return {"top1": run["top1"], "top5": run["top5"]}
+    m = _metrics_of(run)
+    return {
+        "top1": m[-1]["test_top1"],
+        "top5": m[-1]["test_top5"],
+        "best_top1": max(r["test_top1"] for r in m),
+        "minutes": sum(r["epoch_seconds"] for r in m) / 60,
+    }
+
+
+def results_table(runs: Mapping[str, RunLike], teacher: Optional[TeacherLike] = None, baseline: Optional[str] = None):
     """Final test accuracy of each run (and the teacher) as a DataFrame indexed by label.
 
     Columns: ``top-1 %``, ``top-5 %``, ``Δ top-1`` (points over ``baseline``, the
     first run by default) and ``train min`` (training minutes, all epochs).
+    ``teacher`` is the teacher's run (its folder, e.g. ``train.teacher_dir(run_dir)``)
+    or, where there is none (a pretrained teacher), its metrics ``{"top1", "top5"}``;
+    then the table has no ``train min`` column rather than an empty cell.
     """
     import pandas as pd
 
-    rows = {}
-    if teacher is not None:
-        rows["teacher"] = {"top-1 %": teacher["top1"], "top-5 %": teacher["top5"], "train min": float("nan")}
-    for label, run in runs.items():
-        m = _metrics_of(run)
-        rows[label] = {
-            "top-1 %": m[-1]["test_top1"],
-            "top-5 %": m[-1]["test_top5"],
-            "train min": sum(r["epoch_seconds"] for r in m) / 60,
-        }
+    summaries = {} if teacher is None else {"teacher": _summary(teacher)}
+    summaries.update({label: _summary(run) for label, run in runs.items()})
+    with_minutes = all("minutes" in v for v in summaries.values())
+    rows = {
+        label: {"top-1 %": v["top1"], "top-5 %": v["top5"], **({"train min": v["minutes"]} if with_minutes else {})}
+        for label, v in summaries.items()
+    }
     df = pd.DataFrame.from_dict(rows, orient="index")
     base = baseline if baseline is not None else next(iter(runs))
     df.insert(2, "Δ top-1", df["top-1 %"] - df.loc[base, "top-1 %"])
@@ -552,29 +340,32 @@ def cost_table(runs: Mapping[str, RunLike], train_images: int, epochs: int):
     return df
 
 
-def paper_comparison(runs: Mapping[str, RunLike], teacher: Optional[Mapping[str, float]], paper: str = "cifar100"):
+def paper_comparison(runs: Mapping[str, RunLike], teacher: Optional[TeacherLike], paper: str = "cifar100"):
     """Top-1 / top-5 error (%): the paper's table beside ours, one row per method.
 
     ``runs`` maps cdlib method names (``"student"``, ``"kd"``, ``"cd+gkd+edt"``...)
-    to runs; methods the paper did not report get empty paper cells.
+    to runs; ``teacher`` is as in :func:`results_table`. Ours are last-epoch errors
+    and, beside them, the top-1 error of each run's best epoch: the reference code
+    keeps the checkpoint with the best test accuracy and logs that, so the paper's
+    numbers may be best-epoch ones. A best epoch picked on the test set flatters a
+    run; the last epoch is the honest number. Rows the paper or we lack are NaN.
     """
     import pandas as pd
 
     table = PAPER_RESULTS[paper]
-    ours = {"teacher": (100 - teacher["top1"], 100 - teacher["top5"])} if teacher else {}
-    for method, run in runs.items():
-        m = _metrics_of(run)[-1]
-        ours[method] = (100 - m["test_top1"], 100 - m["test_top5"])
+    ours = {"teacher": _summary(teacher)} if teacher is not None else {}
+    ours.update({method: _summary(run) for method, run in runs.items()})
     nan = float("nan")
     rows = {}
     for method in list(dict.fromkeys([*table, *ours])):
         p1, p5 = table.get(method, (nan, nan))
-        o1, o5 = ours.get(method, (nan, nan))
+        o = ours.get(method, {})
         rows[method_label(method)] = {
             "paper top-1 err %": p1,
             "paper top-5 err %": nan if p5 is None else p5,
-            "ours top-1 err %": o1,
-            "ours top-5 err %": o5,
+            "ours top-1 err %": 100 - o.get("top1", nan),
+            "ours best-epoch top-1 err %": 100 - o.get("best_top1", nan),
+            "ours top-5 err %": 100 - o.get("top5", nan),
         }
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index.name = "method"
@@ -638,31 +429,3 @@ def binomial_se(accuracy_pct: float, n: int) -> float:
     """Standard error (in points) of an accuracy measured on ``n`` independent test images."""
     p = accuracy_pct / 100.0
     return 100.0 * math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
-
-
-def device_name(device: Union[str, torch.device]) -> str:
-    """A readable name of a device: the GPU's model, or "CPU (n threads)"."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "cpu":
-        n = torch.get_num_threads()
-        return f"CPU ({n} thread{'' if n == 1 else 's'})"
-    return device.type.upper()
-
-
-def closeness_verdict(ratio: float) -> str:
-    """A sentence for the book: what a (student alone / CD student) distance ratio to the teacher says."""
-    if ratio > 1.1:
-        return "CD moved the student's own channels towards the teacher's, further than a connector alone can"
-    if ratio > 0.9:
-        return "CD did not bring the student's channels much closer than a fitted connector brings the student trained alone"
-    return "the student trained alone is the closer one"
-
-
-def gkd_note(train_wrong: int) -> str:
-    """A sentence for the book: what GKD's mask removes, given the teacher's training mistakes."""
-    if train_wrong == 0:
-        return ("Here that fraction is zero: on these images GKD is KD with the GKD temperature and weight, "
-                "and any difference between KD and GKD below comes from those settings.")
-    return "Here GKD removes that fraction of the KL terms."
