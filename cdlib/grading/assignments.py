@@ -142,9 +142,9 @@ def close(got: float, want: float, rtol: float = 1e-4, atol: float = 1e-7) -> bo
 
 
 def value_problem(outcome: dict, want: float, rtol: float = 1e-4) -> Optional[str]:
-    problem = output_problem(outcome, want_graph=False)
-    if problem:
-        return problem
+    """Whether the returned number is the loss; a plain float counts here (its type costs elsewhere)."""
+    if "error" in outcome or "value" not in outcome:
+        return output_problem(outcome, want_graph=False) or "returned no number."
     got = outcome["value"]
     if not close(got, want, rtol=rtol):
         return f"returned {got:.6g}, the loss is {want:.6g}."

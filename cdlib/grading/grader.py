@@ -97,6 +97,9 @@ def _write_job(job: Path, assignment: Assignment, cells, cases) -> None:
 
 def _stopped_diagnosis(assignment: Assignment, run: RunResult, status: Optional[dict], timeout: float) -> str:
     fn = assignment.function
+    if run.timed_out and run.stage == "starting Python":
+        return ("the grader could not start Python with torch and cdlib in time (an overloaded machine?), "
+                "so this notebook was not graded: grade it again.")
     if run.timed_out:
         return f"did not finish within {timeout:g} s (killed while {run.stage}): a cell or {fn} never ends."
     if status is None:

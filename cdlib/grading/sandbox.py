@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .runner import READY
+
 LOG_TAIL_LINES = 30
 
 
@@ -26,7 +28,7 @@ LOG_TAIL_LINES = 30
 class RunResult:
     returncode: int  # negative: killed by that signal
     timed_out: bool
-    seconds: float
+    seconds: float  # the submission's own time, from the runner being ready
     stage: str  # what the child was doing last (from its stage file)
     log_tail: str  # the last lines of what it printed
 
@@ -47,26 +49,41 @@ def _child_env() -> dict:
     return env
 
 
-def run_in_sandbox(job_dir: Path, work_dir: Path, timeout: float) -> RunResult:
-    """Run the runner on ``job_dir`` with ``work_dir`` as its current folder, for at most ``timeout`` s."""
+def _wait(child: subprocess.Popen, stage_file: Path, timeout: float, startup_limit: float) -> tuple:
+    """Wait for the child: at most ``startup_limit`` s until it is ready, then ``timeout`` s.
+    Returns (timed out, seconds the submission's own code ran)."""
+    start = time.monotonic()
+    ready_at = None
+    while child.poll() is None:
+        now = time.monotonic()
+        if ready_at is None and stage_file.is_file():
+            ready_at = now
+        limit = start + startup_limit if ready_at is None else ready_at + timeout
+        if now > limit:
+            return True, now - (ready_at or start)
+        time.sleep(0.05)
+    return False, time.monotonic() - (ready_at or start)
+
+
+def run_in_sandbox(job_dir: Path, work_dir: Path, timeout: float, startup_limit: float = 120.0) -> RunResult:
+    """Run the runner on ``job_dir`` with ``work_dir`` as its current folder. The submission gets
+    ``timeout`` seconds from the moment the runner is ready (Python started, torch and cdlib
+    imported: at most ``startup_limit`` s, as that depends on the machine's load, not on the student)."""
     log_path = job_dir / "log.txt"
-    start = time.perf_counter()
     with open(log_path, "wb") as log:
         child = subprocess.Popen(
             [sys.executable, "-m", "cdlib.grading.runner", str(job_dir)],
             cwd=work_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             env=_child_env(), start_new_session=True,
         )
-        timed_out = False
         try:
-            child.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+            timed_out, seconds = _wait(child, job_dir / "stage.txt", timeout, max(startup_limit, timeout))
         finally:
             _kill_group(child.pid)  # the child's pid is its group's id (new session)
             child.wait()
-    seconds = time.perf_counter() - start
     stage_file = job_dir / "stage.txt"
     stage = stage_file.read_text(encoding="utf8") if stage_file.is_file() else "starting Python"
+    if stage == READY:
+        stage = "starting to run the first cell"
     text = log_path.read_text(encoding="utf8", errors="replace").splitlines()
     return RunResult(child.returncode, timed_out, seconds, stage, "\n".join(text[-LOG_TAIL_LINES:]))

@@ -1,0 +1,354 @@
+"""cdlib.grading: hidden-case grading of the exercise notebooks.
+
+The end-to-end tests build folders of submissions from the instructor notebooks
+(one answer cell replaced) and the generated student copies, run the grader on
+them in child processes and check every row of grades.csv.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cdlib import losses
+from cdlib.errors import ConfigError
+from cdlib.grading import grade, get_assignment
+from cdlib.grading import grader as grader_module
+from cdlib.grading import notebook, runner
+from cdlib.grading.assignments import Assignment
+from cdlib.grading.loss_exercises import CD, GKD, reference_cd, reference_gkd
+from cdlib.grading.schedule_exercise import SCHEDULE
+
+REPO = Path(__file__).resolve().parent.parent
+INSTRUCTOR = REPO / "notebooks" / "exercises"
+STUDENT = REPO / "exercises" / "student"
+TIMEOUT = 45.0  # generous for a loaded 2-core machine: a normal submission takes about 4 s
+
+
+def _submission(assignment: str, answer: str | None = None, extra_cells=(), before_answer=()) -> dict:
+    """The instructor notebook of ``assignment`` with its answer cell's source replaced by ``answer``."""
+    nb = json.loads((INSTRUCTOR / f"{assignment}.ipynb").read_text(encoding="utf8"))
+    nb = copy.deepcopy(nb)
+    fn = get_assignment(assignment).function
+    at = next(i for i, c in enumerate(nb["cells"]) if f"def {fn}(" in "".join(c["source"]))
+    if answer is not None:
+        nb["cells"][at]["source"] = answer
+    code = lambda src: {"cell_type": "code", "metadata": {}, "source": src, "outputs": [], "execution_count": None}  # noqa: E731
+    nb["cells"][at:at] = [code(s) for s in before_answer]
+    nb["cells"] += [code(s) for s in extra_cells]
+    return nb
+
+
+def _write(folder: Path, name: str, nb: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.ipynb").write_text(json.dumps(nb), encoding="utf8")
+
+
+def _rows(path: Path) -> dict:
+    with open(path, newline="", encoding="utf8") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["submission", "question", "points", "max_points", "diagnosis"]
+    out: dict = {}
+    for r in rows:
+        out.setdefault(r["submission"], {})[r["question"]] = (float(r["points"]), float(r["max_points"]), r["diagnosis"])
+    return out
+
+
+def _gone(pid: int, within: float = 10.0) -> bool:
+    """Whether process ``pid`` has ended (a zombie awaiting its reaper counts as ended)."""
+    deadline = time.time() + within
+    while time.time() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+# ============================================================================ end to end
+
+CD_WRONG_SUM = '''def my_cd_loss(student_feats, teacher_feats):
+    total = 0
+    for s, t in zip(student_feats, teacher_feats):
+        total = total + ((s.mean(dim=(2, 3)) - t.mean(dim=(2, 3))) ** 2).sum()  # sum, not mean
+    return total
+'''
+CD_CALLS_CDLIB = '''from cdlib import losses as L
+
+def my_cd_loss(student_feats, teacher_feats):
+    return L.cd_loss(student_feats, teacher_feats)
+'''
+CD_HIDDEN_CALL = '''import importlib
+
+def my_cd_loss(student_feats, teacher_feats):
+    module = importlib.import_module("cdlib." + "losses")
+    return getattr(module, "cd" + "_loss")(student_feats, teacher_feats)
+'''
+CD_SYS_EXIT = '''import sys
+sys.exit("I give up")
+
+def my_cd_loss(student_feats, teacher_feats):
+    return 0
+'''
+CD_CRASHES = '''def my_cd_loss(student_feats, teacher_feats):
+    return sum(((s.mean((2, 3)) - t.mean((2, 3))) ** 2).mean() for s, t in zip(student_feats, teacher_feats))
+
+print(undefined_name)
+'''
+
+
+def _cd_never_ends(pid_file: Path) -> str:
+    return f'''import subprocess
+helper = subprocess.Popen(["sleep", "600"])  # must die with the notebook's process group
+open({str(pid_file)!r}, "w").write(str(helper.pid))
+
+def my_cd_loss(student_feats, teacher_feats):
+    while True:
+        pass
+'''
+
+
+@pytest.mark.slow
+def test_grades_seven_kinds_of_cd_submission(tmp_path):
+    subs = tmp_path / "subs"
+    pid_file = tmp_path / "helper.pid"
+    _write(subs, "right", _submission("exercise1_cd_loss"))
+    _write(subs, "wrong_sum", _submission("exercise1_cd_loss", CD_WRONG_SUM))
+    _write(subs, "calls_cdlib", _submission("exercise1_cd_loss", CD_CALLS_CDLIB))
+    _write(subs, "hidden_call", _submission("exercise1_cd_loss", CD_HIDDEN_CALL))
+    (subs / "blank.ipynb").write_text((STUDENT / "exercise1_cd_loss.ipynb").read_text(encoding="utf8"), encoding="utf8")
+    _write(subs, "crashes", _submission("exercise1_cd_loss", CD_CRASHES))
+    _write(subs, "sys_exit", _submission("exercise1_cd_loss", CD_SYS_EXIT))
+    _write(subs, "never_ends", _submission("exercise1_cd_loss", _cd_never_ends(pid_file)))
+    timeout = 20.0
+    grades = grade("exercise1_cd_loss", subs, out=tmp_path / "grades.csv", timeout=timeout, jobs=2)
+    rows = _rows(tmp_path / "grades.csv")
+    questions = ["output", "value_same_size", "value_mixed_sizes", "gradient"]
+    assert sorted(rows) == sorted(p.stem for p in subs.glob("*.ipynb"))
+    for name, per_question in rows.items():
+        assert list(per_question) == questions, name
+        assert [m for _, m, _ in per_question.values()] == [2, 3, 3, 2]
+
+    assert all(p == m and d == "right" for p, m, d in rows["right"].values())
+    wrong = rows["wrong_sum"]
+    assert wrong["output"][:2] == (2, 2)
+    for q in ("value_same_size", "value_mixed_sizes", "gradient"):
+        assert wrong[q][0] == 0
+    assert "the loss is" in wrong["value_same_size"][2]
+    assert "summed" in wrong["value_same_size"][2]  # the public check's diagnosis of the mistake, as a hint
+
+    def zero(name, *phrases):
+        for points, _, diagnosis in rows[name].values():
+            assert points == 0, (name, diagnosis)
+            for phrase in phrases:
+                assert phrase in diagnosis, (name, diagnosis)
+
+    zero("calls_cdlib", "cdlib's own implementation", "cdlib.losses.cd_loss", "in its source", "when it ran")
+    zero("hidden_call", "cdlib.losses.cd_loss", "when it ran")
+    assert "in its source" not in rows["hidden_call"]["output"][2]  # a name built at run time: only the watch sees it
+    zero("blank", "not implemented")
+    zero("crashes", "crashes", "NameError", "undefined_name")
+    zero("sys_exit", "sys.exit", "I give up")
+    zero("never_ends", f"did not finish within {timeout:g} s", "calling my_cd_loss on hidden case cd-1")
+    assert _gone(int(pid_file.read_text())), "a process the notebook started outlived its grading"
+
+    by_name = {g.submission: g for g in grades}
+    assert by_name["right"].points == 10 and by_name["wrong_sum"].points == 2
+    feedback = (tmp_path / "feedback" / "wrong_sum.md").read_text(encoding="utf8")
+    assert "2 / 10 points" in feedback and "check_cd_loss found" in feedback
+    assert "undefined_name" in (tmp_path / "feedback" / "crashes.md").read_text(encoding="utf8")
+
+
+GKD_NO_T2 = '''import torch.nn.functional as F
+
+def my_gkd_loss(student_logits, teacher_logits, targets, temperature=1.0):
+    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
+    log_p_t = F.log_softmax(teacher_logits / temperature, dim=1)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
+    kept = (teacher_logits.argmax(dim=1) == targets).float()
+    return (kl * kept).sum() / kept.sum().clamp_min(1)  # forgot temperature ** 2
+'''
+SCHEDULE_FIXED_MILESTONES = '''def my_weights(epoch, epochs):
+    # the paper's 200-epoch CIFAR staircase, hard-coded
+    k = (epoch >= 60) + (epoch >= 160)
+    warm = epoch <= 60
+    return {"ce": 0.0 if warm else 1.0, "cd": 6 * 0.9 ** k, "gkd": 0.0 if warm else 0.1}
+'''
+
+
+@pytest.mark.slow
+def test_grades_right_and_wrong_gkd_and_schedule(tmp_path):
+    subs = tmp_path / "gkd"
+    _write(subs, "right", _submission("exercise2_gkd_loss"))
+    _write(subs, "no_t2", _submission("exercise2_gkd_loss", GKD_NO_T2))
+    grade("exercise2_gkd_loss", subs, out=tmp_path / "gkd.csv", timeout=TIMEOUT, jobs=2)
+    rows = _rows(tmp_path / "gkd.csv")
+    assert all(p == m and d == "right" for p, m, d in rows["right"].values())
+    wrong = {q: p for q, (p, _, _) in rows["no_t2"].items()}
+    assert wrong == {"value_t1": 3, "temperature": 0, "all_wrong": 2, "gradient": 0, "stability": 1}
+    assert "temperature=2.5" in rows["no_t2"]["temperature"][2]
+
+    subs = tmp_path / "schedule"
+    _write(subs, "right", _submission("exercise3_edt_schedule"))
+    _write(subs, "fixed", _submission("exercise3_edt_schedule", SCHEDULE_FIXED_MILESTONES))
+    grade("exercise3_edt_schedule", subs, out=tmp_path / "schedule.csv", timeout=TIMEOUT, jobs=2)
+    rows = _rows(tmp_path / "schedule.csv")
+    assert all(p == m and d == "right" for p, m, d in rows["right"].values())
+    fixed = rows["fixed"]
+    assert {q: p for q, (p, _, _) in fixed.items()} == {"answers": 2, "starts_at_6": 2, "decays": 0, "labels_on": 0}
+    assert "7-epoch run" in fixed["decays"][2] and "never decays" in fixed["decays"][2]
+
+
+# ============================================================================ in-process pieces
+
+
+@pytest.mark.parametrize("assignment", [CD, GKD])
+def test_references_agree_with_cdlib(assignment):
+    """The grader's own formulas and cdlib.losses give the same values on every hidden case."""
+    for case in assignment.make_cases():
+        if assignment is CD:
+            lib = losses.cd_loss(*case["args"])
+            mine = reference_cd(*case["args"])
+        else:
+            lib = losses.gkd_loss(*case["args"], **case["kwargs"])
+            mine = reference_gkd(*case["args"], **case["kwargs"])
+        assert float(mine) == pytest.approx(float(lib), rel=1e-5, abs=1e-9), case["id"]
+        assert float(mine) == pytest.approx(case["want"], rel=1e-12, abs=1e-15)
+
+
+def test_hidden_cases_differ_from_the_public_check():
+    stage_counts = {len(c["args"][0]) for c in CD.make_cases()}
+    assert {1, 5} <= stage_counts  # the public check tries 1, 2, 3 and 4
+    assert any(s.shape[2:] != t.shape[2:] for c in CD.make_cases() for s, t in zip(*c["args"]))
+    temperatures = {c["kwargs"].get("temperature", 1.0) for c in GKD.make_cases()}
+    assert {2.5, 0.5} <= temperatures and 4.0 not in temperatures  # the public check uses 1 and 4
+    assert {c["epochs"] for c in SCHEDULE.make_cases()} == {7, 45, 200}  # the notebook checks 30
+
+
+def _score_in_process(assignment: Assignment, fn) -> tuple:
+    """Call ``fn`` on the hidden cases as the runner does, without a child process: (points per question,
+    the cdlib functions it reached)."""
+    cases = assignment.make_cases()
+    watch = runner.CallWatch(assignment.forbidden_modules)
+    outcomes = [runner.call_case(fn, grader_module._public_fields(c), watch) for c in cases]
+    return {v.question: v.points for v in assignment.score(cases, outcomes)}, watch.seen
+
+
+def test_scores_common_schedule_mistakes():
+    def counts_from_zero(epoch, epochs):
+        return {"ce": 1.0, "cd": 6.0 * 0.95 ** epoch, "gkd": 0.1}
+
+    def rises(epoch, epochs):
+        return {"ce": 1.0, "cd": 6.0 + (epoch > epochs / 2) - 2 * (epoch > 0.9 * epochs), "gkd": 0.1}
+
+    def wrong_key(epoch, epochs):
+        return {"CE": 1.0, "cd": 6.0 / epoch, "gkd": 0.1}
+
+    def int_only(epoch, epochs):
+        return {"ce": 1.0, "cd": [6.0, 3.0][epoch > epochs // 2] if isinstance(epoch, int) else None, "gkd": 0.1}
+
+    points, _ = _score_in_process(SCHEDULE, counts_from_zero)
+    assert points == {"answers": 2, "starts_at_6": 0, "decays": 4, "labels_on": 2}
+    assert _score_in_process(SCHEDULE, rises)[0]["decays"] == 0
+    assert _score_in_process(SCHEDULE, wrong_key)[0] == {"answers": 0, "starts_at_6": 0, "decays": 0, "labels_on": 0}
+    assert _score_in_process(SCHEDULE, int_only)[0]["answers"] == 0
+
+
+def test_scores_common_loss_mistakes():
+    def returns_float(s, t):
+        return sum(((a.mean((2, 3)) - b.mean((2, 3))) ** 2).mean() for a, b in zip(s, t)).item()
+
+    def four_stages_assumed(s, t):
+        return sum(((s[k].mean((2, 3)) - t[k].mean((2, 3))) ** 2).mean() for k in range(min(4, len(s))))
+
+    def nan_when_none_kept(s, t, y, temperature=1.0):
+        kept = (t.argmax(1) == y).float()
+        kl = (t.softmax(1) * (t.log_softmax(1) - s.log_softmax(1))).sum(1)
+        return (kl * kept).sum() / kept.sum() * temperature ** 2
+
+    assert _score_in_process(CD, returns_float)[0] == {"output": 0, "value_same_size": 3, "value_mixed_sizes": 3,
+                                                       "gradient": 0}
+    assert _score_in_process(CD, four_stages_assumed)[0] == {"output": 2, "value_same_size": 3,
+                                                             "value_mixed_sizes": 0, "gradient": 0}
+    assert _score_in_process(GKD, nan_when_none_kept)[0]["all_wrong"] == 0
+
+
+def test_the_watch_sees_cdlib_however_it_is_reached():
+    table = {"cd": losses.cd_loss}
+    _, seen = _score_in_process(CD, lambda s, t: table["cd"](s, t) * 1.0)
+    assert seen == {"cdlib.losses.cd_loss"}
+    _, seen = _score_in_process(CD, lambda s, t: sum(((a.mean((2, 3)) - b.mean((2, 3))) ** 2).mean()
+                                                      for a, b in zip(s, t)))
+    assert seen == set()
+
+
+def _cells(*sources):
+    return [notebook.Cell(i, s) for i, s in enumerate(sources)]
+
+
+def test_static_check_resolves_aliases_and_helpers():
+    forbidden = CD.forbidden_modules
+    uses = lambda *src: notebook.static_uses(_cells(*src), "my_cd_loss", forbidden)  # noqa: E731
+    assert uses("from cdlib import losses as L", "def my_cd_loss(s, t):\n    return L.cd_loss(s, t)") == \
+        ["cdlib.losses.cd_loss"]
+    assert uses("import cdlib.losses", "def my_cd_loss(s, t):\n    return cdlib.losses.channel_attention(s[0]).sum()") \
+        == ["cdlib.losses.channel_attention"]
+    assert uses("from cdlib.losses import cd_loss as ref\nf = ref", "def helper(s, t):\n    return f(s, t)",
+                "def my_cd_loss(s, t):\n    return helper(s, t)") == ["cdlib.losses.cd_loss"]
+    assert uses("%matplotlib inline\nfrom cdlib import losses",
+                "def my_cd_loss(s, t):\n    d = {}\n    return d.get('x', 0)",
+                "print(losses.cd_loss)") == []  # cdlib used outside the answer is fine
+
+
+def test_cells_to_run_stop_at_the_answer_and_skip_the_setup_cell():
+    cells = _cells("# Setup: installs cdlib where it is missing\nimport os", "x = 1", "def f():\n    pass",
+                   "check(f)", "def f():\n    return 1", "long_training()")
+    assert [c.index for c in notebook.cells_to_run(cells, "f")] == [1, 2, 3, 4]
+    assert notebook.cells_to_run(cells, "g") is None
+
+
+def test_points_come_from_the_instructor_notebook_metadata(tmp_path):
+    nb = json.loads((INSTRUCTOR / "exercise1_cd_loss.ipynb").read_text(encoding="utf8"))
+    nb["metadata"]["cdlib"] = {"grading": {"points": {"gradient": 5, "output": 0}}}
+    path = tmp_path / "exercise1_cd_loss.ipynb"
+    path.write_text(json.dumps(nb), encoding="utf8")
+    task = get_assignment("exercise1_cd_loss", path)
+    assert {q.name: q.points for q in task.questions} == {"output": 0, "value_same_size": 3,
+                                                         "value_mixed_sizes": 3, "gradient": 5}
+    nb["metadata"]["cdlib"]["grading"]["points"] = {"gradients": 5}
+    path.write_text(json.dumps(nb), encoding="utf8")
+    with pytest.raises(ConfigError, match="unknown question"):
+        get_assignment("exercise1_cd_loss", path)
+
+
+def test_bad_input_is_one_sentence(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="unknown assignment"):
+        grade("exercise9", tmp_path)
+    with pytest.raises(Exception, match="does not exist"):
+        grade("exercise1_cd_loss", tmp_path / "nowhere")
+    with pytest.raises(Exception, match="holds no .ipynb"):
+        grade("exercise1_cd_loss", tmp_path)
+    real = grader_module.importlib.util.find_spec
+    monkeypatch.setattr(grader_module.importlib.util, "find_spec", lambda name: None if name == "IPython" else real(name))
+    with pytest.raises(grader_module.GradingError, match=r"pip install 'channel-distillation\[book\]'"):
+        grade("exercise1_cd_loss", tmp_path)
+
+
+def test_unreadable_and_empty_notebooks_score_zero_without_running(tmp_path):
+    (tmp_path / "garbage.ipynb").write_text("not json", encoding="utf8")
+    (tmp_path / "empty.ipynb").write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4,
+                                                      "nbformat_minor": 5}), encoding="utf8")
+    grades = {g.submission: g for g in grade("exercise2_gkd_loss", tmp_path, out=tmp_path / "g.csv", timeout=5)}
+    assert grades["garbage"].points == 0 and "not a readable notebook" in grades["garbage"].verdicts[0].diagnosis
+    assert grades["empty"].points == 0 and "empty" in grades["empty"].verdicts[0].diagnosis
+    assert os.path.isfile(tmp_path / "feedback" / "empty.md")
