@@ -19,3 +19,7 @@ class DataError(CDLibError, FileNotFoundError):
 
 class CheckpointError(CDLibError, ValueError):
     """A corrupt checkpoint, or one that does not fit the model."""
+
+
+class TrainingDiverged(CDLibError):
+    """A loss became NaN or infinite: the learning rate or a loss weight is too high for this run."""

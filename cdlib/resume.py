@@ -1,0 +1,150 @@
+"""Resuming a run exactly: which settings must match, the checkpoint to resume from, RNG state.
+
+A training checkpoint holds everything a run needs to continue as if it had
+never stopped: trainable weights, optimizer, LR scheduler, grad scaler, the
+position (epoch, step) and the epoch's running sums, the RNG state and the
+metrics so far. Settings that shape the result must match the checkpoint's;
+machinery (device, precision, workers, progress bar, folders) may change.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from . import checkpoint as ckpt
+from . import terms as term_table
+from .errors import CheckpointError, ConfigError
+from .recipes import RunConfig, parse_method
+from .runfolder import config_dict
+
+__all__ = ["seed_everything", "rng_state", "set_rng_state", "result_settings", "check_resumable",
+           "checkpoint_to_resume", "position", "training_state", "restore"]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_version": random.getstate()[0]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python_version"], tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# Settings that shape a run's result: a resumed run must share them with the
+# checkpoint. Machinery (device, amp, workers, progress, folders) may change.
+_RESULT_SETTINGS = (
+    "data", "data_options", "image_size", "student", "method", "epochs", "batch_size", "lr", "momentum",
+    "weight_decay", "lr_milestones", "lr_gamma", "seed", "max_steps_per_epoch",
+)  # fmt: skip
+
+
+def result_settings(config: dict, terms: Tuple[str, ...]) -> dict:
+    """The settings of ``config`` (a saved or current config dict) that matter for a method of ``terms``."""
+    keys = list(_RESULT_SETTINGS)
+    if term_table.needs_teacher(terms):
+        keys += ["teacher", "teacher_bn_train"]
+    if term_table.EDT in terms:
+        keys.append("schedule")
+    keys += [f"{t}_temperature" for t in ("kd", "gkd") if t in terms]
+    settings = {k: config.get(k) for k in keys}
+    scheduled = term_table.SCHEDULED if term_table.EDT in terms else ()  # weights the EDT schedule sets, whatever cfg says
+    saved_weights = config.get("weights") or {}
+    known = term_table.loss_terms()
+    settings["weights"] = {t: float(saved_weights.get(t, 0.0)) for t in terms if t in known and t not in scheduled}
+    # Milestones at or after the last epoch never change the LR (and older versions kept a
+    # recipe's 60/120/160 in shortened runs), so only those that take effect must agree.
+    settings["lr_milestones"] = sorted(int(m) for m in settings["lr_milestones"] or () if int(m) < int(config["epochs"]))
+    return settings
+
+
+def check_resumable(saved_config: dict, cfg: RunConfig, path: Path) -> None:
+    terms = parse_method(cfg.method)
+    before, now = result_settings(saved_config, terms), result_settings(config_dict(cfg), terms)
+    diffs = [f"{k}: {before[k]!r} -> {now[k]!r}" for k in now if before[k] != now[k]]
+    if diffs:
+        raise ConfigError(
+            f"cannot resume {path}: it was started with different settings ({'; '.join(diffs)}); "
+            "use the original settings or another --run-dir."
+        )
+
+
+_CHECKPOINT_KEYS = ("config", "epoch", "step", "trainable", "optimizer", "lr_scheduler", "scaler", "rng", "metrics")
+
+
+def checkpoint_to_resume(cfg: RunConfig, checkpoint_path: Path, world_size: int) -> Optional[dict]:
+    """The run folder's training checkpoint, checked against ``cfg``; None for a fresh folder."""
+    if not checkpoint_path.exists():
+        return None
+    if not cfg.resume:
+        raise ConfigError(
+            f"{checkpoint_path.parent} already holds a checkpoint from an earlier run; pass resume=True (CLI: --resume) "
+            "to continue it, or choose another run folder."
+        )
+    saved = ckpt.safe_load(checkpoint_path, "training checkpoint")
+    if (saved.get("format") != ckpt.TRAINING_FORMAT or any(k not in saved for k in _CHECKPOINT_KEYS)
+            or not isinstance(saved["config"], dict)):
+        raise CheckpointError(
+            f"{checkpoint_path} is not a complete cdlib training checkpoint; move it away or pick another run folder."
+        )
+    check_resumable(saved["config"], cfg, checkpoint_path)
+    saved_world_size = saved.get("world_size", 1)
+    if saved["step"] and saved_world_size != world_size:
+        # Mid-epoch, the position counts steps of one process's shard, which depends on the process count.
+        raise ConfigError(
+            f"{checkpoint_path} was saved mid-epoch by {saved_world_size} process(es); resume it with "
+            f"{saved_world_size} (this run has {world_size})."
+        )
+    return saved
+
+
+def position(epoch: int, step: int) -> str:
+    """The place a checkpoint resumes from, in words."""
+    return f"end of epoch {epoch - 1}" if step == 0 else f"epoch {epoch}, step {step}"
+
+
+def training_state(parts, cfg: RunConfig, world_size: int, epoch: int, step: int, partial_sums: Optional[dict],
+                   metrics: list, teacher_metrics: Optional[Dict[str, float]]) -> dict:
+    """What a training checkpoint holds, to resume at (epoch, step); ``parts`` is a :class:`cdlib.parts.Parts`."""
+    return {
+        "format": ckpt.TRAINING_FORMAT,
+        "config": config_dict(cfg),
+        "num_classes": parts.bundle.num_classes,
+        "world_size": world_size,
+        "epoch": epoch,
+        "step": step,
+        "partial": partial_sums,
+        "trainable": parts.distiller.trainable_state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "lr_scheduler": parts.lr_scheduler.state_dict(),
+        "scaler": parts.scaler.state_dict(),
+        "rng": rng_state(),
+        "metrics": metrics,
+        "teacher_metrics": teacher_metrics,
+    }
+
+
+def restore(parts, saved: dict, path: Path) -> None:
+    """Load a checkpoint's weights, optimizer, schedulers and RNG state into ``parts``."""
+    try:
+        parts.distiller.load_trainable_state_dict(saved["trainable"])
+        parts.optimizer.load_state_dict(saved["optimizer"])
+        parts.lr_scheduler.load_state_dict(saved["lr_scheduler"])
+        parts.scaler.load_state_dict(saved["scaler"])
+        set_rng_state(saved["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path} does not fit this run ({reason}); move it away or pick another run folder.") from None

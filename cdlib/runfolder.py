@@ -1,0 +1,132 @@
+"""A run folder and what it holds: file names, ``config.json``, ``metrics.jsonl``, the result of a run.
+
+A run folder holds ``config.json`` (the settings), ``metrics.jsonl`` (one line
+per epoch), ``checkpoint.pt`` (the state to resume from) and, when finished,
+``model.pt`` (the trained student, reusable as a teacher). An experiment folder
+holds one run folder per method (``cd+gkd+edt`` -> ``cd_gkd_edt``) and the
+teacher's in ``teacher/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from torch import nn
+
+from .errors import ConfigError
+from .recipes import RunConfig, parse_method
+
+__all__ = ["CONFIG_FILE", "METRICS_FILE", "CHECKPOINT_FILE", "MODEL_FILE", "RunResult", "config_dict", "read_metrics",
+           "write_metrics", "write_run_files", "slug", "teacher_dir", "check_reusable_teacher", "summary_line",
+           "comparison_table"]
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_FILE = "checkpoint.pt"
+MODEL_FILE = "model.pt"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    method: str
+    metrics: List[dict]
+    final: Dict[str, float]
+    model: nn.Module = field(repr=False)
+    teacher_metrics: Optional[Dict[str, float]] = None
+
+    @property
+    def model_path(self) -> Path:
+        return self.run_dir / MODEL_FILE
+
+
+def config_dict(cfg: RunConfig) -> dict:
+    """``cfg`` as the JSON-ready dict that config.json and checkpoints store."""
+    d = dataclasses.asdict(cfg)
+    d["lr_milestones"] = list(cfg.lr_milestones)
+    return d
+
+
+def read_metrics(run_dir: str | os.PathLike) -> List[dict]:
+    """The per-epoch metrics a run wrote (one dict per epoch)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_metrics(run_dir: Path, rows: List[dict]) -> None:
+    """All rows at once, through a temporary file: a reader never sees half a file."""
+    tmp = run_dir / (METRICS_FILE + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, run_dir / METRICS_FILE)
+
+
+def write_run_files(run_dir: Path, cfg: RunConfig, metrics: List[dict]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(json.dumps(config_dict(cfg), indent=2))
+    write_metrics(run_dir, metrics)
+
+
+def slug(method: str) -> str:
+    """The sub-folder name of a method: 'cd+gkd+edt' -> 'cd_gkd_edt', 'student' -> 'student'."""
+    return method.strip().replace("+", "_")
+
+
+def teacher_dir(run_dir: str | os.PathLike) -> Path:
+    """Where :func:`cdlib.train.ensure_teacher` (and `cdlib train`) keep the teacher of an experiment folder."""
+    return Path(run_dir) / "teacher"
+
+
+# What a reused teacher must share with the run that reuses it.
+_TEACHER_SETTINGS = ("student", "data", "data_options", "image_size")
+
+
+def check_reusable_teacher(folder: Path, teacher_cfg: RunConfig) -> None:
+    """Refuse a teacher folder trained on other data or as another model than ``teacher_cfg`` asks for."""
+    config_path = folder / CONFIG_FILE
+    try:
+        trained = json.loads(config_path.read_text())
+    except (OSError, ValueError):
+        return  # no record of how it was trained: the model file's own name and class count are still checked
+    wanted = config_dict(teacher_cfg)
+    diffs = [f"{k}: {trained.get(k)!r} (wanted {wanted[k]!r})" for k in _TEACHER_SETTINGS if trained.get(k) != wanted[k]]
+    if diffs:
+        raise ConfigError(
+            f"the teacher in {folder} was trained with other settings ({'; '.join(diffs)}); use another --run-dir, "
+            f"or pass --teacher-checkpoint {folder / MODEL_FILE} to use it anyway."
+        )
+
+
+def summary_line(row: dict, epochs: int, method: str) -> str:
+    """The line printed after each epoch."""
+    terms = " ".join(f"{k[5:]}={v:.3f}" for k, v in row.items() if k.startswith("loss_"))
+    return (
+        f"[{method}] epoch {row['epoch']:>3}/{epochs}  lr {row['lr']:.4g}  loss {row['train_loss']:.3f} ({terms})  "
+        f"train {row['train_top1']:.1f}%  test top-1 {row['test_top1']:.2f}% top-5 {row['test_top5']:.2f}%  "
+        f"{row['images_per_s']:.0f} img/s  {row['epoch_seconds']:.1f}s"
+    )
+
+
+def comparison_table(results: Dict[str, RunResult], cfg: Optional[RunConfig] = None) -> str:
+    """A plain-text table of the final test accuracy of each run (and the teacher)."""
+    rows = []
+    teacher = next((r.teacher_metrics for r in results.values() if r.teacher_metrics), None)
+    if teacher:
+        rows.append((f"teacher {cfg.teacher if cfg else ''}".strip(), teacher["top1"], teacher["top5"], float("nan")))
+    for method, r in results.items():
+        label = "student alone" if parse_method(method) == ("ce",) else method
+        seconds = sum(m["epoch_seconds"] for m in r.metrics)
+        rows.append((label, r.final.get("top1", float("nan")), r.final.get("top5", float("nan")), seconds))
+    width = max(len(r[0]) for r in rows) + 2
+    lines = [f"{'method':<{width}}{'top-1 %':>9}{'top-5 %':>9}{'train s':>9}", "-" * (width + 27)]
+    for label, top1, top5, seconds in rows:
+        secs = "" if math.isnan(seconds) else f"{seconds:.1f}"
+        lines.append(f"{label:<{width}}{top1:>9.2f}{top5:>9.2f}{secs:>9}")
+    return "\n".join(lines)
