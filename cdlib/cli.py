@@ -1,4 +1,4 @@
-"""Command line: ``cdlib train | distill | evaluate`` (also ``python -m cdlib``).
+"""Command line: ``cdlib train | distill | evaluate | estimate`` (also ``python -m cdlib``).
 
 Every field of a recipe (:class:`cdlib.recipes.RunConfig`) is an option, so
 ``cdlib distill --recipe cifar100 --epochs 50 --method kd`` overrides just
@@ -167,6 +167,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    from . import estimate
+
+    cfg = _config_from_args(args)
+    for gpu in [g.strip() for g in args.gpu.split(",") if g.strip()] or ["T4"]:
+        print(estimate.format_estimate(estimate.recipe_time(cfg, gpu.upper()), args.recipe))
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from . import data, models, schedules
 
@@ -206,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model name, if the file does not say")
     _add_recipe_options(p)
     p.set_defaults(func=_cmd_evaluate)
+    p = sub.add_parser("estimate", help="projected GPU wall time of a recipe's teacher and students (from counted FLOPs)")
+    _add_recipe_options(p)
+    p.add_argument("--gpu", default="T4", help="T4, L4, A100 or H100; several with commas, e.g. T4,H100 (default: T4)")
+    p.set_defaults(func=_cmd_estimate)
     p = sub.add_parser("list", help="list recipes, models, data sets and schedules")
     p.set_defaults(func=_cmd_list)
     return parser

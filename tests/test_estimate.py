@@ -1,0 +1,168 @@
+"""cdlib.estimate: projected wall time from counted FLOPs, checked against a hand count."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from cdlib import cli, estimate, models, recipes
+from cdlib.bench import DEFAULT_ASSUMED_UTILISATION, peak_tflops
+from cdlib.connectors import build_connectors
+from cdlib.errors import ConfigError
+
+TINY = dict(data="synthetic", data_root=None, image_size=16,
+            data_options={"num_classes": 10, "train_per_class": 20, "test_per_class": 5},
+            student="cifar_resnet10_w4", teacher="cifar_resnet10_w8", epochs=3, lr_milestones=(2,))
+TRAIN_IMAGES, TEST_IMAGES, SIDE, CLASSES = 200, 50, 16, 10
+
+
+def _layer_flops(model: nn.Module, run) -> list:
+    """2 x multiply-adds of every Conv2d / Linear while ``run()`` executes, in call order,
+    from the layers' shapes (the formula, not torch's counter)."""
+    found = []
+
+    def hook(module, inputs, output):
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            macs = output.numel() * module.in_channels // module.groups * kh * kw
+        else:
+            macs = output.numel() * module.in_features
+        found.append(2 * macs)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return found
+
+
+def _hand_counts(name: str):
+    """(forward, training step) FLOPs per image of a model, from its layers' shapes. A backward
+    pass costs two forwards (gradients of input and of weights), except that the first
+    convolution computes no gradient for the images."""
+    net = models.create(name, num_classes=CLASSES).eval()
+    layers = _layer_flops(net, lambda: net(torch.zeros(1, 3, SIDE, SIDE)))
+    forward = sum(layers)
+    return forward, 3 * forward - layers[0]
+
+
+def _hand_connector_training_flops() -> int:
+    student = models.create(TINY["student"], num_classes=CLASSES).eval()
+    teacher = models.create(TINY["teacher"], num_classes=CLASSES)
+    connectors = build_connectors(student.stage_channels, teacher.stage_channels).eval()
+    with torch.no_grad():
+        _, features = student(torch.zeros(1, 3, SIDE, SIDE), return_features=True)
+    forward = sum(_layer_flops(connectors, lambda: [c(f) for c, f in zip(connectors, features)]))
+    return 3 * forward  # forward, gradient of the student's features, gradient of the weights
+
+
+def test_projection_matches_a_hand_computation():
+    cfg = recipes.get("demo", **TINY)
+    s_fwd, s_train = _hand_counts(TINY["student"])
+    t_fwd, t_train = _hand_counts(TINY["teacher"])
+    per_second = 65.0e12 * DEFAULT_ASSUMED_UTILISATION  # T4 fp16 dense peak x the assumption
+    assert peak_tflops("T4", "fp16") == 65.0
+
+    e = estimate.recipe_time(cfg, "T4", "student,kd,cd+gkd+edt")
+    epochs = cfg.epochs
+    teacher_seconds = epochs * (TRAIN_IMAGES * t_train + TEST_IMAGES * t_fwd) / per_second
+    assert e["teacher"]["trained"] and e["teacher"]["seconds"] == pytest.approx(teacher_seconds, rel=1e-9)
+
+    steps = {"student": s_train, "kd": s_train + t_fwd, "cd+gkd+edt": s_train + t_fwd + _hand_connector_training_flops()}
+    for row in e["students"]:
+        method = row["method"]
+        assert row["flops_per_image"] == pytest.approx(steps[method], rel=1e-9), method
+        flops = epochs * (TRAIN_IMAGES * steps[method] + TEST_IMAGES * s_fwd)
+        if method != "student":
+            flops += TEST_IMAGES * t_fwd  # the teacher's test pass before distilling
+        assert row["seconds"] == pytest.approx(flops / per_second, rel=1e-9), method
+    assert e["total_seconds"] == pytest.approx(teacher_seconds + sum(r["seconds"] for r in e["students"]))
+    assert e["utilisation"] == DEFAULT_ASSUMED_UTILISATION and "not a measurement" in e["label"]
+
+
+def test_the_shortcut_for_logit_losses_equals_a_whole_count():
+    # kd's step is priced as student training + teacher forward; a full count agrees.
+    whole = estimate._count_distill_step(TINY["student"], TINY["teacher"], ("ce", "kd"), SIDE, CLASSES)
+    assert estimate._step_flops(TINY["student"], TINY["teacher"], ("ce", "kd"), SIDE, CLASSES) == pytest.approx(whole)
+
+
+def test_gpus_precision_and_capped_epochs():
+    cfg = recipes.get("demo", **TINY)
+    t4, h100 = estimate.recipe_time(cfg, "T4"), estimate.recipe_time(cfg, "H100")
+    assert (t4["precision"], h100["precision"]) == ("fp16", "bf16")
+    assert t4["total_seconds"] / h100["total_seconds"] == pytest.approx(989.4 / 65.0)
+    # amp off: TF32 convolutions on the H100, plain fp32 on the T4
+    assert estimate.recipe_time(cfg.replace(amp="off"), "H100")["precision"] == "tf32"
+    assert estimate.recipe_time(cfg.replace(amp="off"), "T4")["precision"] == "fp32"
+    capped = estimate.recipe_time(cfg.replace(max_steps_per_epoch=2, batch_size=16), "T4")
+    assert capped["train_images"] == 32
+
+
+def test_teacher_counts_only_when_trained():
+    cfg = recipes.get("demo", **TINY)
+    assert not estimate.recipe_time(cfg, "T4", "student")["teacher"]["trained"]
+    given = estimate.recipe_time(cfg.replace(teacher_checkpoint="t/model.pt"), "T4", "kd")["teacher"]
+    assert not given["trained"] and given["seconds"] == 0 and "checkpoint" in given["reason"]
+
+
+@pytest.mark.parametrize("call, fragment", [
+    (lambda: estimate.recipe_time("demo", "V100"), "unknown GPU 'V100'"),
+    (lambda: estimate.recipe_time("no-such-recipe"), "unknown recipe"),
+    (lambda: estimate.recipe_time(recipes.get("demo", amp="bf16"), "T4"), "no bf16 tensor cores"),
+    (lambda: estimate.recipe_time("demo", "T4", "kd+nonsense"), "unknown method term"),
+    (lambda: estimate.recipe_time("demo", "T4", utilisation=0), "utilisation"),
+])
+def test_bad_input_is_one_config_error_sentence(call, fragment):
+    with pytest.raises(ConfigError) as info:
+        call()
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cli_prints_a_labelled_estimate(capsys):
+    args = ["estimate", "--recipe", "demo", "--method", "student,kd", "--gpu", "T4,H100"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("estimate: counted FLOPs at 15 % of dense peak, not a measurement") == 2
+    cfg = recipes.get("demo", method="student,kd")
+    for gpu in ("T4", "H100"):
+        e = estimate.recipe_time(cfg, gpu)
+        assert f"GPU {gpu} ({e['peak_key']}), {e['precision']}" in out
+        assert f"total                        ~{estimate.duration(e['total_seconds'])}" in out
+    assert "teacher cifar_resnet18_w16" in out and "\n  kd " in out
+
+
+def test_cli_bad_gpu_or_recipe_is_one_line(capsys):
+    for args in (["estimate", "--recipe", "demo", "--gpu", "P100"], ["estimate", "--recipe", "nope"]):
+        assert cli.main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("cdlib: error: ") and err.count("\n") == 1
+
+
+def test_chapter_line_is_computed():
+    line = estimate.chapter_line("demo", "student,kd,kd", paper_recipe="demo", gpus=("T4", "H100"))
+    cfg = recipes.get("demo")
+    t4 = estimate.duration(estimate.recipe_time(cfg, "T4", ["student", "kd", "kd"])["total_seconds"])
+    h100 = estimate.duration(estimate.recipe_time(cfg, "H100", ["student", "kd", "kd"])["total_seconds"])
+    assert line == (f"Default run (recipe demo, methods student, kd x2, teacher training included): about {t4} on a T4, "
+                    f"{h100} on an H100 (estimate: counted FLOPs at 15 % of peak). The paper's recipe: {t4} on a T4.")
+
+
+@pytest.mark.parametrize("seconds, text", [(0.2, "1 s"), (42, "42 s"), (59.6, "1 min"), (35 * 60, "35 min"),
+                                           (3599, "1.0 h"), (4.84 * 3600, "4.8 h"), (29.4 * 3600, "29 h")])
+def test_duration(seconds, text):
+    assert estimate.duration(seconds) == text
+
+
+def test_colab_recipe_fits_a_t4_and_keeps_the_papers_training():
+    colab, paper = recipes.get("cifar100-colab"), recipes.get("cifar100")
+    assert colab.lr_milestones == recipes.scale_milestones(paper.lr_milestones, paper.epochs, colab.epochs)
+    same = ("data", "weights", "schedule", "batch_size", "lr", "momentum", "weight_decay", "lr_gamma",
+            "kd_temperature", "gkd_temperature", "amp")
+    assert all(getattr(colab, k) == getattr(paper, k) for k in same)
+    e = estimate.recipe_time(colab, "T4", "student,kd,gkd,cd,cd+gkd,cd+gkd+edt,at,fitnets")
+    assert e["teacher"]["trained"] and e["teacher"]["seconds"] <= 30 * 60
+    assert max(s["seconds"] for s in e["students"]) <= 20 * 60
