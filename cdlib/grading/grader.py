@@ -155,7 +155,8 @@ def grade_submission(assignment: Assignment, path: Path, timeout: float = 60.0,
         _write_job(job, assignment, selected, cases)
         run = run_in_sandbox(job, work, timeout)
         status = _load_json(job / "status.json")
-        notes = [f"ran cells {', '.join(str(c.index + 1) for c in selected)} in {run.seconds:.1f} s"]
+        notes = [f"ran cells {', '.join(str(c.index + 1) for c in selected)} (counting every cell from 1) "
+                 f"in {run.seconds:.1f} s"]
         outcomes_file = job / "outcomes.pt"
         if not outcomes_file.is_file():
             if run.log_tail:
@@ -177,14 +178,15 @@ def grade_submission(assignment: Assignment, path: Path, timeout: float = 60.0,
 
 
 def _with_hint(verdicts: List[Verdict], public: str) -> List[Verdict]:
-    """Lost points get the public check's diagnosis of the usual mistake, when it names one."""
+    """The first question that lost points gets the public check's diagnosis of the usual mistake,
+    when it names one (the feedback file shows the whole check)."""
     lines = [line.strip()[2:] for line in public.splitlines() if line.strip().startswith("- ")]
-    if not lines:
+    lost = next((i for i, v in enumerate(verdicts) if v.points < v.max_points), None)
+    if not lines or lost is None:
         return verdicts
-    hint = lines[0]
-    return [v if v.points == v.max_points else Verdict(v.question, v.points, v.max_points,
-                                                       f"{v.diagnosis} Hint from the public check: {hint}")
-            for v in verdicts]
+    v = verdicts[lost]
+    hinted = Verdict(v.question, v.points, v.max_points, f"{v.diagnosis} Hint from the public check: {lines[0]}")
+    return verdicts[:lost] + [hinted] + verdicts[lost + 1:]
 
 
 # ---------------------------------------------------------------------------- a folder

@@ -22,7 +22,7 @@ import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 SETUP_CELL_MARK = "# Setup: installs cdlib"
 
@@ -203,7 +203,3 @@ def _outermost(paths: set) -> set:
     """Drop ``a.b`` when ``a.b.c`` is also there (an attribute chain is seen once per prefix)."""
     return {p for p in paths if not any(q != p and q.startswith(p + ".") for q in paths)}
 
-
-def describe_cells(cells: Sequence[Cell]) -> Tuple[int, ...]:
-    """Jupyter's cell numbers (from 1) of ``cells``, for messages."""
-    return tuple(c.index + 1 for c in cells)
