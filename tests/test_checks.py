@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from cdlib import checks, losses, schedules
+from cdlib.checks import cd_loss, gkd_loss
+from cdlib.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 EXERCISES = REPO / "notebooks" / "exercises"
@@ -244,20 +246,70 @@ def test_check_cd_loss_says_not_implemented():
 
 def test_cd_mistake_catalogue_is_unambiguous():
     """On the check's inputs, no two known mistakes give the same value, nor the right one."""
-    for seed, n, stages in [(30, 6, checks._CD_BASE), (29, 5, checks._CD_SAME_SHAPES)]:
-        s, t = checks._cd_case(seed, n, stages)
+    for case in cd_loss.CASES[:2]:
+        s, t = cd_loss.make_inputs(case)
         right = float(losses.cd_loss(s, t).detach())
+        S, T = [x.detach().double() for x in s], [x.double() for x in t]
         values = {}
-        for message, compute in checks._cd_mistakes(s, t):
+        for mistake in cd_loss.MISTAKES:
             try:
-                v = float(compute())
+                v = float(mistake.wrong(S, T))
             except RuntimeError:  # e.g. stages paired wrongly do not fit together here
                 continue
-            assert not math.isclose(v, right, rel_tol=1e-3), f"mistake equals the right loss: {message}"
-            for other, w in values.items():
-                if other != message:
-                    assert not math.isclose(v, w, rel_tol=1e-3), f"ambiguous: {message!r} vs {other!r}"
-            values[message] = v
+            assert not math.isclose(v, right, rel_tol=1e-3), f"mistake equals the right loss: {mistake.name}"
+            for other, (w, diagnosis) in values.items():
+                if diagnosis != mistake.diagnosis:
+                    assert not math.isclose(v, w, rel_tol=1e-3), f"ambiguous: {mistake.name} vs {other}"
+            values[mistake.name] = (v, mistake.diagnosis)
+
+
+@pytest.mark.parametrize("mistake", cd_loss.MISTAKES, ids=lambda m: m.name)
+def test_check_cd_loss_names_each_catalogued_mistake(mistake):
+    """Each catalogue entry, run as a student's function, is diagnosed as itself."""
+    _fails_with(checks.check_cd_loss, mistake.wrong, mistake.diagnosis)
+
+
+# ---------------------------------------------------------------- CD: honest hints
+
+
+def cd_typo(S, T):
+    total = 0
+    for s, t in zip(S, T):
+        total = total + ((_ca(s) - _ca(tt)) ** 2).mean()  # noqa: F821 - the typo under test
+    return total
+
+
+def test_check_cd_loss_reports_an_error_in_the_code_as_that_error():
+    message = _fails_with(checks.check_cd_loss, cd_typo, "raised NameError: name 'tt' is not defined",
+                          "fix the error first")
+    assert "stages" not in message.split("NameError")[1].split("fix the error")[0].replace("3 stages of identical", "")
+    assert "assume" not in message
+
+
+def test_check_cd_loss_claims_a_stage_count_only_where_a_case_tested_it():
+    # Right on 4-stage cases, IndexError with 3 stages: the hint may say "4 stages".
+    message = _fails_with(checks.check_cd_loss, cd_four_stages, "right with 4 stages", "IndexError",
+                          "assume exactly 4 stages")
+    assert "3 stages of identical shape" in message
+
+    def first_three_stages(S, T):  # right with 1, 2 and 3 stages, wrong with 4
+        return sum(((_ca(s) - _ca(t)) ** 2).mean() for s, t in list(zip(S, T))[:3])
+
+    _fails_with(checks.check_cd_loss, first_three_stages, "right with 1 or 2 or 3 stages but wrong with 4")
+
+    def wrong_dims(S, T):  # mean(dim=(1, 2)) is wrong for every number of stages
+        return sum(((s.mean(dim=(1, 2)) - t.mean(dim=(1, 2))) ** 2).mean() for s, t in zip(S, T))
+
+    message = _fails_with(checks.check_cd_loss, wrong_dims, "averaged over the wrong dimensions", "dims 1 and 2")
+    assert "4 stages" not in message and "number of stages" not in message
+
+
+def test_check_cd_loss_unexplained_value_claims_nothing_untested():
+    def weighted_by_channels(S, T):  # wrong on every case, no catalogued mistake
+        return sum(((_ca(s) - _ca(t)) ** 2).mean() * (1 + s.shape[1] / 100) for s, t in zip(S, T))
+
+    message = _fails_with(checks.check_cd_loss, weighted_by_channels, "matches none of the usual mistakes")
+    assert "stages but wrong" not in message and "right" not in message.split("matches none")[0]
 
 
 # ============================================================================ GKD: right
@@ -449,23 +501,50 @@ def test_check_gkd_loss_reports_independent_mistakes_together():
     assert "2 problems" in message
 
 
-def _assert_unambiguous(mistakes, right: float) -> None:
+def _assert_unambiguous(mistakes, inputs, right: float) -> None:
     """Every catalogued mistake differs from the right value and from every other mistake."""
     seen = {}
-    for message, compute in mistakes:
-        v = float(compute())
-        assert not math.isclose(v, right, rel_tol=1e-3), f"mistake equals the right loss: {message}"
-        for other, w in seen.items():
-            if other != message:
-                assert not math.isclose(v, w, rel_tol=1e-3), f"ambiguous: {message!r} vs {other!r}"
-        seen[message] = v
+    for mistake in mistakes:
+        v = float(mistake.wrong(*inputs))
+        assert not math.isclose(v, right, rel_tol=1e-3), f"mistake equals the right loss: {mistake.name}"
+        for other, (w, diagnosis) in seen.items():
+            if diagnosis != mistake.diagnosis:
+                assert not math.isclose(v, w, rel_tol=1e-3), f"ambiguous: {mistake.name} vs {other}"
+        seen[mistake.name] = (v, mistake.diagnosis)
+
+
+def _gkd_inputs(case):
+    s, t, y = gkd_loss.make_inputs(case)
+    return s, t, y, [s.detach().double(), t.double(), y, case.temperature]
 
 
 def test_gkd_mistake_catalogue_is_unambiguous():
-    s, t, y = checks._gkd_case(26, 12, 7, 5)
-    _assert_unambiguous(checks._gkd_mistakes(s, t, y, 1.0), float(losses.gkd_loss(s, t, y, 1.0).detach()))
-    s, t, y = checks._gkd_case(15, 12, 7, 6)
-    _assert_unambiguous(checks._gkd_temperature_mistakes(s, t, y, 4.0), float(losses.gkd_loss(s, t, y, 4.0).detach()))
+    for case, catalogue in ((gkd_loss.BASE, gkd_loss.MISTAKES), (gkd_loss.TEMPERATURE, gkd_loss.TEMPERATURE_MISTAKES)):
+        s, t, y, inputs = _gkd_inputs(case)
+        _assert_unambiguous(catalogue, inputs, float(losses.gkd_loss(s, t, y, case.temperature).detach()))
+
+
+@pytest.mark.parametrize("mistake", gkd_loss.MISTAKES + gkd_loss.TEMPERATURE_MISTAKES, ids=lambda m: m.name)
+def test_check_gkd_loss_names_each_catalogued_mistake(mistake):
+    _fails_with(checks.check_gkd_loss, mistake.wrong, mistake.diagnosis)
+
+
+def test_check_gkd_loss_reports_an_error_in_the_code_as_that_error():
+    def gkd_typo(s, t, y, temperature=1.0):
+        return losses.gkd_loss(s, t, targets, temperature)  # noqa: F821 - the typo under test
+
+    _fails_with(checks.check_gkd_loss, gkd_typo, "raised NameError: name 'targets' is not defined", "fix the error first")
+
+
+def test_exercises_are_reachable_by_name_as_data():
+    for name, check in [("exercise1_cd_loss", checks.check_cd_loss), ("exercise2_gkd_loss", checks.check_gkd_loss),
+                        ("exercise3_edt_schedule", checks.check_schedule)]:
+        ex = checks.exercise(name)
+        assert ex.name == name and ex.check is check and ex.function.startswith("my_")
+    assert checks.exercise("exercise1_cd_loss").mistakes["value"] == cd_loss.MISTAKES
+    assert all(isinstance(m, checks.Mistake) for ms in checks.exercise("exercise2_gkd_loss").mistakes.values() for m in ms)
+    with pytest.raises(ConfigError, match="unknown exercise"):
+        checks.exercise("exercise9")
 
 
 # ============================================================================ schedules: right
@@ -571,6 +650,46 @@ SCHEDULE_WRONG = [
 @pytest.mark.parametrize("fn, diagnosis", SCHEDULE_WRONG)
 def test_check_schedule_names_the_mistake(fn, diagnosis):
     _fails_with(checks.check_schedule, fn, diagnosis, epochs=EPOCHS)
+
+
+# ---------------------------------------------------------------- schedules: honest hints
+
+
+def test_check_schedule_names_a_lambda_your_schedule():
+    message = _fails_with(checks.check_schedule, lambda epoch: sched_constant(epoch), "in your schedule", epochs=EPOCHS)
+    assert "<lambda>" not in message
+    assert "in sched_constant" in _fails_with(checks.check_schedule, functools.partial(sched_constant), "never decays",
+                                              epochs=EPOCHS)
+
+
+def test_check_schedule_says_when_a_late_decay_happens_and_names_the_paper_only_when_it_is_the_paper():
+    def decays_after_the_run(epoch):  # decays from epochs + 2, not at a paper milestone
+        return {"ce": 1.0, "cd": 6.0 * 0.9 ** max(0, math.floor(epoch) - EPOCHS - 1), "gkd": 0.1}
+
+    message = _fails_with(checks.check_schedule, decays_after_the_run, "never decays",
+                          f"first below 6 at epoch {EPOCHS + 2}", epochs=EPOCHS)
+    assert "200" not in message and "paper" not in message.split("never decays")[1].replace("the paper's", "")
+    _fails_with(checks.check_schedule, sched_paper_milestones, "at epoch 60",
+                "the CIFAR-100 recipe's first milestone (of 200 epochs)", epochs=EPOCHS)
+
+
+def my_weights_two_arguments(epoch, epochs):
+    return {"ce": 1.0, "cd": 6.0 * 0.9 ** math.floor((epoch - 1) / epochs * 3), "gkd": 0.1}
+
+
+def test_check_schedule_reports_a_signature_mismatch_as_such():
+    message = _fails_with(checks.check_schedule, my_weights_two_arguments, "calls schedule(epoch) with one argument",
+                          "(epoch, epochs)", "missing a required argument: 'epochs'", epochs=EPOCHS)
+    assert "math.floor" not in message and "FLOAT" not in message
+
+
+def test_check_schedule_reports_an_error_in_the_code_as_that_error():
+    def typo(epoch):
+        return {"ce": 1.0, "cd": 6.0 * 0.9 ** math.floor(epoch / EPOCH), "gkd": 0.1}  # noqa: F821 - the typo
+
+    message = _fails_with(checks.check_schedule, typo, "raised NameError: name 'EPOCH' is not defined",
+                          "fix the error first", epochs=EPOCHS)
+    assert "math.floor" not in message
 
 
 def test_check_schedule_rejects_cdlib_constant():
