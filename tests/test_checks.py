@@ -688,8 +688,8 @@ def test_check_schedule_reports_an_error_in_the_code_as_that_error():
         return {"ce": 1.0, "cd": 6.0 * 0.9 ** math.floor(epoch / EPOCH), "gkd": 0.1}  # noqa: F821 - the typo
 
     message = _fails_with(checks.check_schedule, typo, "raised NameError: name 'EPOCH' is not defined",
-                          "fix the error first", epochs=EPOCHS)
-    assert "math.floor" not in message
+                          "fix the error first", "line ", epochs=EPOCHS)
+    assert "Use math.floor" not in message and "FLOAT" not in message
 
 
 def test_check_schedule_rejects_cdlib_constant():
