@@ -1,4 +1,4 @@
-"""Command line: ``cdlib train | distill | evaluate | estimate`` (also ``python -m cdlib``).
+"""Command line: ``cdlib train | distill | evaluate | estimate | grade`` (also ``python -m cdlib``).
 
 Every field of a recipe (:class:`cdlib.recipes.RunConfig`) is an option, so
 ``cdlib distill --recipe cifar100 --epochs 50 --method kd`` overrides just
@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 
 from . import __version__, recipes, terms
 from .errors import CDLibError, ConfigError
+from .grading import command as grading_command
 
 HELP = {
     "data": "data set: cifar100, imagenet, digits (bundled) or synthetic",
@@ -219,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_options(p)
     p.add_argument("--gpu", default="T4", help="T4, L4, A100 or H100; several with commas, e.g. T4,H100 (default: T4)")
     p.set_defaults(func=_cmd_estimate)
+    grading_command.add_parser(sub)  # cdlib grade ASSIGNMENT SUBMISSIONS_DIR: cdlib.grading
     p = sub.add_parser("list", help="list recipes, models, data sets and schedules")
     p.set_defaults(func=_cmd_list)
     return parser

@@ -15,7 +15,8 @@ def add_parser(sub) -> None:
         "grade", help="grade a folder of exercise notebooks with hidden cases",
         description="Run every notebook in SUBMISSIONS (one .ipynb per student, file name = student id) in its own "
                     "process, call its answer on hidden cases, and write one row per student and question to --out "
-                    "and a feedback file per student. Needs the book extra (IPython).")
+                    "and a feedback file per student. Runs notebooks with IPython (a dependency of cdlib's ipywidgets; "
+                    "else: pip install 'channel-distillation[book]').")
     p.add_argument("assignment", choices=sorted(ASSIGNMENTS), metavar="ASSIGNMENT",
                    help=f"the exercise's file stem: {', '.join(sorted(ASSIGNMENTS))}")
     p.add_argument("submissions", type=Path, metavar="SUBMISSIONS_DIR", help="folder of submitted .ipynb files")
