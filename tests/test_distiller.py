@@ -196,3 +196,62 @@ def test_a_step_with_every_weight_zero_changes_nothing():
     for key, value in distiller.trainable_state_dict().items():
         assert torch.equal(value, before[key]), f"{key} moved in a step with nothing to learn"
     assert not optimizer.state, "no optimizer state (momentum) may be created by such a step"
+
+
+# --------------------------------------------------------------------------- the table of terms
+
+
+def _l1_logits(student_logits, teacher_logits):
+    return (student_logits.float() - teacher_logits.float()).abs().mean()
+
+
+@pytest.fixture
+def l1_term(monkeypatch):
+    """A new loss term, added the way the table says a new method is added: one row, one function."""
+    from cdlib import losses, terms
+
+    row = terms.LossTerm("l1", "L1 distance of the logits", "l1_logits_loss", True, False, 2.0,
+                         ("logits", "teacher_logits"))
+    monkeypatch.setattr(terms, "TERMS", terms.TERMS + (row,))
+    monkeypatch.setattr(losses, "l1_logits_loss", _l1_logits, raising=False)
+    return row
+
+
+def test_a_row_in_the_table_is_all_a_new_term_needs(l1_term):
+    from cdlib import recipes, terms
+
+    student, teacher = _pair()
+    distiller = Distiller(student, teacher, terms=("ce", "l1"))
+    images, labels = _batch()
+    logits, out = distiller(images, labels, {"ce": 1.0, "l1": 3.0})
+    with torch.no_grad():
+        expected = 3.0 * (student(images) - teacher(images)).abs().mean()
+    assert set(out) == {"ce", "l1"} and torch.allclose(out["l1"], expected)
+    assert torch.allclose(out["ce"], F.cross_entropy(logits, labels))
+    # The config layer reads the same table: the method parses, its weight is valid, and it needs the teacher.
+    assert recipes.parse_method("l1") == ("ce", "l1") and terms.needs_teacher(["l1"])
+    assert terms.default_weights()["l1"] == 2.0
+    assert recipes.get("demo", method="kd,l1", weights={"l1": 0.5}).weights["l1"] == 0.5
+
+
+def test_a_term_asking_for_an_unknown_input_is_named(monkeypatch):
+    from cdlib import losses, terms
+
+    row = terms.LossTerm("odd", "asks for something", "odd_loss", True, False, 1.0, ("logits", "gradients"))
+    monkeypatch.setattr(terms, "TERMS", terms.TERMS + (row,))
+    monkeypatch.setattr(losses, "odd_loss", lambda a, b: a.sum(), raising=False)
+    images, labels = _batch()
+    with pytest.raises(ConfigError, match="input 'gradients'.*cdlib.terms.INPUTS"):
+        Distiller(*_pair(), terms=("ce", "odd"))(images, labels, {"ce": 1.0, "odd": 1.0})
+
+
+def test_every_shipped_row_is_consistent_with_its_inputs():
+    from cdlib import losses, terms
+
+    teacher_inputs = {"teacher_logits", "teacher_features", "connected_features", "hint", "teacher_hint"}
+    feature_inputs = {"features", "teacher_features", "connected_features", "hint", "teacher_hint"}
+    for row in terms.TERMS:
+        assert callable(getattr(losses, row.function)), row.name
+        assert set(row.inputs) <= set(terms.INPUTS), row.name
+        assert row.needs_teacher == bool(teacher_inputs & set(row.inputs)), row.name
+        assert row.needs_features == bool(feature_inputs & set(row.inputs)), row.name

@@ -583,3 +583,46 @@ def test_connector_output_feeds_cd_loss():
     loss = losses.cd_loss(mapped, teacher)
     loss.backward()
     assert all(p.grad is not None for p in conns.parameters() if p.requires_grad)
+
+
+# --------------------------------------------------------------------------- input errors are ConfigErrors
+
+
+def test_an_empty_batch_is_a_config_error_not_a_nan():
+    from cdlib.errors import ConfigError
+
+    empty = torch.zeros(0, 10)
+    for call in (lambda: losses.kd_loss(empty, empty), lambda: losses.gkd_loss(empty, empty, torch.zeros(0, dtype=torch.long))):
+        with pytest.raises(ConfigError, match="batch is empty"):
+            call()
+    # The reason it must be refused: the batch mean of nothing is NaN.
+    assert torch.isnan(torch.zeros(0).mean())
+
+
+@pytest.mark.parametrize("bad", [10, -1])
+def test_gkd_targets_outside_the_classes_are_a_config_error(bad):
+    from cdlib.errors import ConfigError
+
+    logits = torch.randn(4, 10)
+    targets = torch.tensor([0, 3, bad, 9])
+    with pytest.raises(ConfigError, match=r"class indices from 0 to 9, got values from"):
+        losses.gkd_loss(logits, logits.clone(), targets)
+    # In range, the same call is fine (and equals KD when the teacher is right everywhere).
+    ok = logits.argmax(1)
+    assert torch.allclose(losses.gkd_loss(logits + 0.1, logits, ok), losses.kd_loss(logits + 0.1, logits, 1.0))
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("inf"), float("nan")])
+def test_temperatures_must_be_positive_and_finite(temperature):
+    from cdlib.errors import ConfigError
+
+    logits = torch.randn(3, 5)
+    with pytest.raises(ConfigError, match="temperature must be a positive, finite number"):
+        losses.kd_loss(logits, logits, temperature)
+
+
+def test_ce_loss_is_cross_entropy_in_float32():
+    logits, targets = torch.randn(6, 4).bfloat16(), torch.tensor([0, 1, 2, 3, 0, 1])
+    value = losses.ce_loss(logits, targets)
+    assert value.dtype == torch.float32
+    assert torch.equal(value, torch.nn.functional.cross_entropy(logits.float(), targets))

@@ -390,3 +390,25 @@ def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path, teach
     model = checkpoint.load_model(compiled.model_path)
     images = torch.randn(2, 3, 8, 8)
     assert model(images).shape == (2, 4)
+
+
+def test_a_term_added_to_the_table_trains_saves_and_resumes(tmp_path, teacher_file, monkeypatch):
+    """One row and one loss function: recipes, distiller, trainer and the resume check all take it."""
+    from cdlib import terms
+
+    row = terms.LossTerm("l1", "L1 distance of the logits", "l1_logits_loss", True, False, 1.0,
+                         ("logits", "teacher_logits"))
+    monkeypatch.setattr(terms, "TERMS", terms.TERMS + (row,))
+    seen = []
+
+    def l1_logits_loss(student_logits, teacher_logits):
+        seen.append(len(student_logits))
+        return (student_logits.float() - teacher_logits.float()).abs().mean()
+
+    monkeypatch.setattr(cdlib.losses, "l1_logits_loss", l1_logits_loss, raising=False)
+    cfg = tiny(tmp_path, method="l1", weights={"l1": 0.5}, epochs=1, max_steps_per_epoch=2, teacher_checkpoint=teacher_file)
+    row = train.fit(cfg).metrics[0]
+    assert seen == [8, 8] and row["w_l1"] == 0.5 and row["loss_l1"] > 0
+    assert row["train_loss"] == pytest.approx(row["loss_ce"] + row["loss_l1"])
+    with pytest.raises(ConfigError, match=r"weights: \{'ce': 1.0, 'l1': 0.5\} -> \{'ce': 1.0, 'l1': 0.25\}"):
+        train.fit(cfg.replace(resume=True, weights={"l1": 0.25}))
