@@ -352,3 +352,16 @@ def test_unreadable_and_empty_notebooks_score_zero_without_running(tmp_path):
     assert grades["garbage"].points == 0 and "not a readable notebook" in grades["garbage"].verdicts[0].diagnosis
     assert grades["empty"].points == 0 and "empty" in grades["empty"].verdicts[0].diagnosis
     assert os.path.isfile(tmp_path / "feedback" / "empty.md")
+
+
+def test_cli_grade_writes_the_csv_and_reports_bad_input(tmp_path, capsys):
+    from cdlib.cli import main
+
+    (tmp_path / "s1.ipynb").write_text("{}", encoding="utf8")
+    assert main(["grade", "exercise3_edt_schedule", str(tmp_path), "--out", str(tmp_path / "out" / "g.csv")]) == 0
+    rows = _rows(tmp_path / "out" / "g.csv")
+    assert list(rows["s1"]) == ["answers", "starts_at_6", "decays", "labels_on"]
+    assert (tmp_path / "out" / "feedback" / "s1.md").is_file()
+    assert "1 notebook graded in" in capsys.readouterr().out
+    assert main(["grade", "exercise3_edt_schedule", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1  # one sentence, no traceback
