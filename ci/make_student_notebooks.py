@@ -19,7 +19,9 @@ every marked block becomes, at the marker's indentation,
         raise NotImplementedError("write your solution here")
 
 the cell loses the ``hide-input`` tag and the ``mystnb`` prompt texts (they only
-matter to the book), and outputs and execution counts are cleared. Everything
+matter to the book), and outputs and execution counts are cleared. Relative
+links in markdown (``[Reproducing CIFAR-100](../04_reproduce_cifar100.ipynb)``)
+are rewritten to point at the same file from ``exercises/student/``. Everything
 else — markdown, the setup cell, the ``parameters`` cell, the checks — is
 copied unchanged, so the two versions cannot drift apart.
 
@@ -33,8 +35,9 @@ Why not nbgrader or otter-grader? Both are built for graded courses: they need a
 course directory and config (nbgrader a database and a Jupyter server extension,
 otter a grading configuration and its own assignment format), and pull in large
 dependency trees. Here we need only the marker replacement and a drift check,
-which fit in this file; nbgrader's marker convention is kept, so a course that
-grows into nbgrader can take these notebooks as they are.
+which fit in this file. The markers are nbgrader's, but the cells lack the
+nbgrader cell metadata its ClearSolutions step needs, so these notebooks are
+not nbgrader assignments as they are.
 
 Usage:
     python ci/make_student_notebooks.py           # write exercises/student/*.ipynb
@@ -47,6 +50,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import posixpath
 import re
 import sys
 from pathlib import Path
@@ -63,6 +67,8 @@ PLACEHOLDER = ("# YOUR CODE HERE", 'raise NotImplementedError("write your soluti
 HIDE_TAG = "hide-input"
 BOOK_ONLY_METADATA = ("code_prompt_show", "code_prompt_hide")
 _MARKER = re.compile(r"^(?P<indent>[ \t]*)(?P<marker>### (?:BEGIN|END) SOLUTION)\s*$")
+# A markdown link to a relative path: not a URL, not an anchor, not an absolute path.
+_RELATIVE_LINK = re.compile(r"(\]\()(?![a-zA-Z][a-zA-Z0-9+.-]*:|#|/)([^)\s#]+)")
 
 
 class MarkerError(ValueError):
@@ -95,6 +101,19 @@ def _replace_solutions(source: str, where: str) -> tuple[str, int]:
     return "\n".join(out), blocks
 
 
+def relink(markdown: str, source_dir: str = INSTRUCTOR_DIR, target_dir: str = STUDENT_DIR) -> str:
+    """``markdown`` with each relative link written in ``source_dir`` made to point at the same
+    file from ``target_dir`` (both relative to the repository root); a link to another
+    exercise (a file in ``source_dir``) points at its student version."""
+    def moved(m: re.Match) -> str:
+        target = posixpath.normpath(posixpath.join(source_dir, m[2]))
+        if posixpath.dirname(target) == source_dir:
+            target = posixpath.join(target_dir, posixpath.basename(target))
+        return m[1] + posixpath.relpath(target, target_dir)
+
+    return _RELATIVE_LINK.sub(moved, markdown)
+
+
 def make_student(nb: nbformat.NotebookNode, name: str = "notebook") -> nbformat.NotebookNode:
     """The student version of an instructor notebook (a new object; ``nb`` is unchanged)."""
     student = copy.deepcopy(nb)
@@ -106,6 +125,8 @@ def make_student(nb: nbformat.NotebookNode, name: str = "notebook") -> nbformat.
         if cell.cell_type != "code":
             if BEGIN in cell.source or END in cell.source:
                 raise MarkerError(f"{where} is a {cell.cell_type} cell with solution markers; put solutions in code cells")
+            if cell.cell_type == "markdown":
+                cell.source = relink(cell.source)
             continue
         cell.outputs = []
         cell.execution_count = None

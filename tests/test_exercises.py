@@ -189,6 +189,35 @@ def test_markers_in_markdown_are_rejected():
         msn.make_student(nb, "demo.ipynb")
 
 
+def test_relative_links_are_rewritten_for_the_student_folder():
+    source = ("[R](../04_reproduce_cifar100.ipynb#a) [G](../../book/instructor_guide.md) [E](exercise2_gkd_loss.ipynb) "
+              "[U](https://example.org/x.ipynb) [A](#top) [P](/abs/path)")
+    assert msn.relink(source) == (
+        "[R](../../notebooks/04_reproduce_cifar100.ipynb#a) [G](../../book/instructor_guide.md) "
+        "[E](exercise2_gkd_loss.ipynb) [U](https://example.org/x.ipynb) [A](#top) [P](/abs/path)")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("see [R](../04_reproduce_cifar100.ipynb)"),
+                                         *_nb("### BEGIN SOLUTION\nx = 1\n### END SOLUTION").cells])
+    assert msn.make_student(nb).cells[0].source == "see [R](../../notebooks/04_reproduce_cifar100.ipynb)"
+
+
+_LINK = re.compile(r"\]\((?![a-zA-Z][a-zA-Z0-9+.-]*:|#|/)([^)\s#]+)")
+
+
+@pytest.mark.parametrize("path", INSTRUCTOR + STUDENT, ids=_rel)
+def test_every_relative_link_in_an_exercise_resolves(path):
+    nb = nbformat.read(path, as_version=4)
+    links = [link for c in nb.cells if c.cell_type == "markdown" for link in _LINK.findall(c.source)]
+    broken = [link for link in links if not (path.parent / link).is_file()]
+    assert not broken, f"{_rel(path)}: links to missing files {broken}"
+
+
+def test_exercise3_does_not_claim_to_compare_with_a_cdlib_schedule():
+    nb = nbformat.read(REPO / msn.INSTRUCTOR_DIR / "exercise3_edt_schedule.ipynb", as_version=4)
+    how = next(c.source for c in nb.cells if c.cell_type == "markdown" and "How to work" in c.source)
+    assert "compares your function with `cdlib`'s" not in how
+    assert "no single right schedule" in how
+
+
 # ============================================================================ the notebooks
 
 
