@@ -122,7 +122,8 @@ def my_cd_loss(student_feats, teacher_feats):
 def test_grades_seven_kinds_of_cd_submission(tmp_path):
     subs = tmp_path / "subs"
     pid_file = tmp_path / "helper.pid"
-    _write(subs, "right", _submission("exercise1_cd_loss"))
+    # cells after the answer (the public check, experiments) are not run: this one would crash the notebook
+    _write(subs, "right", _submission("exercise1_cd_loss", extra_cells=["raise RuntimeError('never run')"]))
     _write(subs, "wrong_sum", _submission("exercise1_cd_loss", CD_WRONG_SUM))
     _write(subs, "calls_cdlib", _submission("exercise1_cd_loss", CD_CALLS_CDLIB))
     _write(subs, "hidden_call", _submission("exercise1_cd_loss", CD_HIDDEN_CALL))
@@ -189,7 +190,7 @@ SCHEDULE_FIXED_MILESTONES = '''def my_weights(epoch, epochs):
 @pytest.mark.slow
 def test_grades_right_and_wrong_gkd_and_schedule(tmp_path):
     subs = tmp_path / "gkd"
-    _write(subs, "right", _submission("exercise2_gkd_loss"))
+    _write(subs, "right", _submission("exercise2_gkd_loss", before_answer=["%matplotlib widget\n!echo a shell command"]))
     _write(subs, "no_t2", _submission("exercise2_gkd_loss", GKD_NO_T2))
     grade("exercise2_gkd_loss", subs, out=tmp_path / "gkd.csv", timeout=TIMEOUT, jobs=2)
     rows = _rows(tmp_path / "gkd.csv")

@@ -70,8 +70,14 @@ def _error_text(exc: BaseException) -> str:
 def _shell():
     from IPython.core.interactiveshell import InteractiveShell
 
-    shell = InteractiveShell.instance(colors="nocolor")
+    class GradingShell(InteractiveShell):
+        def enable_gui(self, gui=None):  # no event loop here: plots are drawn off screen and not graded
+            pass
+
+    shell = GradingShell.instance(colors="nocolor")
     shell.ask_exit = lambda: setattr(shell, "exit_now", True)  # exit() / quit() in a cell
+    # %matplotlib inline / widget / qt choose how plots show; plots are not graded, so keep Agg
+    shell.register_magic_function(lambda line="": None, "line", "matplotlib")
     return shell
 
 
