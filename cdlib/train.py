@@ -40,6 +40,7 @@ from . import distributed, parts as parts_mod, resume
 from . import terms as term_table
 from .distributed import Placement, is_main_process
 from .errors import ConfigError, TrainingDiverged
+from .estimate import clock, resume_message, run_eta
 from .health import LossWatch
 from .interrupt import DeferredInterrupt
 from .parts import load_data, warn_if_useless_teacher as _warn_if_useless_teacher, weights_for
@@ -110,6 +111,9 @@ class _Training:
         self.start_epoch, self.start_step, self.partial_sums = 1, 0, None
         self.teacher_metrics: Optional[Dict[str, float]] = None
         self.last_saved: Optional[str] = None
+        # Wall time of each epoch this process trained (evaluation and saving included), for the run's ETA.
+        self.epoch_walls: List[float] = []
+        self._epoch_began: Optional[float] = None
         self.resume_rng: Optional[dict] = None
         if saved is not None:
             resume.restore(parts, saved, self.checkpoint_path)
@@ -118,6 +122,8 @@ class _Training:
             self.teacher_metrics = saved.get("teacher_metrics")
             self.resume_rng = saved["rng"]
             self.last_saved = resume.position(saved["epoch"], saved["step"])
+            if place.is_main:
+                print(resume_message(saved["epoch"], saved["step"], parts.steps_per_epoch, cfg.epochs), flush=True)
         if parts.teacher is not None and self.teacher_metrics is None:
             self.teacher_metrics = evaluate(parts.teacher, parts.test_loader, place.device, parts.autocast_dtype,
                                             place.world_size, parts.channels_last)
@@ -149,6 +155,9 @@ class _Training:
         self.parts.distiller.train()
         bar = self._progress_bar(epoch, first_step)
         started = time.perf_counter()
+        if self._epoch_began is not None:
+            self.epoch_walls.append(started - self._epoch_began)
+        self._epoch_began = started if first_step == 0 else None  # a resumed epoch's rest is no epoch's time
         step = first_step
         try:
             for step_index, images, labels in self._batches(epoch, first_step):
@@ -163,7 +172,7 @@ class _Training:
                 if step % _LOG_EVERY == 0 or step == self.parts.steps_per_epoch:
                     self.watch.check(epoch, interrupt, self._last_checkpoint())
                     if bar is not None:
-                        bar.set_postfix(loss=f"{sums[:-3].sum().item() / max(sums[-1].item(), 1):.3f}")
+                        bar.set_postfix_str(self._postfix(sums, epoch, first_step, step, time.perf_counter() - started))
                 if on_step is not None:
                     on_step(epoch, step)
                 if self.place.world_size == 1:
@@ -224,6 +233,15 @@ class _Training:
         return tqdm(total=self.parts.steps_per_epoch * per_step, initial=first_step * per_step,
                     desc=f"epoch {epoch}/{self.cfg.epochs}", unit="img", unit_scale=True, leave=False,
                     dynamic_ncols=True, mininterval=1.0)
+
+    def _postfix(self, sums: torch.Tensor, epoch: int, first_step: int, step: int, elapsed: float) -> str:
+        """The bar's tail: the epoch's mean loss and the time left for the whole run."""
+        steps = self.parts.steps_per_epoch
+        # Epochs timed before a resume come from the metrics (their training loops only).
+        finished = self.epoch_walls or [row["epoch_seconds"] for row in self.metrics]
+        eta = run_eta(self.cfg.epochs - epoch + 1 - step / steps, finished, elapsed, (step - first_step) / steps)
+        loss = f"loss {sums[:-3].sum().item() / max(sums[-1].item(), 1):.3f}"
+        return loss if eta is None else f"{loss}, run ETA {clock(eta)}"
 
     def stop_between_epochs(self, epoch: int) -> None:
         """Ctrl-C during setup or an evaluation: nothing has changed since the last save, so just stop."""

@@ -166,3 +166,52 @@ def test_colab_recipe_fits_a_t4_and_keeps_the_papers_training():
     e = estimate.recipe_time(colab, "T4", "student,kd,gkd,cd,cd+gkd,cd+gkd+edt,at,fitnets")
     assert e["teacher"]["trained"] and e["teacher"]["seconds"] <= 30 * 60
     assert max(s["seconds"] for s in e["students"]) <= 20 * 60
+
+
+# ------------------------------------------------------------------ a run in progress
+
+
+def test_run_eta_arithmetic():
+    # 3 epochs finished in 10, 12 and 14 s; 2.25 epochs to go -> 12 s x 2.25
+    assert estimate.run_eta(2.25, [10.0, 12.0, 14.0], elapsed=99.0, fraction_timed=0.5) == pytest.approx(27.0)
+    # none finished yet: 30 s for the first 0.25 of an epoch -> 120 s an epoch, 9.75 epochs left
+    assert estimate.run_eta(9.75, [], elapsed=30.0, fraction_timed=0.25) == pytest.approx(1170.0)
+    assert estimate.run_eta(5.0, [], elapsed=0.0, fraction_timed=0.0) is None
+    assert estimate.run_eta(-0.0001, [8.0]) == 0.0
+
+
+@pytest.mark.parametrize("seconds, text", [(0, "00:00"), (754.4, "12:34"), (3723, "1:02:03"), (100_000, "27:46:40")])
+def test_clock(seconds, text):
+    assert estimate.clock(seconds) == text
+
+
+@pytest.mark.parametrize("epoch, step, text", [
+    (7, 120, "resuming at epoch 7 step 120 of 200 epochs: 6.3 epochs were already trained."),
+    (7, 0, "resuming at the start of epoch 7 of 200: 6 epochs were already trained."),
+    (2, 0, "resuming at the start of epoch 2 of 200: 1 epoch was already trained."),
+    (201, 0, "resuming a finished run: all 200 epochs were already trained."),
+])
+def test_resume_message(epoch, step, text):
+    assert estimate.resume_message(epoch, step, 390, 200) == text
+
+
+class _StopAt:
+    def __init__(self, epoch, step):
+        self.at = (epoch, step)
+
+    def __call__(self, epoch, step):
+        if (epoch, step) == self.at:
+            raise KeyboardInterrupt
+
+
+def test_a_run_shows_its_eta_and_a_resumed_run_what_was_saved(tmp_path, capsys):
+    from cdlib import train
+
+    cfg = recipes.get("demo", **{**TINY, "epochs": 2, "lr_milestones": ()}, batch_size=20, max_steps_per_epoch=10,
+                      run_dir=str(tmp_path / "run"), method="student", device="cpu", progress=True)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(cfg, on_step=_StopAt(2, 3))
+    first = capsys.readouterr()
+    assert "run ETA " in first.err  # the bar's postfix, at the epoch's last step (the 20-step log point)
+    train.fit(cfg.replace(resume=True))
+    assert "resuming at epoch 2 step 3 of 2 epochs: 1.3 epochs were already trained." in capsys.readouterr().out
