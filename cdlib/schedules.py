@@ -188,4 +188,7 @@ def get(name: str, epochs: int | None = None, **overrides) -> Schedule:
     try:
         return factory(**overrides) if epochs is None else factory(epochs=epochs, **overrides)
     except TypeError as exc:
-        raise ConfigError(f"schedule {name!r} does not accept {sorted(overrides)}: {exc}") from None
+        raise ConfigError(
+            f"schedule {name!r} does not accept {sorted(overrides)} ({exc}); override only its weights, "
+            "e.g. cd0=, ce= or gkd=."
+        ) from None
