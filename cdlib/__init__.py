@@ -1,10 +1,13 @@
 """cdlib: Channel Distillation (Zhou et al. 2020) — CD, GKD and EDT — and its baselines.
 
-Modules: ``losses`` (pure loss functions), ``connectors``, ``schedules`` (EDT),
-``models`` (by name), ``data`` (by name).
+Modules: ``losses`` (pure loss functions), ``terms`` (the table of loss terms),
+``connectors``, ``schedules`` (EDT), ``models`` (by name), ``data`` (by name),
+``recipes`` (run configurations), ``train`` (fit / run; built from ``parts``,
+``step``, ``resume``, ``runfolder``, ``health``, ``distributed``, ``interrupt``).
+Every error caused by input is a :class:`CDLibError` with one sentence.
 """
 
 __version__ = "0.1.0"
 
-from . import connectors, data, losses, models, schedules  # noqa: E402,F401
-from .errors import CDLibError, CheckpointError, ConfigError, DataError  # noqa: E402,F401
+from . import connectors, data, losses, models, schedules, terms  # noqa: E402,F401
+from .errors import CDLibError, CheckpointError, ConfigError, DataError, TrainingDiverged  # noqa: E402,F401

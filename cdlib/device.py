@@ -90,8 +90,8 @@ def describe(preference: str = "auto", warn_without_gpu: bool = True) -> torch.d
     """
     device = pick_device(preference)
     if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        print(f"Using GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB, torch {torch.__version__}")
+        memory = torch.cuda.get_device_properties(device).total_memory
+        print(f"Using GPU: {name(device)}, {memory / 2**30:.0f} GiB, torch {torch.__version__}")
     elif device.type == "mps":
         print(f"Using Apple MPS, torch {torch.__version__}")
     else:
