@@ -125,11 +125,23 @@ def _load_json(path: Path) -> Optional[dict]:
     return json.loads(path.read_text(encoding="utf8")) if path.is_file() else None
 
 
+def _read_results(job: Path) -> tuple:
+    """(outcomes file, public check) as the runner wrote them; the student's process could have
+    written them too, so they are loaded as data only (weights_only) and their shape is checked."""
+    import torch
+
+    saved = torch.load(job / "outcomes.pt", weights_only=True)
+    public = _load_json(job / "public.json") or {"status": "none", "message": ""}
+    if not (isinstance(saved, dict) and isinstance(saved.get("outcomes"), list)
+            and isinstance(saved.get("forbidden_calls"), list) and all(isinstance(o, dict) for o in saved["outcomes"])
+            and isinstance(public.get("message"), str)):
+        raise ValueError("unexpected contents")
+    return saved, public
+
+
 def grade_submission(assignment: Assignment, path: Path, timeout: float = 60.0,
                      cases: Optional[List[dict]] = None) -> SubmissionGrade:
     """Grade one notebook: run it in its own process and folder, then judge its function."""
-    import torch
-
     start = time.perf_counter()
     name, fn = Path(path).stem, assignment.function
     cases = assignment.make_cases() if cases is None else cases
@@ -162,8 +174,11 @@ def grade_submission(assignment: Assignment, path: Path, timeout: float = 60.0,
             if run.log_tail:
                 notes.append("the notebook's last output:\n" + run.log_tail)
             return done(assignment.zero(_stopped_diagnosis(assignment, run, status, timeout)), notes=notes)
-        saved = torch.load(outcomes_file, weights_only=True)  # written by the student's process: data only
-        public = _load_json(job / "public.json") or {"status": "none", "message": ""}
+        try:
+            saved, public = _read_results(job)
+        except Exception as exc:  # noqa: BLE001 - whatever the student's process left there
+            return done(assignment.zero(f"the grader could not read what the notebook's process left "
+                                        f"({type(exc).__name__}): did the notebook change the grader's files?"))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     if run.timed_out:
