@@ -306,6 +306,7 @@ def test_static_check_resolves_aliases_and_helpers():
         == ["cdlib.losses.channel_attention"]
     assert uses("from cdlib.losses import cd_loss as ref\nf = ref", "def helper(s, t):\n    return f(s, t)",
                 "def my_cd_loss(s, t):\n    return helper(s, t)") == ["cdlib.losses.cd_loss"]
+    assert uses("from cdlib.losses import *", "def my_cd_loss(s, t):\n    return cd_loss(s, t)") == ["cdlib.losses.cd_loss"]
     assert uses("%matplotlib inline\nfrom cdlib import losses",
                 "def my_cd_loss(s, t):\n    d = {}\n    return d.get('x', 0)",
                 "print(losses.cd_loss)") == []  # cdlib used outside the answer is fine

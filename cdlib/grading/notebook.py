@@ -121,7 +121,12 @@ def _aliases(trees: Sequence[ast.Module]) -> Dict[str, str]:
                         aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else "cdlib"
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "cdlib":
                 for a in node.names:
-                    aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+                    if a.name == "*":  # from cdlib.losses import *: every public name of the module
+                        module = _lookup(node.module)
+                        names = getattr(module, "__all__", None) or [n for n in dir(module) if not n.startswith("_")]
+                        aliases.update({n: f"{node.module}.{n}" for n in names})
+                    else:
+                        aliases[a.asname or a.name] = f"{node.module}.{a.name}"
     for tree in trees:  # x = L.cd_loss (after the imports are known)
         for node in ast.walk(tree):
             if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
