@@ -156,6 +156,11 @@ def main(argv=None) -> int:
         return 0
 
     started, started_at, load_before = time.perf_counter(), datetime.datetime.now().astimezone(), _load()
+    # An interrupted study is continued by running the command again: its wall time counts from the first start.
+    first = work / "first_start.json"
+    if not first.exists():
+        first.write_text(json.dumps({"date": started_at.isoformat(timespec="seconds"), "load": load_before}))
+    first_start = json.loads(first.read_text())
     if args.jobs > 1:
         # Seeds split over processes; each writes its own run folders, then the study below reuses them all.
         groups = [seed_list[i :: args.jobs] for i in range(args.jobs)]
@@ -190,9 +195,12 @@ def main(argv=None) -> int:
         "cpu_count": os.cpu_count(),
         "torch_threads_per_process": torch.get_num_threads(),
         "jobs": args.jobs,
-        "date": started_at.isoformat(timespec="seconds"),
-        "wall_seconds": round(wall, 1),
-        "load_average_before": load_before,
+        "date": first_start["date"],
+        "wall_seconds": round((datetime.datetime.now().astimezone()
+                               - datetime.datetime.fromisoformat(first_start["date"])).total_seconds(), 1),
+        "wall_seconds_last_invocation": round(wall, 1),
+        "run_wall_seconds_total": round(sum(r["wall_seconds"] for r in run_times), 1),
+        "load_average_before": first_start["load"],
         "load_average_after": _load(),
         "runs": run_times,
     }

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
-from . import stats
+from . import stats, terms
 from .errors import ConfigError
 from .recipes import RunConfig, parse_method, validate
 
@@ -271,7 +271,7 @@ def run(cfg: RunConfig, seeds: Union[str, Sequence[int]] = (0, 1, 2, 3, 4), base
     validate(cfg)
     variants = _variants(cfg, methods)
     own_teacher = not (cfg.teacher_checkpoint or cfg.teacher_pretrained)
-    needs_teacher = any(train._uses_teacher(parse_method(str(v["method"]))) for v in variants.values())
+    needs_teacher = any(terms.needs_teacher(parse_method(str(v["method"]))) for v in variants.values())
     labels = ([TEACHER] if own_teacher and needs_teacher else []) + list(variants)
     if baseline not in labels:
         raise ConfigError(f"baseline {baseline!r} is not among the methods compared ({', '.join(labels)}); "
