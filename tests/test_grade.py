@@ -283,6 +283,13 @@ def test_scores_common_loss_mistakes():
                                                              "value_mixed_sizes": 0, "gradient": 0}
     assert _score_in_process(GKD, nan_when_none_kept)[0]["all_wrong"] == 0
 
+    def exits(s, t, y, temperature=1.0):
+        raise SystemExit(1)
+
+    cases = GKD.make_cases()
+    outcome = runner.call_case(exits, grader_module._public_fields(cases[0]), runner.CallWatch(()))
+    assert "calls sys.exit(1)" in outcome["error"]
+
 
 def test_the_watch_sees_cdlib_however_it_is_reached():
     table = {"cd": losses.cd_loss}

@@ -227,6 +227,8 @@ def call_case(fn, case, watch: CallWatch) -> dict:
             value = fn(*args, **kwargs)
     except NotImplementedError as exc:
         return {"id": case["id"], "error": _error_text(exc), "not_implemented": True}
+    except SystemExit as exc:  # the function itself calls sys.exit: a wrong answer, not the end of grading
+        return {"id": case["id"], "error": f"SystemExit (it calls sys.exit({exc.code!r}))"}
     except Exception as exc:  # noqa: BLE001 - every error is part of the grade
         return {"id": case["id"], "error": _error_text(exc)}
     out = describe_result(value, grad_inputs)
