@@ -173,7 +173,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 
     cfg = _config_from_args(args)
     for gpu in [g.strip() for g in args.gpu.split(",") if g.strip()] or ["T4"]:
-        print(estimate.format_estimate(estimate.recipe_time(cfg, gpu.upper()), args.recipe))
+        print(estimate.format_estimate(estimate.recipe_time(cfg, gpu), args.recipe))
     return 0
 
 

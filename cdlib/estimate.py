@@ -194,6 +194,7 @@ def recipe_time(cfg: Union[RunConfig, str], gpu: str = "T4", methods: Union[str,
     if not (isinstance(utilisation, (int, float)) and 0 < utilisation <= 1):
         raise ConfigError(f"utilisation is a share of peak in (0, 1], e.g. 0.15, got {utilisation!r}.")
     methods = _methods(cfg, methods)
+    gpu = gpu.upper() if isinstance(gpu, str) else gpu  # "t4" is the T4
     key, precision, peak = _precision(gpu, cfg.amp)
     flops_per_second = peak * 1e12 * utilisation
     train_images, test_images, image_size, classes = _data_facts(cfg)

@@ -94,6 +94,7 @@ def test_gpus_precision_and_capped_epochs():
     cfg = recipes.get("demo", **TINY)
     t4, h100 = estimate.recipe_time(cfg, "T4"), estimate.recipe_time(cfg, "H100")
     assert (t4["precision"], h100["precision"]) == ("fp16", "bf16")
+    assert estimate.recipe_time(cfg, "h100")["total_seconds"] == h100["total_seconds"]
     assert t4["total_seconds"] / h100["total_seconds"] == pytest.approx(989.4 / 65.0)
     # amp off: TF32 convolutions on the H100, plain fp32 on the T4
     assert estimate.recipe_time(cfg.replace(amp="off"), "H100")["precision"] == "tf32"
