@@ -167,8 +167,8 @@ def grade_submission(assignment: Assignment, path: Path, timeout: float = 60.0,
         _write_job(job, assignment, selected, cases)
         run = run_in_sandbox(job, work, timeout)
         status = _load_json(job / "status.json")
-        notes = [f"ran cells {', '.join(str(c.index + 1) for c in selected)} (counting every cell from 1) "
-                 f"in {run.seconds:.1f} s"]
+        notes = [f"cells run: {', '.join(str(c.index + 1) for c in selected)} (counting every cell from 1); "
+                 f"the notebook ran for {run.seconds:.1f} s"]
         outcomes_file = job / "outcomes.pt"
         if not outcomes_file.is_file():
             if run.log_tail:

@@ -29,8 +29,9 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from .sandbox import READY
 
-READY = "ready"  # the stage the grader's clock starts at
+
 PRELOAD = ("torch", "matplotlib.pyplot", "cdlib", "cdlib.checks", "cdlib.data", "cdlib.models", "cdlib.recipes",
            "cdlib.connectors", "cdlib.device", "cdlib.schedules", "cdlib.train", "cdlib.analysis")
 
