@@ -31,4 +31,10 @@ echo
 echo "== done =="
 echo "notebooks executed in $((t_exec - t_start)) s, book built in $((t_build - t_exec)) s, total $((t_build - t_start)) s"
 echo "HTML size: $(du -sh _build/html | cut -f1)"
+# book/_ext/offline_mathjax.py copies MathJax into the book when django-static-mathjax is installed.
+if [[ -f _build/html/_static/mathjax/tex-chtml-full.js ]]; then
+    echo "formulas: MathJax served from _build/html/_static/mathjax/ (they render offline)"
+else
+    echo "note: formulas load MathJax from a CDN and need internet (django-static-mathjax is not installed)"
+fi
 echo "open: $REPO_ROOT/_build/html/index.html"
