@@ -371,6 +371,8 @@ def test_cli_grade_writes_the_csv_and_reports_bad_input(tmp_path, capsys):
     rows = _rows(tmp_path / "out" / "g.csv")
     assert list(rows["s1"]) == ["answers", "starts_at_6", "decays", "labels_on"]
     assert (tmp_path / "out" / "feedback" / "s1.md").is_file()
+    assert (tmp_path / "out" / "g_totals.csv").read_text(encoding="utf8").splitlines() == [
+        "submission,points,max_points", "s1,0,10"]
     assert "1 notebook graded in" in capsys.readouterr().out
     assert main(["grade", "exercise3_edt_schedule", str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.count("\n") == 1  # one sentence, no traceback

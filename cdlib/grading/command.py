@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .grader import grade
+    from .grader import grade, totals_path
 
     start = time.perf_counter()
     grades = grade(args.assignment, args.submissions, out=args.out, timeout=args.timeout,
@@ -43,5 +43,6 @@ def run(args: argparse.Namespace) -> int:
         lost = next((v.diagnosis for v in g.verdicts if v.points < v.max_points), "")
         print(f"{g.submission:<{width}}  {g.points:>5g} / {g.max_points:g}  {lost[:100]}")
     feedback = args.feedback_dir or args.out.parent / "feedback"
-    print(f"{len(grades)} notebook{'s' if len(grades) != 1 else ''} graded in {time.perf_counter() - start:.0f} s: {args.out}, feedback in {feedback}/")
+    print(f"{len(grades)} notebook{'s' if len(grades) != 1 else ''} graded in {time.perf_counter() - start:.0f} s: "
+          f"{args.out} (totals: {totals_path(args.out)}), feedback in {feedback}/")
     return 0

@@ -212,8 +212,9 @@ def grade(assignment: str, submissions: Path, out: Path = Path("grades.csv"), ti
           jobs: int = 1) -> List[SubmissionGrade]:
     """Grade every ``*.ipynb`` in ``submissions`` (file stem = student id) for ``assignment``.
 
-    Writes ``out`` (one row per submission and question) and one markdown feedback
-    file per submission into ``feedback_dir`` (default: ``feedback/`` beside ``out``).
+    Writes ``out`` (one row per submission and question), ``<out>_totals.csv`` (one row per
+    submission) and one markdown feedback file per submission into ``feedback_dir``
+    (default: ``feedback/`` beside ``out``).
     """
     require_runner_packages()
     task = get_assignment(assignment, instructor_notebook)
@@ -234,7 +235,13 @@ def grade(assignment: str, submissions: Path, out: Path = Path("grades.csv"), ti
     return grades
 
 
+def totals_path(out: Path) -> Path:
+    """Where the one-row-per-student totals go: ``grades_totals.csv`` beside ``grades.csv``."""
+    return out.with_name(f"{out.stem}_totals.csv")
+
+
 def write_csv(grades: Sequence[SubmissionGrade], out: Path) -> None:
+    """``out``: a row per submission and question; and a row per submission in :func:`totals_path`."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="", encoding="utf8") as f:
         writer = csv.writer(f)
@@ -242,6 +249,11 @@ def write_csv(grades: Sequence[SubmissionGrade], out: Path) -> None:
         for g in grades:
             for v in g.verdicts:
                 writer.writerow([g.submission, v.question, f"{v.points:g}", f"{v.max_points:g}", v.diagnosis])
+    with open(totals_path(out), "w", newline="", encoding="utf8") as f:
+        writer = csv.writer(f)
+        writer.writerow(("submission", "points", "max_points"))
+        for g in grades:
+            writer.writerow([g.submission, f"{g.points:g}", f"{g.max_points:g}"])
 
 
 def write_feedback(task: Assignment, grades: Sequence[SubmissionGrade], folder: Path) -> None:
