@@ -389,15 +389,53 @@ def test_sidebar_links_every_chapter(dom):
 
 
 # ----------------------------------------------------------------------------- formulas, warnings, NaN
+def _offline_mathjax_extension():
+    """book/_ext/offline_mathjax.py as a module, or None without Sphinx (no book extras)."""
+    spec = importlib.util.spec_from_file_location("offline_mathjax", REPO / "book" / "_ext" / "offline_mathjax.py")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError:
+        return None
+    return module
+
+
 def _local_mathjax_installed() -> bool:
     """Is the MathJax package that book/_ext/offline_mathjax.py copies into the book installed?"""
-    spec = importlib.util.spec_from_file_location("offline_mathjax", REPO / "book" / "_ext" / "offline_mathjax.py")
-    try:
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    except ImportError:  # Sphinx missing: the book extras are not installed
-        return False
-    return module.mathjax_es5_dir() is not None
+    ext = _offline_mathjax_extension()
+    return ext is not None and ext.mathjax_es5_dir() is not None
+
+
+def test_offline_mathjax_extension_chooses_local_copy_or_cdn(monkeypatch, tmp_path, caplog):
+    """The build-side half, without a browser: which MathJax the pages name, and what is copied."""
+    ext = _offline_mathjax_extension()
+    if ext is None:
+        pytest.skip("Sphinx is not installed (pip install -e '.[book]')")
+    from types import SimpleNamespace
+
+    def configured(es5, mathjax_path=ext.MATHJAX_URL):
+        monkeypatch.setattr(ext, "mathjax_es5_dir", lambda: es5)
+        app, config = SimpleNamespace(), SimpleNamespace(mathjax_path=mathjax_path)
+        ext._use_local_copy(app, config)
+        return app, config
+
+    with caplog.at_level("INFO"):
+        app, config = configured(None)
+    assert config.mathjax_path == ext.MATHJAX_URL and not hasattr(app, "offline_mathjax_source")
+    assert "django-static-mathjax is not installed" in caplog.text, "no note says why the CDN is used"
+    assert configured(tmp_path, "https://example.org/m.js")[1].mathjax_path == "https://example.org/m.js"
+
+    es5 = tmp_path / "es5"
+    (es5 / ext.FONTS).mkdir(parents=True)
+    (es5 / ext.BUNDLE).write_text("bundle")
+    (es5 / ext.FONTS / "MathJax_Main-Regular.woff").write_bytes(b"font")
+    (es5 / "tex-svg.js").write_text("another bundle, not needed")
+    app, config = configured(es5)
+    assert config.mathjax_path == f"mathjax/{ext.BUNDLE}"
+    app.outdir, app.builder = str(tmp_path / "html"), SimpleNamespace(format="html")
+    ext._copy_files(app, None)
+    copied = sorted(p.relative_to(tmp_path / "html").as_posix() for p in (tmp_path / "html").rglob("*") if p.is_file())
+    assert copied == sorted([f"_static/mathjax/{ext.BUNDLE}", f"_static/mathjax/{ext.FONTS.as_posix()}/MathJax_Main-Regular.woff"])
 
 
 def _around(text: str, match: re.Match, width: int = 60) -> str:
