@@ -68,11 +68,6 @@ RAW_TEX = re.compile(
 # Tables whose subject IS a NaN result (named by one of their header cells): the reference
 # code's GKD on a batch where the teacher is always wrong, and the model after that step.
 DELIBERATE_NAN = {"notebooks/02_gkd_vs_kd": {"NaN gradients", "after one SGD step"}}
-# Known NaN cells not fixed yet: the page and why (xfail, not strict, so a fix shows as XPASS).
-NAN_NOT_FIXED_YET = {
-    "notebooks/05_speed": "the results table shows NaN where peak memory was not measured (CPU runs); "
-    "cdlib.bench's table should show a dash",
-}
 
 
 # ----------------------------------------------------------------------------- the TOC
@@ -479,13 +474,7 @@ def test_page_shows_no_warning_or_traceback(dom, entry):
     assert not found, f"{entry}.html shows Python warning or traceback text: {found[:5]}"
 
 
-@pytest.mark.parametrize(
-    "entry",
-    [
-        pytest.param(e, marks=pytest.mark.xfail(reason=NAN_NOT_FIXED_YET[e], strict=False)) if e in NAN_NOT_FIXED_YET else e
-        for e in NOTEBOOK_PAGES
-    ],
-)
+@pytest.mark.parametrize("entry", NOTEBOOK_PAGES)
 def test_output_tables_show_no_nan(dom, entry):
     """A missing value is an empty cell or a dash, never pandas' NaN (except where NaN is the result shown)."""
     deliberate = DELIBERATE_NAN.get(entry, set())
