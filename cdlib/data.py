@@ -25,6 +25,7 @@ their loader can keep them on the GPU and augment whole batches there
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import io
 import math
@@ -47,6 +48,7 @@ __all__ = [
     "DeviceLoader",
     "augment_batch",
     "crop_batch",
+    "fingerprint",
     "load",
     "options",
     "names",
@@ -706,3 +708,25 @@ def load(
     if name == "imagenet":
         return _load_imagenet(root, image_size)
     return _LOADERS[name](image_size, **options_)
+
+
+def fingerprint(bundle: DataBundle) -> str:
+    """A SHA-256 (hex) of what a model trained on ``bundle`` saw and is tested on.
+
+    In-memory sets hash their uint8 images and labels (train and test), so a
+    changed split, clutter or resize changes it; folder sets (ImageNet) hash
+    their file paths, relative to the split folder, and labels (reading every
+    image would take as long as an epoch).
+    """
+    digest = hashlib.sha256(f"{bundle.name}|{bundle.num_classes}|{bundle.image_size}".encode())
+    for split in (bundle.train, bundle.test):
+        if isinstance(split, TensorImageSet):
+            digest.update(split.images.contiguous().numpy().tobytes())
+            digest.update(split.labels.numpy().astype(np.int64).tobytes())
+        elif hasattr(split, "samples"):
+            root = Path(getattr(split, "root", "."))
+            for path, label in split.samples:
+                digest.update(f"{Path(path).relative_to(root) if Path(path).is_relative_to(root) else path}|{label}\n".encode())
+        else:
+            digest.update(f"{type(split).__name__}|{len(split)}".encode())
+    return digest.hexdigest()

@@ -241,12 +241,17 @@ def _finished(cfg: RunConfig) -> bool:
     return bool(train.read_metrics(folder))
 
 
-def _train_or_reuse(cfg: RunConfig) -> dict:
-    """Train ``cfg`` (resuming an interrupted attempt) unless it is finished; its per-seed row."""
-    from . import train
+def _train_or_reuse(cfg: RunConfig, teacher: bool = False) -> dict:
+    """Train ``cfg`` (resuming an interrupted attempt) unless it is finished; its per-seed row.
+    A ``teacher`` records its accuracy, data and file when trained, and is checked against them when reused."""
+    from . import teacher_check, train
 
     if not _finished(cfg):
         train.fit(cfg.replace(resume=True))
+        if teacher and train.is_main_process():
+            teacher_check.record(cfg.run_dir, cfg)
+    elif teacher and train.is_main_process():
+        teacher_check.verify(cfg.run_dir, cfg)
     metrics = train.read_metrics(cfg.run_dir)
     return {"top1": metrics[-1]["test_top1"], "top1_best": max(m["test_top1"] for m in metrics),
             "top5": metrics[-1]["test_top5"], "train_seconds": sum(m["epoch_seconds"] for m in metrics)}
@@ -282,7 +287,7 @@ def run(cfg: RunConfig, seeds: Union[str, Sequence[int]] = (0, 1, 2, 3, 4), base
         seeded = cfg.replace(seed=seed)
         if own_teacher and needs_teacher:
             teacher_cfg = seeded.replace(student=cfg.teacher, method="student", run_dir=str(folder / TEACHER / f"seed{seed}"))
-            rows.append({"method": TEACHER, "seed": seed, **_train_or_reuse(teacher_cfg)})
+            rows.append({"method": TEACHER, "seed": seed, **_train_or_reuse(teacher_cfg, teacher=True)})
             if on_run:
                 on_run(TEACHER, seed, rows[-1])
             seeded = seeded.replace(teacher_checkpoint=str(Path(teacher_cfg.run_dir) / train.MODEL_FILE))

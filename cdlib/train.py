@@ -354,12 +354,18 @@ def ensure_teacher(cfg: RunConfig) -> RunConfig:
     folder = teacher_dir(cfg.run_dir)
     # The teacher folder belongs to this run folder, so an unfinished one is resumed, never overwritten.
     teacher_cfg = cfg.replace(student=cfg.teacher, method="student", run_dir=str(folder), resume=True)
+    from . import teacher_check
+
     if (folder / MODEL_FILE).exists():
         check_reusable_teacher(folder, teacher_cfg)
+        if is_main_process():
+            teacher_check.verify(folder, teacher_cfg)  # warns if its file, data or accuracy changed
     else:
         if is_main_process():
             print(f"no teacher checkpoint given: training the teacher {cfg.teacher} first into {folder}", flush=True)
         fit(teacher_cfg)
+        if is_main_process():
+            teacher_check.record(folder, teacher_cfg)
     return cfg.replace(teacher_checkpoint=str(folder / MODEL_FILE))
 
 

@@ -207,6 +207,18 @@ def imagenet_root(tmp_path):
     return tmp_path
 
 
+def test_imagenet_fingerprint_follows_the_file_list_not_the_location(imagenet_root, tmp_path_factory):
+    import shutil
+
+    first = data.fingerprint(data.load("imagenet", root=imagenet_root, image_size=32))
+    assert first == data.fingerprint(data.load("imagenet", root=imagenet_root, image_size=32))
+    moved = tmp_path_factory.mktemp("moved") / "imagenet"
+    shutil.copytree(imagenet_root, moved)
+    assert data.fingerprint(data.load("imagenet", root=moved, image_size=32)) == first  # paths relative to the split
+    shutil.copy(moved / "val" / CLASSES[0] / f"{CLASSES[0]}_0.png", moved / "val" / CLASSES[1] / "extra.png")
+    assert data.fingerprint(data.load("imagenet", root=moved, image_size=32)) != first
+
+
 def test_imagenet_folder_loads_and_batches(imagenet_root):
     bundle = data.load("imagenet", root=imagenet_root, image_size=32)
     assert bundle.num_classes == 3 and bundle.class_names == list(CLASSES)
