@@ -48,7 +48,8 @@ msn = _load_script()
 INSTRUCTOR = msn.instructor_notebooks(REPO)
 STUDENT = [msn.student_path(p, REPO) for p in INSTRUCTOR]
 CHECK_FOR = {"exercise1_cd_loss": "check_cd_loss", "exercise2_gkd_loss": "check_gkd_loss",
-             "exercise3_edt_schedule": "check_schedule"}
+             "exercise3_edt_schedule": "check_schedule", "exercise4_kd_loss": "check_kd_loss",
+             "exercise5_connector": "check_channel_attention"}
 
 
 def _rel(p: Path) -> str:
