@@ -23,7 +23,7 @@ from cdlib.grading import grade, get_assignment
 from cdlib.grading import grader as grader_module
 from cdlib.grading import notebook, runner
 from cdlib.grading.assignments import Assignment
-from cdlib.grading.loss_exercises import CD, GKD, reference_cd, reference_gkd
+from cdlib.grading.loss_exercises import CD, GKD, KD, reference_cd, reference_gkd, reference_kd
 from cdlib.grading.schedule_exercise import SCHEDULE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -213,13 +213,16 @@ def test_grades_right_and_wrong_gkd_and_schedule(tmp_path):
 # ============================================================================ in-process pieces
 
 
-@pytest.mark.parametrize("assignment", [CD, GKD])
+@pytest.mark.parametrize("assignment", [CD, GKD, KD])
 def test_references_agree_with_cdlib(assignment):
     """The grader's own formulas and cdlib.losses give the same values on every hidden case."""
     for case in assignment.make_cases():
         if assignment is CD:
             lib = losses.cd_loss(*case["args"])
             mine = reference_cd(*case["args"])
+        elif assignment is KD:
+            lib = losses.kd_loss(*case["args"])
+            mine = reference_kd(*case["args"])
         else:
             lib = losses.gkd_loss(*case["args"], **case["kwargs"])
             mine = reference_gkd(*case["args"], **case["kwargs"])
@@ -234,6 +237,7 @@ def test_hidden_cases_differ_from_the_public_check():
     temperatures = {c["kwargs"].get("temperature", 1.0) for c in GKD.make_cases()}
     assert {2.5, 0.5} <= temperatures and 4.0 not in temperatures  # the public check uses 1 and 4
     assert {c["epochs"] for c in SCHEDULE.make_cases()} == {7, 45, 200}  # the notebook checks 30
+    assert not {c["args"][2] for c in KD.make_cases()} & {2.0, 2.5, 4.0}  # check_kd_loss's temperatures but 1
 
 
 def _score_in_process(assignment: Assignment, fn) -> tuple:
@@ -282,6 +286,14 @@ def test_scores_common_loss_mistakes():
     assert _score_in_process(CD, four_stages_assumed)[0] == {"output": 2, "value_same_size": 3,
                                                              "value_mixed_sizes": 0, "gradient": 0}
     assert _score_in_process(GKD, nan_when_none_kept)[0]["all_wrong"] == 0
+
+    def kd(s, t, T, factor=True):
+        log_q, log_p = (s.float() / T).log_softmax(1), (t.float() / T).log_softmax(1)
+        return (log_p.exp() * (log_p - log_q)).sum(1).mean() * (T ** 2 if factor else 1)
+
+    assert _score_in_process(KD, kd)[0] == {"value_t1": 2, "temperature": 3, "gradient": 3, "stability": 2}
+    assert _score_in_process(KD, lambda s, t, T: kd(s, t, T, factor=False))[0] == {
+        "value_t1": 2, "temperature": 0, "gradient": 0, "stability": 0}
 
     def exits(s, t, y, temperature=1.0):
         raise SystemExit(1)

@@ -16,11 +16,11 @@ from typing import Dict, List, Optional, Sequence
 from ..errors import CDLibError, ConfigError, DataError
 from . import notebook
 from .assignments import Assignment, Verdict, notebook_points
-from .loss_exercises import CD, GKD
+from .loss_exercises import CD, GKD, KD
 from .sandbox import RunResult, run_in_sandbox
 from .schedule_exercise import SCHEDULE
 
-ASSIGNMENTS: Dict[str, Assignment] = {a.name: a for a in (CD, GKD, SCHEDULE)}
+ASSIGNMENTS: Dict[str, Assignment] = {a.name: a for a in (CD, GKD, SCHEDULE, KD)}
 CSV_COLUMNS = ("submission", "question", "points", "max_points", "diagnosis")
 RUNNER_NEEDS = ("IPython", "torch")  # what the child process imports besides cdlib
 

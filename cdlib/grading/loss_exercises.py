@@ -1,9 +1,9 @@
-"""Hidden cases of exercises 1 (CD loss) and 2 (GKD loss), and the reference they are judged by.
+"""Hidden cases of exercises 1 (CD loss), 2 (GKD loss) and 4 (KD loss), and the reference they are judged by.
 
 The cases are not the public check's (cdlib.checks): other batch sizes, channel
 counts, stage counts (1 to 5), spatial sizes (non-square, student and teacher
-different), temperatures (0.5 and 2.5, where the check uses 1 and 4) and logit
-scales. The reference values and gradients are computed here, in float64, from
+different), temperatures (GKD 0.5 and 2.5 where its check uses 1 and 4; KD 0.5, 3
+and 7 where its check uses 1, 2, 2.5 and 4) and logit scales. The reference values and gradients are computed here, in float64, from
 the formulas of the paper as the notebooks state them — written out again, not
 taken from cdlib.losses (tests/test_grade.py checks that the two agree).
 """
@@ -198,4 +198,55 @@ GKD = Assignment(
     make_cases=gkd_cases,
     forbidden_modules=("cdlib.losses", "cdlib.checks"),
     public_check={"name": "check_gkd_loss"},
+)
+
+
+# ============================================================================ exercise 4: KD with a temperature
+
+
+def reference_kd(student: torch.Tensor, teacher: torch.Tensor, T: float) -> torch.Tensor:
+    """T^2 * mean over the batch of KL(softmax(t/T) || softmax(s/T)) (Hinton et al. 2015)."""
+    s = student.double() / T
+    t = teacher.double() / T
+    log_q = s - torch.logsumexp(s, dim=1, keepdim=True)
+    log_p = t - torch.logsumexp(t, dim=1, keepdim=True)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1).mean() * T * T
+
+
+def _kd_case(case_id: str, label: str, seed: int, n: int, c: int, T: float, scale: float = 2.0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    student = torch.randn(n, c, generator=g) * scale
+    teacher = torch.randn(n, c, generator=g) * scale * 1.5
+    s64 = student.double().requires_grad_(True)
+    want = reference_kd(s64, teacher, T)
+    (grad,) = torch.autograd.grad(want, s64)
+    return {"id": case_id, "label": label, "args": [student, teacher, T], "grad": [0],
+            "want": float(want.detach()), "want_grads": [grad.detach()]}
+
+
+def kd_cases() -> List[dict]:
+    return [
+        _kd_case("kd-1", "batch 6, 11 classes, T=1", 401, 6, 11, 1.0),
+        _kd_case("kd-2", "batch 21, 3 classes, T=3", 402, 21, 3, 3.0),
+        _kd_case("kd-3", "a batch of 1, 40 classes, T=7", 403, 1, 40, 7.0),
+        _kd_case("kd-4", "batch 5, 6 classes, T=0.5", 404, 5, 6, 0.5),
+        _kd_case("kd-5", "batch 8, 12 classes, logits of size about 200, T=1.5", 405, 8, 12, 1.5, scale=120.0),
+    ]
+
+
+KD = Assignment(
+    name="exercise4_kd_loss",
+    function="my_kd_loss",
+    signature="my_kd_loss(student_logits, teacher_logits, T)",
+    questions=(
+        Question("value_t1", 2, "the KD loss at T=1", ("kd-1",), _gkd_value),
+        Question("temperature", 3, "the KD loss at T = 3, 7 and 0.5 (softened distributions, the T^2 factor)",
+                 ("kd-2", "kd-3", "kd-4"), _gkd_value),
+        Question("gradient", 3, "the gradient with respect to the student's logits, at several temperatures",
+                 ("kd-1", "kd-2", "kd-4"), _gkd_grads),
+        Question("stability", 2, "accurate and finite for very large logits", ("kd-5",), _gkd_stable),
+    ),
+    make_cases=kd_cases,
+    forbidden_modules=("cdlib.losses", "cdlib.checks"),
+    public_check={"name": "check_kd_loss"},
 )
