@@ -35,6 +35,12 @@ HELP = {
     "kd_temperature": "temperature of the KD loss",
     "gkd_temperature": "temperature of the GKD loss",
     "teacher_bn_train": "leave the teacher's BatchNorm in train mode, as the reference code did (ablation)",
+    "keep_zero_weight_terms": "compute loss terms of weight 0 and multiply by 0, as the reference code did, so weight "
+                              "decay still acts on their parameters (ablation)",
+    "gkd_nan_on_all_wrong": "GKD is NaN on a batch the teacher gets all wrong, as the reference code's 0/0 (demonstration)",
+    "report_best_epoch": "report the best epoch's test accuracy, as the reference code did, instead of the last's",
+    "reference_compat": "every reference-code behaviour at once: --teacher-bn-train --keep-zero-weight-terms "
+                        "--gkd-nan-on-all-wrong --report-best-epoch (and reflect padding)",
     "epochs": "number of epochs (the LR milestones move with it unless --lr-milestones is given)",
     "batch_size": "batch size per process",
     "lr": "initial learning rate (SGD)",
@@ -109,6 +115,11 @@ def _add_recipe_options(parser: argparse.ArgumentParser, skip: tuple = ()) -> No
 
 
 def _config_from_args(args: argparse.Namespace) -> recipes.RunConfig:
+    return recipes.get(args.recipe, **_changes_from_args(args))
+
+
+def _changes_from_args(args: argparse.Namespace) -> dict:
+    """The RunConfig fields given on the command line (None: not given)."""
     changes = {}
     for f in dataclasses.fields(recipes.RunConfig):
         value = getattr(args, f.name, None)
@@ -119,7 +130,7 @@ def _config_from_args(args: argparse.Namespace) -> recipes.RunConfig:
         elif f.name == "data_options":
             value = _key_values(value, "--data-options")
         changes[f.name] = value
-    return recipes.get(args.recipe, **changes)
+    return changes
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -153,18 +164,67 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_config_of(checkpoint_path: Path) -> tuple:
+    """The config of the run that wrote ``checkpoint_path``: its run folder's config.json, else the
+    one a training checkpoint carries; (None, None) for a file outside a run folder."""
+    from . import checkpoint
+    from .runfolder import CONFIG_FILE
+
+    beside = checkpoint_path.parent / CONFIG_FILE
+    if beside.is_file():
+        try:
+            return json.loads(beside.read_text()), beside
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{beside} (the settings of the run that wrote {checkpoint_path}) cannot be read ({exc}); "
+                              "pass --recipe and the run's data options instead.") from None
+    saved = checkpoint.safe_load(checkpoint_path, "checkpoint") if checkpoint_path.is_file() else {}
+    if saved.get("format") == checkpoint.TRAINING_FORMAT and isinstance(saved.get("config"), dict):
+        return saved["config"], checkpoint_path
+    return None, None
+
+
+def _evaluation_config(args: argparse.Namespace) -> tuple:
+    """What to evaluate on: the run's own settings (data set, options, split seed, image size, batch size)
+    when the file comes from a run folder, with any option given on the command line on top; else the recipe's."""
+    changes = _changes_from_args(args)
+    saved, source = _run_config_of(Path(args.checkpoint))
+    if saved is None or args.recipe is not None:
+        return recipes.get(args.recipe or "cifar100", **changes), None
+    known = {f.name for f in dataclasses.fields(recipes.RunConfig)}
+    fields = {k: v for k, v in saved.items() if k in known}
+    if "lr_milestones" in fields:
+        fields["lr_milestones"] = tuple(fields["lr_milestones"])
+    # The run's own machinery does not matter here, and its teacher need not be found again.
+    fields.update(teacher_checkpoint=None, resume=False)
+    try:
+        base = recipes.RunConfig(**fields)
+        return base.replace(**changes), source
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"the settings in {source} do not make a valid configuration ({exc}); pass --recipe and "
+                          "the run's data options instead.") from None
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
     from . import checkpoint, data, train
     from .device import amp_dtype, pick_device
 
-    cfg = _config_from_args(args)
+    cfg, source = _evaluation_config(args)
     bundle = train.load_data(cfg)
     model = checkpoint.load_model(args.checkpoint, name=args.model, num_classes=bundle.num_classes)
     device = pick_device(cfg.device)
-    loader = data.make_loader(bundle.test, cfg.batch_size, train=False, device=device, num_workers=cfg.num_workers,
-                              on_device=cfg.data_on_device)
-    metrics = train.evaluate(model.to(device), loader, device, amp_dtype(device, cfg.amp))
-    print(json.dumps({"checkpoint": args.checkpoint, "data": cfg.data, **metrics}, indent=2))
+    # As the trainer evaluates (cdlib.parts, cdlib.step): same batch size, precision and memory format.
+    channels_last = cfg.channels_last and device.type == "cuda"
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loader = data.make_loader(bundle.test, max(cfg.batch_size, 256), train=False, device=device,
+                              num_workers=cfg.num_workers, seed=cfg.seed, on_device=cfg.data_on_device)
+    metrics = train.evaluate(model, loader, device, amp_dtype(device, cfg.amp), 1, channels_last)
+    report = {"checkpoint": args.checkpoint, "data": cfg.data, "data_options": cfg.data_options,
+              "settings_from": str(source) if source else f"recipe {args.recipe or 'cifar100'}", **metrics}
+    print(json.dumps(report, indent=2))
     return 0
 
 
@@ -215,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a model.pt or checkpoint.pt written by cdlib")
     p.add_argument("--model", default=None, help="model name, if the file does not say")
     _add_recipe_options(p)
-    p.set_defaults(func=_cmd_evaluate)
+    # Without --recipe, a file from a run folder is evaluated with that run's settings (its config.json).
+    p.set_defaults(func=_cmd_evaluate, recipe=None)
     p = sub.add_parser("estimate", help="projected GPU wall time of a recipe's teacher and students (from counted FLOPs)")
     _add_recipe_options(p)
     p.add_argument("--gpu", default="T4", help="T4, L4, A100 or H100; several with commas, e.g. T4,H100 (default: T4)")
@@ -226,17 +287,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options that take several words; a word after them that is not one of theirs is the positional argument.
+_MULTI_WORD = {"--weights": "=", "--data-options": "=", "--lr-milestones": "int"}
+
+
+def _positionals_first(argv: List[str]) -> List[str]:
+    """`evaluate --data-options k=v CHECKPOINT`: argparse would give CHECKPOINT to --data-options; move it first."""
+    if not argv or argv[0] != "evaluate":
+        return argv
+    out, moved, kind = [], [], None
+    for word in argv[1:]:
+        if word.startswith("-"):
+            kind = _MULTI_WORD.get(word.split("=")[0])
+            out.append(word)
+            continue
+        if kind is not None and not (("=" in word) if kind == "=" else word.lstrip("-").isdigit()):
+            moved.append(word)
+            kind = None
+            continue
+        out.append(word)
+    return [argv[0], *moved, *out]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    from . import interrupt
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_positionals_first(list(sys.argv[1:] if argv is None else argv)))
     try:
         return args.func(args)
     except CDLibError as exc:
         print(f"cdlib: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # one not foreseen where it happened: still the path and the fix, in one line
+        from .oserrors import describe
+
+        print(f"cdlib: error: {describe(exc, 'use')}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("cdlib: interrupted; rerun the same command with --resume to continue.", file=sys.stderr)
-        return 130
+        import signal
+
+        name = "SIGTERM" if interrupt.last_signal() == signal.SIGTERM else "Ctrl-C"
+        print(f"cdlib: stopped by {name}; rerun the same command with --resume to continue.", file=sys.stderr)
+        return interrupt.exit_status()
     finally:
         _leave_process_group()
 

@@ -670,7 +670,9 @@ def options(name: str) -> list:
     """The keyword options data set ``name`` takes besides root / download / image_size."""
     if name not in _LOADERS:
         raise ConfigError(f"unknown data set {name!r}; choose one of {', '.join(_LOADERS)}.")
-    return [p for p in inspect.signature(_LOADERS[name]).parameters if p not in _FIXED]
+    own = [p for p in inspect.signature(_LOADERS[name]).parameters if p not in _FIXED]
+    # ImageNet's augmentation (random resized crop) pads nothing; the in-memory sets pad-and-crop.
+    return own if name == "imagenet" else own + ["pad_mode"]
 
 
 def load(
@@ -692,7 +694,9 @@ def load(
     ``image_size`` digit is placed on), ``clutter`` (fragments of other digits
     per image) and ``clutter_size`` (their side, default half a digit).
     ``synthetic`` takes ``num_classes``, ``train_per_class``,
-    ``test_per_class`` and ``seed``. An option the set does not take is a
+    ``test_per_class`` and ``seed``. Every set but ImageNet also takes
+    ``pad_mode``: ``"reflect"`` (the default, as the reference code) or
+    ``"zeros"`` padding before the random crop. An option the set does not take is a
     :class:`ConfigError` listing those it does.
     """
     valid = options(name)
@@ -704,10 +708,22 @@ def load(
         )
     root = None if root is None else str(root)
     if name == "cifar100":
-        return _load_cifar100(root, download)
+        return _with_pad_mode(_load_cifar100(root, download), options_.get("pad_mode"))
     if name == "imagenet":
         return _load_imagenet(root, image_size)
-    return _LOADERS[name](image_size, **options_)
+    pad_mode = options_.pop("pad_mode", None)
+    return _with_pad_mode(_LOADERS[name](image_size, **options_), pad_mode)
+
+
+def _with_pad_mode(bundle: DataBundle, pad_mode: Optional[str]) -> DataBundle:
+    """``bundle`` with its training set padded by ``pad_mode`` (None: the set's own, reflect)."""
+    if pad_mode is None:
+        return bundle
+    if pad_mode not in PAD_MODES:
+        raise ConfigError(f"pad_mode must be one of {', '.join(PAD_MODES)}, got {pad_mode!r}; "
+                          "reflect is the reference code's padding, zeros torchvision's RandomCrop default.")
+    bundle.train.pad_mode = pad_mode
+    return bundle
 
 
 def fingerprint(bundle: DataBundle) -> str:

@@ -2,9 +2,11 @@
 
 ``distiller(images, targets, weights)`` returns ``(student_logits, losses)``
 where ``losses`` maps each loss term to its *weighted* value; the training
-loss is their sum. Terms whose weight is 0 are not computed at all (the
-reference code computes and multiplies them by 0), and the teacher does not
-run when no term needs it. Which terms need the teacher or the stage features,
+loss is their sum. Terms whose weight is 0 are not computed at all, and the
+teacher does not run when no term needs it; ``keep_zero_weight_terms=True``
+computes them and multiplies them by 0, as the reference code does, so their
+parameters get zero gradients (which SGD's weight decay and momentum act on)
+instead of none. Which terms need the teacher or the stage features,
 and which inputs each loss function takes, come from :mod:`cdlib.terms`.
 """
 
@@ -39,6 +41,8 @@ class Distiller(nn.Module):
         kd_temperature: float = 4.0,
         gkd_temperature: float = 1.0,
         teacher_bn_train: bool = False,
+        keep_zero_weight_terms: bool = False,
+        gkd_nan_on_all_wrong: bool = False,
     ) -> None:
         super().__init__()
         known = term_table.loss_terms()
@@ -73,6 +77,9 @@ class Distiller(nn.Module):
         self.kd_temperature = kd_temperature
         self.gkd_temperature = gkd_temperature
         self.teacher_bn_train = teacher_bn_train
+        self.keep_zero_weight_terms = keep_zero_weight_terms
+        # Keyword arguments a term's loss function gets besides its inputs (the reference behaviours).
+        self.loss_options: Dict[str, Dict[str, object]] = {"gkd": {"nan_on_all_wrong": True}} if gkd_nan_on_all_wrong else {}
 
     @staticmethod
     def _check_pair(student: nn.Module, teacher: nn.Module) -> None:
@@ -128,7 +135,7 @@ class Distiller(nn.Module):
         if targets is None:
             return self.student(images), {}
         weights = {t: float(weights.get(t, 0.0)) if weights is not None else 1.0 for t in self.terms}
-        active = [t for t in self.terms if weights[t] != 0.0]
+        active = list(self.terms) if self.keep_zero_weight_terms else [t for t in self.terms if weights[t] != 0.0]
         need_features = term_table.needs_features(active)
         need_teacher = term_table.needs_teacher(active)
 
@@ -149,7 +156,8 @@ class Distiller(nn.Module):
             row = self._rows[term]
             # Looked up at every call, so a replaced loss function (a test, an exercise) takes effect.
             loss_function = getattr(losses, row.function)
-            out[term] = weights[term] * loss_function(*(inputs[name] for name in row.inputs))
+            options = self.loss_options.get(term, {})
+            out[term] = weights[term] * loss_function(*(inputs[name] for name in row.inputs), **options)
         return logits, out
 
 

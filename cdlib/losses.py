@@ -127,12 +127,15 @@ def gkd_loss(
     teacher_logits: torch.Tensor,
     targets: torch.Tensor,
     temperature: float = 1.0,
+    *,
+    nan_on_all_wrong: bool = False,
 ) -> torch.Tensor:
     """Guided KD: KD over the samples the teacher classifies correctly.
 
     The summed KL of the kept samples is divided by their number. A batch where
     the teacher is wrong on every sample contributes exactly 0 (with zero,
-    finite gradients), where the reference code divides by zero and gets NaN.
+    finite gradients), where the reference code divides by zero and gets NaN;
+    ``nan_on_all_wrong=True`` reproduces that NaN (for demonstration).
     """
     _check_logits(student_logits, teacher_logits)
     if targets.shape != student_logits.shape[:1]:
@@ -146,7 +149,8 @@ def gkd_loss(
     # Multiplying by the mask (instead of indexing) keeps the graph shape fixed,
     # which torch.compile and CUDA graphs like; clamp avoids 0/0.
     kept_f = kept.to(per_sample.dtype)
-    return (per_sample * kept_f).sum() / kept_f.sum().clamp_min(1.0) * temperature**2
+    count = kept_f.sum() if nan_on_all_wrong else kept_f.sum().clamp_min(1.0)
+    return (per_sample * kept_f).sum() / count * temperature**2
 
 
 def _attention_map(feature_map: torch.Tensor, p: float) -> torch.Tensor:

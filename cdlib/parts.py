@@ -164,6 +164,8 @@ def build(cfg: RunConfig, place: Placement, terms: Tuple[str, ...]) -> Parts:
         kd_temperature=cfg.kd_temperature,
         gkd_temperature=cfg.gkd_temperature,
         teacher_bn_train=cfg.teacher_bn_train,
+        keep_zero_weight_terms=cfg.keep_zero_weight_terms,
+        gkd_nan_on_all_wrong=cfg.gkd_nan_on_all_wrong,
     ).to(device)
     if channels_last:
         distiller = distiller.to(memory_format=torch.channels_last)

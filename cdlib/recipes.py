@@ -21,11 +21,13 @@ from typing import Any, Dict, Optional, Tuple
 from . import terms
 from .errors import ConfigError
 
-__all__ = ["RunConfig", "get", "names", "METHODS", "parse_method", "scale_milestones"]
+__all__ = ["RunConfig", "get", "names", "METHODS", "parse_method", "scale_milestones", "REFERENCE_SWITCHES"]
 
 # The loss terms a method string can name, plus "edt" (weights from a schedule): cdlib.terms' table.
 LOSS_TERMS = terms.LOSS_TERMS
 METHODS = terms.METHODS
+# The RunConfig switches that reproduce a behaviour of the reference code; reference_compat=True sets them all.
+REFERENCE_SWITCHES = ("teacher_bn_train", "keep_zero_weight_terms", "gkd_nan_on_all_wrong", "report_best_epoch")
 
 
 @dataclass
@@ -52,8 +54,23 @@ class RunConfig:
     schedule: str = "paper-cifar100"
     kd_temperature: float = 4.0
     gkd_temperature: float = 1.0
-    # the reference code leaves the frozen teacher's BatchNorm in train mode; True reproduces that
+    # Behaviours of the authors' reference code, each off by default (README: "Where we differ from
+    # the reference code"; results/reference-switches/ measures each); reference_compat turns all on.
+    # teacher_bn_train: the frozen teacher's BatchNorm in train mode (batch statistics), as its net.train() left it.
     teacher_bn_train: bool = False
+    # keep_zero_weight_terms: compute a term whose weight is 0 and multiply it by 0, so its parameters get zero
+    # (not absent) gradients and SGD's weight decay and momentum still act on them (the classifier during
+    # EDT's CD-only warm-up); the teacher then runs at every step.
+    keep_zero_weight_terms: bool = False
+    # gkd_nan_on_all_wrong: GKD on a batch the teacher gets all wrong is 0/0 = NaN (the run then stops as diverged);
+    # for demonstration only.
+    gkd_nan_on_all_wrong: bool = False
+    # report_best_epoch: the run's final result is its best epoch by test top-1 (the reference logs "best acc"),
+    # not its last; optimistic, because the epoch is chosen on the test set.
+    report_best_epoch: bool = False
+    # reference_compat: all of the above on (padding is reflect, the reference's and the default, unless
+    # data_options names pad_mode="zeros", which reference_compat refuses).
+    reference_compat: bool = False
     # optimisation
     epochs: int = 200
     batch_size: int = 128
@@ -194,6 +211,9 @@ def override(cfg: RunConfig, **changes) -> RunConfig:
                               f"got {changes['weights']!r}.")
         # Only the named terms change; the recipe's other weights stay.
         changes["weights"] = {**cfg.weights, **changes["weights"]}
+    if changes.get("reference_compat") is True:
+        # One switch for every reference behaviour; one named False as well is a contradiction validate() reports.
+        changes = {**{name: True for name in REFERENCE_SWITCHES}, **changes}
     new = dataclasses.replace(cfg, **changes)
     validate(new)
     return new
@@ -276,6 +296,24 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"amp must be one of auto, bf16, fp16, off; got {cfg.amp!r}.")
     _check_names(cfg)
     _check_weights(cfg.weights)
+    _check_reference_switches(cfg)
+
+
+def _check_reference_switches(cfg: RunConfig) -> None:
+    from .data import PAD_MODES
+
+    pad_mode = cfg.data_options.get("pad_mode", "reflect")
+    if pad_mode not in PAD_MODES:
+        raise ConfigError(f"data_options pad_mode must be one of {', '.join(PAD_MODES)}, got {pad_mode!r}.")
+    if not cfg.reference_compat:
+        return
+    off = [name for name in REFERENCE_SWITCHES if not getattr(cfg, name)]
+    if off or pad_mode != "reflect":
+        named = ", ".join([f"{name}=False" for name in off] + ([f"pad_mode={pad_mode!r}"] if pad_mode != "reflect" else []))
+        raise ConfigError(
+            f"reference_compat=True turns on every reference behaviour ({', '.join(REFERENCE_SWITCHES)}, reflect "
+            f"padding), but {named} asks for the opposite; drop reference_compat and set the switches one by one."
+        )
 
 
 def _check_milestones(cfg: RunConfig) -> None:

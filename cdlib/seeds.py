@@ -234,6 +234,8 @@ def _finished(cfg: RunConfig) -> bool:
         raise ConfigError(f"{folder} holds a model.pt without a readable config.json, so it cannot be checked for "
                           "reuse; move the folder away or choose another run_dir.") from None
     before, now = _settings(saved), _settings(dataclasses.asdict(cfg))
+    # A setting newer than the saved run was, in effect, at its default (e.g. the reference switches).
+    before = {**{k: v for k, v in _settings(dataclasses.asdict(RunConfig())).items() if k not in before}, **before}
     diffs = [f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in now if before.get(k) != now[k]]
     if diffs:
         raise ConfigError(f"{folder} holds a finished run with other settings ({'; '.join(diffs)}); "

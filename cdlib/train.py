@@ -26,6 +26,7 @@ waiting in a collective.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 import warnings
@@ -36,13 +37,14 @@ import torch
 
 from . import checkpoint as ckpt
 from . import data as data_mod
-from . import distributed, parts as parts_mod, resume
+from . import distributed, parts as parts_mod, resume, runlock
 from . import terms as term_table
 from .distributed import Placement, is_main_process
-from .errors import ConfigError, TrainingDiverged
+from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .estimate import clock, resume_message, run_eta
 from .health import LossWatch
 from .interrupt import DeferredInterrupt
+from .oserrors import describe
 from .parts import load_data, warn_if_useless_teacher as _warn_if_useless_teacher, weights_for
 from .recipes import RunConfig, parse_method, validate
 from .runfolder import (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE, RunResult, comparison_table,
@@ -80,10 +82,12 @@ def fit(cfg: RunConfig, on_step: Optional[Callable[[int, int], None]] = None) ->
     validate(cfg)
     if "," in cfg.method:
         raise ConfigError(f"fit() runs one method; use run() for the list {cfg.method!r}.")
+    resume.check_seed(cfg.seed)
     place = distributed.placement(cfg.device)
-    saved = resume.checkpoint_to_resume(cfg, Path(cfg.run_dir) / CHECKPOINT_FILE, place.world_size)
-    resume.seed_everything(cfg.seed)
-    with DeferredInterrupt() as interrupt:
+    # Signals are held from here: a Ctrl-C or SIGTERM while the run starts is a one-line stop, not a traceback.
+    with DeferredInterrupt() as interrupt, _run_folder(cfg, place):
+        saved = resume.checkpoint_to_resume(cfg, Path(cfg.run_dir) / CHECKPOINT_FILE, place.world_size)
+        resume.seed_everything(cfg.seed)
         training = _Training(cfg, place, saved)
         training.write_run_files()
         for epoch in range(training.start_epoch, cfg.epochs + 1):
@@ -96,6 +100,26 @@ def fit(cfg: RunConfig, on_step: Optional[Callable[[int, int], None]] = None) ->
         if distributed.agree(place, interrupt.requested):
             raise KeyboardInterrupt
     return result
+
+
+@contextlib.contextmanager
+def _run_folder(cfg: RunConfig, place: Placement) -> Iterator[None]:
+    """Hold the run folder's lock (rank 0 for all processes) and clear what interrupted saves left in it."""
+    folder = Path(cfg.run_dir)
+    with contextlib.ExitStack() as stack:
+        refusal: Optional[ConfigError] = None
+        try:
+            stack.enter_context(runlock.held(folder, take=place.is_main))
+        except ConfigError as exc:
+            refusal = exc
+        if distributed.agree(place, refusal is not None):
+            raise refusal or ConfigError(f"rank 0 could not lock the run folder {folder}; see its message.")
+        if place.is_main:
+            freed = runlock.clean_interrupted_saves(folder)
+            if freed:
+                print(f"note: removed the temporary files ({freed / 2**20:.1f} MB) of saves cut short in {folder}.",
+                      flush=True)
+        yield
 
 
 class _Training:
@@ -115,7 +139,9 @@ class _Training:
         self.epoch_walls: List[float] = []
         self._epoch_began: Optional[float] = None
         self.resume_rng: Optional[dict] = None
+        self.facts = resume.run_facts(cfg, parts)
         if saved is not None:
+            resume.check_facts(saved, self.facts, self.checkpoint_path)
             resume.restore(parts, saved, self.checkpoint_path)
             self.metrics = list(saved["metrics"])
             self.start_epoch, self.start_step, self.partial_sums = saved["epoch"], saved["step"], saved.get("partial")
@@ -139,7 +165,10 @@ class _Training:
 
     def write_run_files(self) -> None:
         if self.place.is_main:
-            write_run_files(self.run_dir, self.cfg, self.metrics)
+            try:
+                write_run_files(self.run_dir, self.cfg, self.metrics)
+            except OSError as exc:
+                raise describe(exc, "write the run files into", self.run_dir) from None
 
     def _last_checkpoint(self) -> str:
         return (f"the last good checkpoint is {self.checkpoint_path} ({self.last_saved})" if self.last_saved
@@ -288,7 +317,11 @@ class _Training:
         self.metrics.append(row)
         self._save(epoch + 1, 0, None)
         if self.place.is_main:
-            write_metrics(self.run_dir, self.metrics)
+            try:
+                write_metrics(self.run_dir, self.metrics)
+            except OSError as exc:
+                raise describe(exc, "write the metrics", self.run_dir / METRICS_FILE, CheckpointError,
+                               f"{self._last_checkpoint()}, resume from it with --resume") from None
             print(summary_line(row, self.cfg.epochs, self.cfg.method), flush=True)
 
     def _metrics_row(self, epoch: int, sums: torch.Tensor, lr: float, test: Dict[str, float], images: int,
@@ -315,24 +348,36 @@ class _Training:
 
     def _save(self, epoch: int, step: int, partial_sums: Optional[dict]) -> None:
         """The state to resume from at (epoch, step): rank 0 writes it for everyone."""
-        self.last_saved = resume.position(epoch, step)
         if self.place.is_main:
             state = resume.training_state(self.parts, self.cfg, self.place.world_size, epoch, step, partial_sums,
-                                          self.metrics, self.teacher_metrics)
-            ckpt.atomic_save(state, self.checkpoint_path)
+                                          self.metrics, self.teacher_metrics, self.facts)
+            try:
+                ckpt.atomic_save(state, self.checkpoint_path)
+            except OSError as exc:
+                raise describe(exc, "save the checkpoint", self.checkpoint_path, CheckpointError,
+                               f"{self._last_checkpoint()}, resume from it with --resume") from None
+        self.last_saved = resume.position(epoch, step)
 
     # -- the end
 
     def finish(self) -> RunResult:
         metrics, student = self.metrics, self.parts.distiller.student
-        final = {"top1": metrics[-1]["test_top1"], "top5": metrics[-1]["test_top5"], "loss": metrics[-1]["test_loss"]} if metrics else {}
+        last = _final(metrics[-1]) if metrics else {}
+        # report_best_epoch: the reference's "best acc", the best epoch by test top-1 (the first of equals); model.pt
+        # keeps the last epoch's weights, and the numbers of those weights.
+        final = _final(max(metrics, key=lambda m: m["test_top1"])) if metrics and self.cfg.report_best_epoch else last
         if self.place.is_main:
             ckpt.save_model(student, self.run_dir / MODEL_FILE, self.cfg.student, self.parts.bundle.num_classes,
-                            method=self.cfg.method, final=final)
+                            method=self.cfg.method, final=last)
         # Nobody reads model.pt (e.g. as the next method's teacher) before rank 0 has written it.
         distributed.barrier(self.place)
         return RunResult(run_dir=self.run_dir, method=self.cfg.method, metrics=metrics, final=final,
                          model=student, teacher_metrics=self.teacher_metrics)
+
+
+def _final(row: dict) -> Dict[str, float]:
+    """A run's result as one epoch's metrics row gives it."""
+    return {"top1": row["test_top1"], "top5": row["test_top5"], "loss": row["test_loss"], "epoch": row["epoch"]}
 
 
 # -------------------------------------------------------------------- run
@@ -356,16 +401,18 @@ def ensure_teacher(cfg: RunConfig) -> RunConfig:
     teacher_cfg = cfg.replace(student=cfg.teacher, method="student", run_dir=str(folder), resume=True)
     from . import teacher_check
 
-    if (folder / MODEL_FILE).exists():
-        check_reusable_teacher(folder, teacher_cfg)
-        if is_main_process():
-            teacher_check.verify(folder, teacher_cfg)  # warns if its file, data or accuracy changed
-    else:
-        if is_main_process():
-            print(f"no teacher checkpoint given: training the teacher {cfg.teacher} first into {folder}", flush=True)
-        fit(teacher_cfg)
-        if is_main_process():
-            teacher_check.record(folder, teacher_cfg)
+    # Held across training and recording: a second run sharing the experiment folder waits for neither half.
+    with runlock.held(folder, take=is_main_process()):
+        if (folder / MODEL_FILE).exists():
+            check_reusable_teacher(folder, teacher_cfg)
+            if is_main_process():
+                teacher_check.verify(folder, teacher_cfg)  # warns if its file, data or accuracy changed
+        else:
+            if is_main_process():
+                print(f"no teacher checkpoint given: training the teacher {cfg.teacher} first into {folder}", flush=True)
+            fit(teacher_cfg)
+            if is_main_process():
+                teacher_check.record(folder, teacher_cfg)
     return cfg.replace(teacher_checkpoint=str(folder / MODEL_FILE))
 
 
