@@ -16,7 +16,9 @@ from deep inside ``torch.load``.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -27,6 +29,7 @@ from torch import nn
 
 from . import models
 from .errors import CheckpointError
+from .oserrors import describe
 
 __all__ = ["atomic_save", "safe_load", "save_model", "load_model", "load_model_weights", "MODEL_FORMAT", "TRAINING_FORMAT"]
 
@@ -34,21 +37,67 @@ MODEL_FORMAT = "cdlib-model-v1"
 TRAINING_FORMAT = "cdlib-training-v1"
 
 
+def _umask() -> int:
+    """The process's umask (read without changing it where /proc says it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a crash
-    or Ctrl-C mid-write never leaves a half-written checkpoint behind."""
+    """torch.save to a temporary file in the same folder, then rename: a crash,
+    a kill or a full disk mid-write never leaves a half-written checkpoint behind
+    (the previous file stays). The file gets the permissions of any file the user
+    creates (their umask), not the private 0600 of a temporary file.
+
+    Raises ``OSError`` (with the path) when the file cannot be written; torch's
+    own write failures are turned into one (ENOSPC when the disk is full).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except RuntimeError as exc:  # torch's zip writer: "[enforce fail at inline_container.cc] ... file write failed"
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_failure(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write_failure(path: Path, exc: RuntimeError) -> OSError:
+    import shutil
+
+    try:
+        full = shutil.disk_usage(path.parent).free < (64 << 20)
+    except OSError:
+        full = False
+    if full:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return OSError(errno.EIO, f"writing failed ({str(exc).splitlines()[0][:120]})", str(path))
+
+
+def _kind_of_file(path: Path) -> str:
+    """'zip' (torch's format), 'pickle' (a raw pickle or torch's legacy format) or 'other', from the first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK"):
+        return "zip"
+    if head[:1] == b"\x80":
+        return "pickle"
+    return "other"
 
 
 def safe_load(path: str | os.PathLike, what: str = "checkpoint") -> Dict[str, Any]:
@@ -57,23 +106,52 @@ def safe_load(path: str | os.PathLike, what: str = "checkpoint") -> Dict[str, An
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist or is not a file; check the path or train one first.")
     try:
+        kind = _kind_of_file(path)
         with warnings.catch_warnings():
             # torch warns about the pickle protocol of foreign files before refusing them;
             # the refusal below says everything the user needs.
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt, truncated, or holds objects that would run code
-        text = str(exc)
-        if "GLOBAL" in text or "Unsupported global" in text:
-            reason = "it holds Python objects other than tensors, and loading them could run code, so it was refused"
-        else:
-            reason = "the file is truncated or corrupt, or is not a PyTorch checkpoint"
+    except PermissionError:
         raise CheckpointError(
-            f"{what} {path} is not a readable cdlib checkpoint ({reason}); delete it or point to a file written by cdlib."
+            f"cannot read {what} {path}: permission denied ({_owner_and_mode(path)}); the file may well be fine: ask its "
+            "owner to make it readable (chmod a+r), or copy it somewhere you can read it."
         ) from None
+    except Exception as exc:  # unreadable; damaged, not a checkpoint, or holds objects that would run code
+        if isinstance(exc, OSError) and exc.errno in _ACCESS_ERRORS:
+            raise describe(exc, f"read {what}", path, CheckpointError) from None
+        # torch's zip reader reports a truncated file as an OSError (EINVAL) too: a damaged file, not an access error.
+        raise CheckpointError(f"{what} {path} {_why_unreadable(str(exc), kind)}.") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{what} {path} holds a {type(obj).__name__}, not a cdlib checkpoint dictionary.")
     return obj
+
+
+# OS errors that say the file could not be read at all (rather than that its bytes are wrong).
+_ACCESS_ERRORS = (errno.EISDIR, errno.ENOENT, errno.EIO, errno.ELOOP, errno.ENAMETOOLONG, errno.EMFILE, errno.ENFILE,
+                  errno.ENXIO, errno.EPERM)
+
+
+def _owner_and_mode(path: Path) -> str:
+    try:
+        st = path.stat()
+    except OSError:
+        return "its permissions could not be read"
+    return f"owner uid {st.st_uid}, mode {stat.filemode(st.st_mode)}"
+
+
+def _why_unreadable(message: str, kind: str) -> str:
+    if "GLOBAL" in message or "Unsupported global" in message:
+        return ("holds Python objects other than tensors, and loading them could run code, so it was refused; "
+                "point to a model.pt or checkpoint.pt written by cdlib")
+    if kind == "pickle":
+        return ("is a plain Python pickle (or PyTorch's legacy format) that holds Python objects; loading it could run "
+                "code, so it was refused; re-save its tensors with torch.save(state_dict), or point to a file written by cdlib")
+    if kind == "zip":
+        return ("looks like a PyTorch checkpoint but is truncated or corrupt (an interrupted copy or download?); copy it "
+                "again, or point to another file written by cdlib")
+    return ("is not a PyTorch checkpoint (its first bytes are those of another kind of file, or it is truncated or "
+            "corrupt); point to a model.pt or checkpoint.pt written by cdlib")
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, name: str, num_classes: int, **meta: Any) -> None:

@@ -9,6 +9,7 @@ machinery (device, precision, workers, progress bar, folders) may change.
 
 from __future__ import annotations
 
+import numbers
 import random
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -22,7 +23,15 @@ from .recipes import RunConfig, parse_method
 from .runfolder import config_dict
 
 __all__ = ["seed_everything", "rng_state", "set_rng_state", "result_settings", "check_resumable",
-           "checkpoint_to_resume", "position", "training_state", "restore"]
+           "checkpoint_to_resume", "position", "training_state", "restore", "run_facts", "check_facts", "check_seed"]
+
+
+_SEED_LIMIT = 2**32  # the loaders derive per-epoch and per-process seeds from it, which must stay 64-bit
+
+
+def check_seed(seed: object) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < _SEED_LIMIT:
+        raise ConfigError(f"seed {seed!r} is not a whole number from 0 to {_SEED_LIMIT - 1}; pick one in that range.")
 
 
 def seed_everything(seed: int) -> None:
@@ -50,6 +59,8 @@ _RESULT_SETTINGS = (
     "data", "data_options", "image_size", "student", "method", "epochs", "batch_size", "lr", "momentum",
     "weight_decay", "lr_milestones", "lr_gamma", "seed", "max_steps_per_epoch",
 )  # fmt: skip
+# Reference-code behaviours that change what a run computes or reports (cdlib.recipes.REFERENCE_SWITCHES).
+_REFERENCE_SWITCHES = ("keep_zero_weight_terms", "gkd_nan_on_all_wrong", "report_best_epoch")
 
 
 def result_settings(config: dict, terms: Tuple[str, ...]) -> dict:
@@ -61,6 +72,8 @@ def result_settings(config: dict, terms: Tuple[str, ...]) -> dict:
         keys.append("schedule")
     keys += [f"{t}_temperature" for t in ("kd", "gkd") if t in terms]
     settings = {k: config.get(k) for k in keys}
+    for switch in _REFERENCE_SWITCHES:  # older configs lack them: off
+        settings[switch] = bool(config.get(switch, False))
     scheduled = term_table.SCHEDULED if term_table.EDT in terms else ()  # weights the EDT schedule sets, whatever cfg says
     saved_weights = config.get("weights") or {}
     known = term_table.loss_terms()
@@ -111,13 +124,51 @@ def checkpoint_to_resume(cfg: RunConfig, checkpoint_path: Path, world_size: int)
     return saved
 
 
+def run_facts(cfg: RunConfig, parts) -> dict:
+    """What a run's result depends on beyond its settings: the data's content and the teacher's weights.
+
+    A data folder may move (``data_root`` is machinery) and a teacher file may be
+    copied elsewhere, but a resumed run must see the same images and the same teacher.
+    """
+    from . import data as data_mod
+    from .teacher_check import file_sha256
+
+    facts = {"data_fingerprint": data_mod.fingerprint(parts.bundle), "data_root": cfg.data_root}
+    if parts.teacher is not None:
+        if cfg.teacher_checkpoint:
+            facts["teacher_sha256"] = file_sha256(cfg.teacher_checkpoint)
+        else:
+            facts["teacher_sha256"] = f"pretrained {cfg.teacher} (torchvision)"
+        facts["teacher_file"] = cfg.teacher_checkpoint
+    return facts
+
+
+def check_facts(saved: dict, facts: dict, path: Path) -> None:
+    """Refuse to resume when the data or the teacher differ from those the checkpoint was trained with."""
+    before = saved.get("facts")
+    if not isinstance(before, dict):
+        return  # written before checkpoints recorded them: the settings were checked
+    diffs = []
+    if before.get("data_fingerprint") != facts["data_fingerprint"]:
+        diffs.append(f"the data (data_root {before.get('data_root')!r} -> {facts['data_root']!r}, content fingerprint "
+                     f"{str(before.get('data_fingerprint'))[:12]} -> {facts['data_fingerprint'][:12]})")
+    if "teacher_sha256" in facts and before.get("teacher_sha256") != facts["teacher_sha256"]:
+        diffs.append(f"the teacher (file {before.get('teacher_file')!r}, SHA-256 {str(before.get('teacher_sha256'))[:12]} "
+                     f"-> file {facts['teacher_file']!r}, SHA-256 {facts['teacher_sha256'][:12]})")
+    if diffs:
+        raise ConfigError(
+            f"cannot resume {path}: it was trained with other {' and '.join(d.split(' (')[0][4:] for d in diffs)} "
+            f"({'; '.join(diffs)}); resume with the original ones, or start again in another --run-dir."
+        )
+
+
 def position(epoch: int, step: int) -> str:
     """The place a checkpoint resumes from, in words."""
     return f"end of epoch {epoch - 1}" if step == 0 else f"epoch {epoch}, step {step}"
 
 
 def training_state(parts, cfg: RunConfig, world_size: int, epoch: int, step: int, partial_sums: Optional[dict],
-                   metrics: list, teacher_metrics: Optional[Dict[str, float]]) -> dict:
+                   metrics: list, teacher_metrics: Optional[Dict[str, float]], facts: Optional[dict] = None) -> dict:
     """What a training checkpoint holds, to resume at (epoch, step); ``parts`` is a :class:`cdlib.parts.Parts`."""
     return {
         "format": ckpt.TRAINING_FORMAT,
@@ -134,6 +185,7 @@ def training_state(parts, cfg: RunConfig, world_size: int, epoch: int, step: int
         "rng": rng_state(),
         "metrics": metrics,
         "teacher_metrics": teacher_metrics,
+        "facts": facts,
     }
 
 

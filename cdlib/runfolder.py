@@ -70,7 +70,9 @@ def write_metrics(run_dir: Path, rows: List[dict]) -> None:
 
 def write_run_files(run_dir: Path, cfg: RunConfig, metrics: List[dict]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(json.dumps(config_dict(cfg), indent=2))
+    tmp = run_dir / f".{CONFIG_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(config_dict(cfg), indent=2))
+    os.replace(tmp, run_dir / CONFIG_FILE)
     write_metrics(run_dir, metrics)
 
 

@@ -1,0 +1,177 @@
+"""One writer per run folder: a lock file holding the writer's PID and host.
+
+Two runs writing one folder overwrite each other's checkpoint and model (and a
+``--resume`` started beside a live run trains the same epochs twice), so
+:func:`cdlib.train.fit` holds ``<run_dir>/.lock`` while it runs. The lock is an
+``fcntl.flock`` on that file: the kernel drops it when the process dies, even
+by SIGKILL, so a lock left by a dead run is simply taken over (with a note).
+Where a file system has no ``flock``, the PID and host written in the file
+decide: a dead PID on this host is stale, anything else is in use.
+
+Locks are re-entrant within a process (``ensure_teacher`` holds the teacher
+folder across the ``fit`` that trains it); under ``torchrun`` only rank 0
+takes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Dict, Iterator, Optional, Tuple
+
+from .errors import ConfigError
+from .oserrors import describe
+
+try:
+    import fcntl
+except ImportError:  # Windows: the PID check alone
+    fcntl = None
+
+__all__ = ["LOCK_FILE", "held", "holder", "clean_interrupted_saves"]
+
+LOCK_FILE = ".lock"
+# The temporary files of saves cut short (checkpoint.atomic_save, runfolder.write_metrics).
+_TEMP_PATTERNS = (".*.pt.*.tmp", "*.jsonl.tmp", ".*.json.*.tmp")
+_held: Dict[str, Tuple[int, int]] = {}  # folder -> (file descriptor, depth)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def holder(folder: str | os.PathLike) -> Optional[dict]:
+    """What the lock file of ``folder`` says about its holder (pid, host, since), or None."""
+    try:
+        info = json.loads((Path(folder) / LOCK_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _describe_holder(info: Optional[dict]) -> str:
+    if not info:
+        return "another process"
+    since = info.get("since")
+    when = f", since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))}" if isinstance(since, (int, float)) else ""
+    return f"process {info.get('pid')} on host {info.get('host')}{when}"
+
+
+def _in_use(folder: Path, info: Optional[dict]) -> ConfigError:
+    return ConfigError(
+        f"run folder {folder} is in use by {_describe_holder(info)} (lock file {folder / LOCK_FILE}); wait for that run "
+        "to finish or stop it, or use another --run-dir (run_dir=)."
+    )
+
+
+def _try_flock(fd: int) -> Optional[bool]:
+    """True: locked; False: someone holds it; None: this file system cannot flock."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        return None  # ENOLCK, EOPNOTSUPP, EINVAL: no flock here
+
+
+def _acquire(folder: Path) -> int:
+    path = folder / LOCK_FILE
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    for _ in range(20):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        locked = _try_flock(fd)
+        previous = holder(folder)
+        if locked is False:
+            os.close(fd)
+            raise _in_use(folder, previous)
+        if locked is None and previous and previous.get("pid") != me["pid"]:
+            if previous.get("host") != me["host"] or _pid_alive(int(previous.get("pid", 0))):
+                os.close(fd)
+                raise _in_use(folder, previous)
+        try:
+            same_file = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same_file = False
+        if not same_file:  # the previous holder removed the file as we opened it: lock the new one
+            os.close(fd)
+            continue
+        if previous and previous.get("pid") and not (previous.get("pid") == me["pid"] and previous.get("host") == me["host"]):
+            print(f"note: {folder} was locked by {_describe_holder(previous)}, which is no longer running; "
+                  "taking the folder over.", flush=True)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(me).encode())
+        return fd
+    raise _in_use(folder, holder(folder))
+
+
+def _release(folder: Path, fd: int) -> None:
+    # Removed before unlocking: a process that opened the old file sees it is gone and retries.
+    with contextlib.suppress(OSError):
+        (folder / LOCK_FILE).unlink()
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def held(folder: str | os.PathLike, take: bool = True) -> Iterator[None]:
+    """Hold the lock of run folder ``folder`` (created if missing) for the ``with`` block.
+
+    ``take=False`` (ranks other than 0) holds nothing. Raises :class:`ConfigError`
+    naming the holder when another live process has the folder.
+    """
+    if not take:
+        yield
+        return
+    folder = Path(folder)
+    key = os.path.realpath(folder)
+    if key in _held:
+        fd, depth = _held[key]
+        _held[key] = (fd, depth + 1)
+        try:
+            yield
+        finally:
+            fd, depth = _held[key]
+            _held[key] = (fd, depth - 1)
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = _acquire(folder)
+    except OSError as exc:
+        raise describe(exc, "create the run folder", folder) from None
+    _held[key] = (fd, 1)
+    try:
+        yield
+    finally:
+        fd, depth = _held.pop(key)
+        _release(folder, fd)
+
+
+def clean_interrupted_saves(folder: str | os.PathLike) -> int:
+    """Delete the temporary files that saves cut short (a kill, a full disk) left in ``folder``; their bytes.
+
+    Called with the folder's lock held, so no save of a live run is in progress.
+    """
+    freed = 0
+    for pattern in _TEMP_PATTERNS:
+        for path in Path(folder).glob(pattern):
+            with contextlib.suppress(OSError):
+                size = path.stat().st_size
+                path.unlink()
+                freed += size
+    return freed
