@@ -349,7 +349,9 @@ def test_notebook_page_shows_an_executed_figure(dom, entry):
 
 @pytest.mark.parametrize("entry", NOTEBOOK_PAGES)
 def test_notebook_page_has_colab_link(dom, entry):
-    want = f"{COLAB}{entry}.ipynb"
+    # An exercise page's Colab button opens the student copy (book/_ext/student_colab.py).
+    exercise = entry.startswith("notebooks/exercises/")
+    want = f"{COLAB}exercises/student/{entry.rsplit('/', 1)[1]}.ipynb" if exercise else f"{COLAB}{entry}.ipynb"
     hrefs = [a.get("href", "") for a in dom(entry).links]
     assert want in hrefs, f"{entry}.html has no Colab launch link {want}; Colab links found: " + str(
         [h for h in hrefs if "colab" in h]
