@@ -185,10 +185,11 @@ def _run_config_of(checkpoint_path: Path) -> tuple:
 
 def _evaluation_config(args: argparse.Namespace) -> tuple:
     """What to evaluate on: the run's own settings (data set, options, split seed, image size, batch size)
-    when the file comes from a run folder, with any option given on the command line on top; else the recipe's."""
+    when the file comes from a run folder (a --recipe is then ignored), with any option given on the command
+    line on top; else the recipe's."""
     changes = _changes_from_args(args)
     saved, source = _run_config_of(Path(args.checkpoint))
-    if saved is None or args.recipe is not None:
+    if saved is None:
         return recipes.get(args.recipe or "cifar100", **changes), None
     known = {f.name for f in dataclasses.fields(recipes.RunConfig)}
     fields = {k: v for k, v in saved.items() if k in known}

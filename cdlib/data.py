@@ -444,7 +444,16 @@ def _load_cifar100(root: Optional[str], download: bool) -> DataBundle:
     if download and not (folder / "train").exists():
         import torchvision
 
-        torchvision.datasets.CIFAR100(str(root_path), train=True, download=True)
+        try:
+            torchvision.datasets.CIFAR100(str(root_path), train=True, download=True)
+        except OSError as exc:  # no network (URLError), a refused connection, an unwritable or full root
+            from .oserrors import remedy
+
+            reason = getattr(exc, "reason", None) or (remedy(exc) if exc.errno else exc)
+            raise DataError(
+                f"could not download CIFAR-100 into {root_path} ({reason}); without a network, fetch "
+                "cifar-100-python.tar.gz elsewhere, extract it into that folder, and run without --download."
+            ) from None
     missing = [f for f in ("train", "test", "meta") if not (folder / f).is_file()]
     if missing:
         raise DataError(
