@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from cdlib import losses
+from cdlib import connectors, losses
 from cdlib.errors import ConfigError
 from cdlib.grading import grade, get_assignment
 from cdlib.grading import grader as grader_module
 from cdlib.grading import notebook, runner
 from cdlib.grading.assignments import Assignment
+from cdlib.grading.connector_exercise import CONNECTOR
 from cdlib.grading.loss_exercises import CD, GKD, KD, reference_cd, reference_gkd, reference_kd
 from cdlib.grading.schedule_exercise import SCHEDULE
 
@@ -240,12 +241,14 @@ def test_hidden_cases_differ_from_the_public_check():
     assert not {c["args"][2] for c in KD.make_cases()} & {2.0, 2.5, 4.0}  # check_kd_loss's temperatures but 1
 
 
-def _score_in_process(assignment: Assignment, fn) -> tuple:
-    """Call ``fn`` on the hidden cases as the runner does, without a child process: (points per question,
-    the cdlib functions it reached)."""
+def _score_in_process(assignment: Assignment, fn, **others) -> tuple:
+    """Call ``fn`` (and ``others``, by name) on the hidden cases as the runner does, without a child
+    process: (points per question, the cdlib functions it reached)."""
     cases = assignment.make_cases()
     watch = runner.CallWatch(assignment.forbidden_modules)
-    outcomes = [runner.call_case(fn, grader_module._public_fields(c), watch) for c in cases]
+    graded = {assignment.function: fn, **others}
+    outcomes = [runner.call_case(graded[c.get("function", assignment.function)], grader_module._public_fields(c), watch)
+                for c in cases]
     return {v.question: v.points for v in assignment.score(cases, outcomes)}, watch.seen
 
 
@@ -333,8 +336,8 @@ def test_static_check_resolves_aliases_and_helpers():
 
 def test_cells_to_run_stop_at_the_answer_and_skip_the_setup_cell():
     cells = _cells("# Setup: installs cdlib where it is missing\nimport os", "x = 1", "def f():\n    pass",
-                   "check(f)", "def f():\n    return 1", "long_training()")
-    assert [c.index for c in notebook.cells_to_run(cells, "f")] == [1, 2, 3, 4]
+                   "check(f)", "checks.check_cd_loss(f)", "def f():\n    return 1", "long_training()")
+    assert [c.index for c in notebook.cells_to_run(cells, "f")] == [1, 2, 3, 5]
     assert notebook.cells_to_run(cells, "g") is None
 
 
@@ -388,3 +391,35 @@ def test_cli_grade_writes_the_csv_and_reports_bad_input(tmp_path, capsys):
     assert "1 notebook graded in" in capsys.readouterr().out
     assert main(["grade", "exercise3_edt_schedule", str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.count("\n") == 1  # one sentence, no traceback
+
+
+def test_scores_channel_attention_and_connectors():
+    from torch import nn
+
+    class Right(nn.Sequential):
+        def __init__(self, c_in, c_out):
+            super().__init__(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+    class WithBias(nn.Sequential):
+        def __init__(self, c_in, c_out):
+            super().__init__(nn.Conv2d(c_in, c_out, 1), nn.BatchNorm2d(c_out), nn.ReLU())
+
+    class ReluFirst(nn.Sequential):
+        def __init__(self, c_in, c_out):
+            super().__init__(nn.Conv2d(c_in, c_out, 1, bias=False), nn.ReLU(), nn.BatchNorm2d(c_out))
+
+    class Library(connectors.Connector):
+        pass
+
+    def attention(x):
+        return x.mean(dim=(2, 3))
+
+    full = {"attention_value": 3, "attention_gradient": 1, "connector_layers": 3, "connector_output": 3}
+    assert _score_in_process(CONNECTOR, attention, MyConnector=Right) == (full, set())
+    points, _ = _score_in_process(CONNECTOR, lambda x: x.mean(dim=(2, 3), keepdim=True), MyConnector=WithBias)
+    assert points == {"attention_value": 0, "attention_gradient": 0, "connector_layers": 0, "connector_output": 0}
+    points, _ = _score_in_process(CONNECTOR, lambda x: x.amax(dim=(2, 3)), MyConnector=ReluFirst)
+    assert points == {"attention_value": 0, "attention_gradient": 0, "connector_layers": 0, "connector_output": 0}
+    assert _score_in_process(CONNECTOR, attention, MyConnector=Library)[1] == {"cdlib.connectors.Connector.__init__"}
+    assert notebook.static_uses(_cells("from cdlib import connectors", "class MyConnector(connectors.Connector):\n    pass"),
+                                CONNECTOR.names, CONNECTOR.forbidden_modules) == ["cdlib.connectors.Connector"]

@@ -58,6 +58,11 @@ class Assignment:
     make_cases: Callable[[], List[dict]]
     forbidden_modules: Tuple[str, ...]  # cdlib's implementation of the exercise
     public_check: Dict[str, object] = field(default_factory=dict)  # cdlib.checks function the notebook runs
+    extra_names: Tuple[str, ...] = ()  # other functions or classes graded (a case's "function" names which)
+
+    @property
+    def names(self) -> Tuple[str, ...]:
+        return (self.function,) + self.extra_names
 
     @property
     def max_points(self) -> float:
@@ -151,11 +156,14 @@ def value_problem(outcome: dict, want: float, rtol: float = 1e-4) -> Optional[st
     return None
 
 
-def grads_problem(outcome: dict, want: Sequence) -> Optional[str]:
-    """Compare the recorded gradients with the reference ones (float64 tensors)."""
-    problem = output_problem(outcome)
-    if problem:
-        return problem
+def grads_problem(outcome: dict, want: Sequence, scalar: bool = True) -> Optional[str]:
+    """Compare the recorded gradients (of the result's sum) with the reference ones (float64 tensors)."""
+    if scalar or "error" in outcome:
+        problem = output_problem(outcome)
+        if problem:
+            return problem
+    elif not outcome.get("connected"):
+        return "the result is not connected to the input (detached, .numpy(), torch.tensor(...) or no_grad)."
     if "grad_error" in outcome:
         return f"backpropagating through the result failed ({outcome['grad_error']})."
     got = outcome.get("grads")

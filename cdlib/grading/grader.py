@@ -16,11 +16,12 @@ from typing import Dict, List, Optional, Sequence
 from ..errors import CDLibError, ConfigError, DataError
 from . import notebook
 from .assignments import Assignment, Verdict, notebook_points
+from .connector_exercise import CONNECTOR
 from .loss_exercises import CD, GKD, KD
 from .sandbox import RunResult, run_in_sandbox
 from .schedule_exercise import SCHEDULE
 
-ASSIGNMENTS: Dict[str, Assignment] = {a.name: a for a in (CD, GKD, SCHEDULE, KD)}
+ASSIGNMENTS: Dict[str, Assignment] = {a.name: a for a in (CD, GKD, SCHEDULE, KD, CONNECTOR)}
 CSV_COLUMNS = ("submission", "question", "points", "max_points", "diagnosis")
 RUNNER_NEEDS = ("IPython", "torch")  # what the child process imports besides cdlib
 
@@ -79,7 +80,7 @@ def get_assignment(name: str, instructor_notebook: Optional[Path] = None) -> Ass
 
 def _public_fields(case: dict) -> dict:
     """What the child process gets of a case: the inputs, never the expected answers."""
-    return {k: case[k] for k in ("id", "args", "kwargs", "grad") if k in case}
+    return {k: case[k] for k in ("id", "function", "kind", "args", "kwargs", "grad", "input") if k in case}
 
 
 def _write_job(job: Path, assignment: Assignment, cells, cases) -> None:
@@ -153,11 +154,12 @@ def grade_submission(assignment: Assignment, path: Path, timeout: float = 60.0,
         cells = notebook.read_code_cells(Path(path))
     except notebook.UnreadableNotebook as exc:
         return done(assignment.zero(f"{exc}, so {fn} cannot be graded."))
-    selected = notebook.cells_to_run(cells, fn)
+    selected = notebook.cells_to_run(cells, assignment.names)
     if selected is None:
-        blank = "the notebook is empty" if not any(c.source.strip() for c in cells) else f"no cell defines {fn}"
+        names = " or ".join(assignment.names)
+        blank = "the notebook is empty" if not any(c.source.strip() for c in cells) else f"no cell defines {names}"
         return done(assignment.zero(f"{blank}: write {assignment.signature} in the notebook."))
-    static = notebook.static_uses(selected, fn, assignment.forbidden_modules)
+    static = notebook.static_uses(selected, assignment.names, assignment.forbidden_modules)
 
     root = Path(tempfile.mkdtemp(prefix=f"cdlib-grade-{name}-"))
     try:
@@ -187,7 +189,8 @@ def grade_submission(assignment: Assignment, path: Path, timeout: float = 60.0,
         return done(assignment.zero(_cheat_diagnosis(fn, static, saved["forbidden_calls"])), notes=notes)
     outcomes = saved["outcomes"]
     if outcomes and all(o.get("not_implemented") for o in outcomes):
-        return done(assignment.zero(f"{fn} is not implemented yet (it raises NotImplementedError)."), notes=notes)
+        what = " and ".join(assignment.names) + (" are" if assignment.extra_names else " is")
+        return done(assignment.zero(f"{what} not implemented yet (raises NotImplementedError)."), notes=notes)
     public_text = "passed" if public["status"] == "passed" else public["message"]
     return done(_with_hint(assignment.score(cases, outcomes), public_text), public_text, notes)
 

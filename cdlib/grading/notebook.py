@@ -3,8 +3,10 @@
 A submission is graded the way "Run all" would run it, up to the cell that
 (last) defines the graded function: the cells after it (the public check, the
 experiments) are not run, so a failing public check or a long training run does
-not decide the grade. The Colab setup cell is skipped: a submission is graded
-against the cdlib doing the grading, never one it would install.
+not decide the grade. Before it, the Colab setup cell is skipped (a submission is
+graded against the cdlib doing the grading, never one it would install) and so
+are cells that only call public checks (exercise 5 has one between its two
+answers).
 
 The static check reads the graded function, and the notebook functions it calls,
 for names that resolve to cdlib's own implementation (``L.cd_loss`` after
@@ -71,7 +73,7 @@ def _parse(source: str) -> Optional[ast.Module]:
 
 def _defines(tree: ast.Module, name: str) -> bool:
     for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
             return True
         if isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
@@ -82,17 +84,33 @@ def _defines(tree: ast.Module, name: str) -> bool:
     return False
 
 
-def cells_to_run(cells: Sequence[Cell], function: str) -> Optional[List[Cell]]:
-    """The cells to run: every code cell up to the last one defining ``function``, the setup cell
-    left out; None when no cell defines it."""
+def cells_to_run(cells: Sequence[Cell], names: Sequence[str]) -> Optional[List[Cell]]:
+    """The cells to run: every code cell up to the last one defining one of ``names`` (the graded
+    functions or classes), the setup cell left out; None when no cell defines any."""
+    names = (names,) if isinstance(names, str) else tuple(names)
     last = None
     for position, cell in enumerate(cells):
         tree = _parse(cell.source)
-        if tree is not None and _defines(tree, function):
+        if tree is not None and any(_defines(tree, name) for name in names):
             last = position
     if last is None:
         return None
-    return [c for c in cells[: last + 1] if not c.source.lstrip().startswith(SETUP_CELL_MARK)]
+    return [c for c in cells[: last + 1]
+            if not c.source.lstrip().startswith(SETUP_CELL_MARK) and not _only_public_checks(c.source)]
+
+
+def _only_public_checks(source: str) -> bool:
+    """Whether a cell does nothing but call public checks (``checks.check_cd_loss(my_cd_loss)``): the
+    grader runs its own cases, and a failing check between two graded answers must not stop the run."""
+    tree = _parse(source)
+    if tree is None or not tree.body:
+        return False
+    for node in tree.body:
+        call = node.value if isinstance(node, ast.Expr) else None
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                and call.func.attr.startswith("check_")):
+            return False
+    return True
 
 
 # ---------------------------------------------------------------------------- static check
@@ -171,7 +189,7 @@ def _functions(trees: Sequence[ast.Module]) -> Dict[str, ast.AST]:
     defs: Dict[str, ast.AST] = {}
     for tree in trees:
         for node in tree.body:
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 defs[node.name] = node
             elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Lambda):
                 for target in node.targets:
@@ -180,14 +198,14 @@ def _functions(trees: Sequence[ast.Module]) -> Dict[str, ast.AST]:
     return defs
 
 
-def static_uses(cells: Sequence[Cell], function: str, forbidden_modules: Sequence[str]) -> List[str]:
-    """Dotted names of cdlib implementation functions that ``function`` (or a notebook function it
-    calls, transitively) refers to in its source, sorted; [] when none."""
+def static_uses(cells: Sequence[Cell], names: Sequence[str], forbidden_modules: Sequence[str]) -> List[str]:
+    """Dotted names of cdlib implementation functions that the graded functions or classes ``names``
+    (or notebook functions they use, transitively) refer to in their source, sorted; [] when none."""
     trees = [t for t in (_parse(c.source) for c in cells) if t is not None]
     aliases = _aliases(trees)
     defs = _functions(trees)
     found = set()
-    todo: List[str] = [function]
+    todo: List[str] = [names] if isinstance(names, str) else list(names)
     seen = set()
     while todo:
         name = todo.pop()

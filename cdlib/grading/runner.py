@@ -36,6 +36,9 @@ PRELOAD = ("torch", "matplotlib.pyplot", "cdlib", "cdlib.checks", "cdlib.data", 
            "cdlib.connectors", "cdlib.device", "cdlib.schedules", "cdlib.train", "cdlib.analysis")
 
 
+MAX_RECORDED = 100_000  # elements of a returned tensor kept for the grader
+
+
 def _stage(job: Path, text: str) -> None:
     tmp = job / "stage.tmp"
     tmp.write_text(text, encoding="utf8")
@@ -197,11 +200,14 @@ def describe_result(value, grad_inputs):
         out.update(shape=list(value.shape), dtype=str(value.dtype).replace("torch.", ""),
                    is_float=bool(value.is_floating_point()),
                    connected=bool(value.requires_grad or value.grad_fn is not None))
+        if value.is_floating_point() and value.numel() <= MAX_RECORDED:
+            out["tensor"] = value.detach().double().clone()
         if value.numel() == 1 and value.is_floating_point():
             out["value"] = float(value.detach().double().reshape(-1)[0])
+        if value.is_floating_point() and 0 < value.numel() <= MAX_RECORDED:
             if out["connected"] and grad_inputs:
-                try:
-                    grads = torch.autograd.grad(value.reshape(()), grad_inputs, allow_unused=True)
+                try:  # of the sum: for a loss, its gradient; for a map (N, C), every output's at once
+                    grads = torch.autograd.grad(value.sum(), grad_inputs, allow_unused=True)
                     out["grads"] = [torch.zeros_like(x, dtype=torch.float64) if g is None else g.detach().double()
                                     for g, x in zip(grads, grad_inputs)]
                 except Exception as exc:  # noqa: BLE001 - reported to the student
@@ -214,9 +220,50 @@ def describe_result(value, grad_inputs):
     return out
 
 
+def describe_module(module) -> dict:
+    """The layers of an nn.Module (leaf modules in order) and its first convolution's settings."""
+    from torch import nn
+
+    leaves = [m for m in module.modules() if not list(m.children())]
+    out = {"layers": [type(m).__name__ for m in leaves]}
+    conv = next((m for m in leaves if isinstance(m, nn.Conv2d)), None)
+    if conv is not None:
+        out["conv"] = {"weight": conv.weight.detach().double().clone(), "bias": conv.bias is not None,
+                       "kernel_size": list(conv.kernel_size), "stride": list(conv.stride),
+                       "padding": [int(p) for p in conv.padding] if isinstance(conv.padding, tuple) else [-1],
+                       "in": conv.in_channels, "out": conv.out_channels}
+    bn = next((m for m in leaves if isinstance(m, nn.BatchNorm2d)), None)
+    if bn is not None:
+        out["bn"] = {"eps": float(bn.eps), "affine": bool(bn.affine), "features": bn.num_features}
+    return out
+
+
+def call_module_case(cls, case, watch: CallWatch) -> dict:
+    """Build ``cls(*args)``, put it in training mode and run it on the case's input."""
+    import torch
+
+    x = case["input"].clone().requires_grad_(True)
+    try:
+        with watch, torch.enable_grad():
+            module = cls(*case["args"])
+            module.train()
+            value = module(x)
+    except NotImplementedError as exc:
+        return {"id": case["id"], "error": _error_text(exc), "not_implemented": True}
+    except SystemExit as exc:
+        return {"id": case["id"], "error": f"SystemExit (it calls sys.exit({exc.code!r}))"}
+    except Exception as exc:  # noqa: BLE001
+        return {"id": case["id"], "error": _error_text(exc)}
+    out = describe_result(value, [x])
+    out.update(id=case["id"], module=describe_module(module) if isinstance(module, torch.nn.Module) else None)
+    return out
+
+
 def call_case(fn, case, watch: CallWatch) -> dict:
     import torch
 
+    if case.get("kind") == "module":
+        return call_module_case(fn, case, watch)
     grad = set(case.get("grad", ()))
     args = [_prepare(a, i in grad) for i, a in enumerate(case["args"])]
     kwargs = dict(case.get("kwargs", {}))
@@ -242,6 +289,8 @@ def call_case(fn, case, watch: CallWatch) -> dict:
 
 def run_public_check(fn, check: dict) -> dict:
     """The exercise's public check (cdlib.checks), for the feedback: "passed" or its message."""
+    if not callable(fn):
+        return {"status": "error", "message": "not run: the graded function is not defined"}
     checks = importlib.import_module("cdlib.checks")
     target = fn
     if check.get("epochs"):
@@ -269,17 +318,19 @@ def main(job_dir: str) -> int:
     shell = _shell()
     _stage(job, READY)
     status = run_cells(shell, spec["cells"], job)
-    if status["status"] == "ran":
-        fn = shell.user_ns.get(spec["function"])
-        if not callable(fn):
-            status = {"status": "not_callable", "type": type(fn).__name__}
     if status["status"] != "ran":
         (job / "status.json").write_text(json.dumps(status), encoding="utf8")
         return 0
     outcomes = []
     for case in cases:
-        _stage(job, f"calling {spec['function']} on hidden case {case['id']}")
+        name = case.get("function", spec["function"])
+        fn = shell.user_ns.get(name)
+        if not callable(fn):
+            outcomes.append({"id": case["id"], "error": f"{name} is not defined by the notebook (found {type(fn).__name__})"})
+            continue
+        _stage(job, f"calling {name} on hidden case {case['id']}")
         outcomes.append(call_case(fn, case, watch))
+    fn = shell.user_ns.get(spec["function"])
     _save({"outcomes": outcomes, "forbidden_calls": sorted(watch.seen)}, job / "outcomes.pt")
     _stage(job, "running the public check")
     public = run_public_check(fn, spec["public_check"])
