@@ -260,3 +260,24 @@ def test_teacher_bn_train_gives_the_targets_of_a_teacher_in_train_mode():
         assert terms["kd"].item() == pytest.approx(expected.item(), rel=1e-5)
         assert terms["kd"].item() != pytest.approx(other.item(), rel=1e-3)
         assert distiller.teacher.training == bn_train
+
+
+# ------------------------------------------------------------------ runs saved before the switches existed
+
+
+def test_a_finished_run_saved_before_the_switches_existed_counts_as_one_with_them_off(tmp_path):
+    import json
+
+    from cdlib import seeds
+    from cdlib.runfolder import config_dict
+
+    cfg = _tiny(tmp_path)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    older = {k: v for k, v in config_dict(cfg).items() if k not in recipes.REFERENCE_SWITCHES + ("reference_compat",)}
+    (folder / "config.json").write_text(json.dumps(older))
+    (folder / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_top1": 50.0}) + "\n")
+    (folder / "model.pt").write_bytes(b"")
+    assert seeds._finished(cfg)
+    with pytest.raises(ConfigError, match="keep_zero_weight_terms: False -> True"):
+        seeds._finished(cfg.replace(keep_zero_weight_terms=True))
