@@ -79,6 +79,25 @@ def test_train_then_reuse_as_teacher_in_process(tmp_path, capsys):
     assert (run_dir / "cifar_resnet10_w4" / "model.pt").is_file()
 
 
+def test_evaluate_takes_the_settings_of_the_run_that_wrote_the_file(capsys, tmp_path):
+    run_dir = tmp_path / "exp"
+    assert cli.main(["train", "--recipe", "demo", *SMALL, "--data-options", "train_per_class=20", "--model",
+                     "cifar_resnet10_w4", "--run-dir", str(run_dir)]) == 0
+    model = run_dir / "cifar_resnet10_w4" / "model.pt"
+    reported = train.read_metrics(model.parent)[-1]
+    capsys.readouterr()
+    # No --recipe (its default is CIFAR-100) and no data options: the run's config.json says digits, 20 per class.
+    for argv in (["evaluate", str(model)], ["evaluate", "--data-options", "train_per_class=20", str(model)],
+                 ["evaluate", str(model), "--recipe", "cifar100"]):
+        assert cli.main(argv) == 0, argv
+        result = json.loads(capsys.readouterr().out)
+        assert (result["top1"], result["loss"]) == (reported["test_top1"], reported["test_loss"]), argv
+        assert result["data"] == "digits" and result["settings_from"] == str(model.parent / "config.json")
+    # An option given on the command line still wins over the run's.
+    assert cli.main(["evaluate", "--data-options", "train_per_class=40", str(model)]) == 0
+    assert json.loads(capsys.readouterr().out)["data_options"] == {"train_per_class": 40}
+
+
 def test_list(capsys):
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out

@@ -412,3 +412,21 @@ def test_a_term_added_to_the_table_trains_saves_and_resumes(tmp_path, teacher_fi
     assert row["train_loss"] == pytest.approx(row["loss_ce"] + row["loss_l1"])
     with pytest.raises(ConfigError, match=r"weights: \{'ce': 1.0, 'l1': 0.5\} -> \{'ce': 1.0, 'l1': 0.25\}"):
         train.fit(cfg.replace(resume=True, weights={"l1": 0.25}))
+
+
+def test_resume_refuses_another_teacher_but_not_the_same_one_copied(tmp_path, teacher_file):
+    common = dict(method="kd", epochs=2, max_steps_per_epoch=3, teacher_checkpoint=teacher_file)
+    cfg = tiny(tmp_path, **common)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(cfg, on_step=_StopAt(1, 2))
+    other = train.fit(tiny(tmp_path, "other", student="cifar_resnet10_w8", epochs=1, max_steps_per_epoch=2, seed=1))
+    with pytest.raises(ConfigError, match=r"cannot resume .*: it was trained with other teacher \(the teacher \(file "
+                                          r".*SHA-256 \w{12} -> file .*other/model.pt', SHA-256 \w{12}\)\)"):
+        train.fit(cfg.replace(resume=True, teacher_checkpoint=str(other.model_path)))
+    copy = tmp_path / "copied_teacher.pt"
+    shutil.copy(teacher_file, copy)
+    resumed = train.fit(cfg.replace(resume=True, teacher_checkpoint=str(copy)))
+    straight = train.fit(tiny(tmp_path, "straight", **common))
+    a, b = _model_state(straight.model_path), _model_state(resumed.model_path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.teacher_metrics == straight.teacher_metrics
