@@ -161,13 +161,16 @@ def main(argv=None) -> int:
     if not first.exists():
         first.write_text(json.dumps({"date": started_at.isoformat(timespec="seconds"), "load": load_before}))
     first_start = json.loads(first.read_text())
+    command = " ".join([Path(sys.executable).name, "benchmarks/cpu_study.py", *(argv if argv is not None else sys.argv[1:])])
+    with open(work / "invocations.jsonl", "a") as f:
+        f.write(json.dumps({"command": command, "date": started_at.isoformat(timespec="seconds"), "load": load_before}) + "\n")
     if args.jobs > 1:
         # Seeds split over processes; each writes its own run folders, then the study below reuses them all.
         groups = [seed_list[i :: args.jobs] for i in range(args.jobs)]
-        command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--work", str(work)]
+        worker = [sys.executable, str(Path(__file__).resolve()), "--worker", "--work", str(work)]
         if args.epochs:
-            command += ["--epochs", str(args.epochs)]
-        workers = [subprocess.Popen(command + ["--seeds", ",".join(map(str, g))]) for g in groups if g]
+            worker += ["--epochs", str(args.epochs)]
+        workers = [subprocess.Popen(worker + ["--seeds", ",".join(map(str, g))]) for g in groups if g]
         if any(w.wait() != 0 for w in workers):
             print("a worker failed; rerun the same command to continue (finished runs are reused).", file=sys.stderr)
             return 1
@@ -185,7 +188,9 @@ def main(argv=None) -> int:
     run_times = [json.loads(line) for line in timings.read_text().splitlines()] if timings.exists() else []
     run_times = [r for r in run_times if r["wall_seconds"] >= r["train_seconds"]]  # reused runs are not timed
     provenance = {
-        "command": " ".join([Path(sys.executable).name, "benchmarks/cpu_study.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": command,
+        # Every invocation into this work folder: a study continued after an interruption is one study.
+        "invocations": [json.loads(line) for line in (work / "invocations.jsonl").read_text().splitlines()],
         "recipe": "cpu-study",
         "config": json.loads((work / "student" / f"seed{seed_list[0]}" / "config.json").read_text()),
         "cdlib_version": cdlib.__version__,
@@ -197,6 +202,7 @@ def main(argv=None) -> int:
         "torch_threads_per_process": torch.get_num_threads(),
         "jobs": args.jobs,
         "date": first_start["date"],
+        # From the first start to the end of this invocation (the last one may only have reused finished runs).
         "wall_seconds": round((datetime.datetime.now().astimezone()
                                - datetime.datetime.fromisoformat(first_start["date"])).total_seconds(), 1),
         "wall_seconds_last_invocation": round(wall, 1),

@@ -430,5 +430,5 @@ def seed_comparison(per_seed, summary=None, ax=None, value: str = "top1", baseli
     if baseline is not None and baseline in order:
         ax.axvline(mean[order.index(baseline)], ls=":", color="0.3", lw=1.2)
     ax.set(xlabel="final test top-1 % (one dot per seed)", ylabel="")
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False, fontsize="small")
     return ax
