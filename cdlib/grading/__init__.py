@@ -6,11 +6,13 @@
 Every notebook in the folder (file stem = student id) runs in its own process
 and temporary folder, up to the cell that defines the exercise's function (see
 :mod:`cdlib.grading.notebook`); the function is then called on hidden cases
-(:mod:`cdlib.grading.loss_exercises`, :mod:`cdlib.grading.schedule_exercise`)
-and judged, in the grader's process, against reference computations written
-there. A notebook that is blank, crashes, calls ``sys.exit`` or never ends gets
-0 with a diagnosis saying so; one whose function calls cdlib's own
-implementation gets 0 too. Running notebooks needs IPython (the ``book`` extra).
+(:mod:`cdlib.grading.loss_exercises` for exercises 1, 2 and 4,
+:mod:`cdlib.grading.schedule_exercise` for 3, :mod:`cdlib.grading.connector_exercise`
+for 5) and judged, in the grader's process, against reference computations
+written there. A notebook that is blank, crashes, calls ``sys.exit`` or never
+ends gets 0 with a diagnosis saying so; one whose function calls cdlib's own
+implementation gets 0 too. Running notebooks needs IPython, which cdlib's
+ipywidgets dependency installs (else: the ``book`` extra).
 """
 
 from .assignments import Assignment, Question, Verdict
