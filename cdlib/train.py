@@ -41,7 +41,7 @@ from . import distributed, parts as parts_mod, resume, runlock
 from . import terms as term_table
 from .distributed import Placement, is_main_process
 from .errors import CheckpointError, ConfigError, TrainingDiverged
-from .estimate import clock, resume_message, run_eta
+from .progress import clock, resume_message, run_eta
 from .health import LossWatch
 from .interrupt import DeferredInterrupt
 from .oserrors import describe

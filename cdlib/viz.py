@@ -402,21 +402,18 @@ def probability_histogram(groups: Mapping[str, Sequence[float]], ax=None, bins: 
     return ax
 
 
-def seed_comparison(per_seed, summary=None, ax=None, value: str = "top1", baseline: Optional[str] = None):
+def seed_comparison(per_seed, summary, ax=None, value: str = "top1", baseline: Optional[str] = None):
     """One dot per seed and, per method, the mean with its 95 % t-interval (from :mod:`cdlib.seeds`).
 
     ``per_seed``: a DataFrame with columns method, seed and ``value``;
-    ``summary``: the matching summary (its ``top1_ci_low``/``top1_ci_high``),
-    computed with :func:`cdlib.seeds.summarize` when not given. ``baseline``
+    ``summary``: the matching summary from :func:`cdlib.seeds.summarize` (its
+    ``top1_mean``, ``top1_ci_low``/``top1_ci_high``). ``baseline``
     draws that method's mean as a dotted line. Returns the Axes.
     """
     import pandas as pd
     import seaborn as sns
 
-    from .seeds import summarize
-
     frame = pd.DataFrame(per_seed)
-    summary = summarize(frame, baseline or frame["method"].iloc[0]) if summary is None else summary
     order = list(summary["method"])
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 0.5 * len(order) + 1.3), constrained_layout=True)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from cdlib import cli, estimate, models, recipes
+from cdlib import cli, estimate, models, progress, recipes
 from cdlib.bench import DEFAULT_ASSUMED_UTILISATION, peak_tflops
 from cdlib.connectors import build_connectors
 from cdlib.errors import ConfigError
@@ -174,16 +174,16 @@ def test_colab_recipe_fits_a_t4_and_keeps_the_papers_training():
 
 def test_run_eta_arithmetic():
     # 3 epochs finished in 10, 12 and 14 s; 2.25 epochs to go -> 12 s x 2.25
-    assert estimate.run_eta(2.25, [10.0, 12.0, 14.0], elapsed=99.0, fraction_timed=0.5) == pytest.approx(27.0)
+    assert progress.run_eta(2.25, [10.0, 12.0, 14.0], elapsed=99.0, fraction_timed=0.5) == pytest.approx(27.0)
     # none finished yet: 30 s for the first 0.25 of an epoch -> 120 s an epoch, 9.75 epochs left
-    assert estimate.run_eta(9.75, [], elapsed=30.0, fraction_timed=0.25) == pytest.approx(1170.0)
-    assert estimate.run_eta(5.0, [], elapsed=0.0, fraction_timed=0.0) is None
-    assert estimate.run_eta(-0.0001, [8.0]) == 0.0
+    assert progress.run_eta(9.75, [], elapsed=30.0, fraction_timed=0.25) == pytest.approx(1170.0)
+    assert progress.run_eta(5.0, [], elapsed=0.0, fraction_timed=0.0) is None
+    assert progress.run_eta(-0.0001, [8.0]) == 0.0
 
 
 @pytest.mark.parametrize("seconds, text", [(0, "00:00"), (754.4, "12:34"), (3723, "1:02:03"), (100_000, "27:46:40")])
 def test_clock(seconds, text):
-    assert estimate.clock(seconds) == text
+    assert progress.clock(seconds) == text
 
 
 @pytest.mark.parametrize("epoch, step, text", [
@@ -193,7 +193,7 @@ def test_clock(seconds, text):
     (201, 0, "resuming a finished run: all 200 epochs were already trained."),
 ])
 def test_resume_message(epoch, step, text):
-    assert estimate.resume_message(epoch, step, 390, 200) == text
+    assert progress.resume_message(epoch, step, 390, 200) == text
 
 
 class _StopAt:
