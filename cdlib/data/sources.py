@@ -89,7 +89,7 @@ def _load_cifar100(root: Optional[str], download: bool) -> DataBundle:
         try:
             torchvision.datasets.CIFAR100(str(root_path), train=True, download=True)
         except OSError as exc:  # no network (URLError), a refused connection, an unwritable or full root
-            from .oserrors import remedy
+            from ..oserrors import remedy
 
             reason = getattr(exc, "reason", None) or (remedy(exc) if exc.errno else exc)
             raise DataError(
