@@ -3,7 +3,9 @@
 Every field of a recipe (:class:`cdlib.recipes.RunConfig`) is an option, so
 ``cdlib distill --recipe cifar100 --epochs 50 --method kd`` overrides just
 those two values. Errors caused by input print one sentence and exit with
-status 2; Ctrl-C saves a checkpoint and exits with status 130.
+status 2; Ctrl-C saves a checkpoint and exits with status 130, SIGTERM (a
+job scheduler's stop) likewise with 143. ``cdlib evaluate`` on a file from a
+run folder uses that run's settings (its ``config.json``).
 """
 
 from __future__ import annotations

@@ -7,11 +7,14 @@ given, runs a ','-separated list of methods and returns their results.
 
 A run folder (:mod:`cdlib.runfolder`) holds ``config.json``, ``metrics.jsonl``
 (one line per epoch), ``checkpoint.pt`` (written atomically every epoch and on
-Ctrl-C) and, when finished, ``model.pt`` (the trained student, reusable as a
-teacher).
+Ctrl-C or SIGTERM) and, when finished, ``model.pt`` (the trained student,
+reusable as a teacher). One run writes a folder at a time: ``fit`` holds its
+lock (:mod:`cdlib.runlock`) and first clears the temporary files of saves that
+were cut short.
 
 Resuming is exact (:mod:`cdlib.resume`): an interrupted and resumed run ends
-with the same weights and metrics as an uninterrupted one. In-memory data sets
+with the same weights and metrics as an uninterrupted one, and is refused when
+its settings, its data (content fingerprint) or its teacher file (SHA-256) differ. In-memory data sets
 (CIFAR-100, digits, synthetic) replay the interrupted epoch's batches up to
 where it stopped, which costs little; a DataLoader with workers (ImageNet)
 skips them in its sampler and gives every image its own augmentation seed
