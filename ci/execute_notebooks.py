@@ -5,6 +5,8 @@ The book is built from ``_build/stage/``, a folder that mirrors the repository:
 
     _build/stage/_config.yml, _toc.yml      copied
     _build/stage/book/                      copied (prose chapters, references.bib, images)
+    _build/stage/results/                   copied (committed studies the chapters read, e.g.
+                                            ../results/cpu-study; small: tables and logs, no models)
     _build/stage/notebooks/*.ipynb          executed copies of notebooks/*.ipynb
 
 Notebooks keep their repository paths, so the book's Colab / download buttons point
@@ -59,7 +61,7 @@ STAGE = REPO / "_build" / "stage"
 DEFAULT_PARAMS = REPO / "ci" / "notebook_params.json"
 TIMES_FILE = STAGE / "notebook_times.json"
 # Files and folders copied verbatim into the stage (relative to the repository root).
-STAGE_COPY = ["_config.yml", "_toc.yml", "book"]
+STAGE_COPY = ["_config.yml", "_toc.yml", "book", "results"]
 # Never copied next to staged notebooks.
 IGNORE = shutil.ignore_patterns(
     "*.ipynb", ".ipynb_checkpoints", "__pycache__", "runs", "data", "_build", ".venv", "venv"

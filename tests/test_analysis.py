@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -143,3 +146,121 @@ def test_connector_table_counts_parameters():
 def test_binomial_se():
     assert analysis.binomial_se(50.0, 100) == pytest.approx(5.0)
     assert analysis.binomial_se(100.0, 10) == 0.0
+
+
+# ----------------------------------------------------------------- the chapters' study sections
+#
+# Chapters 01-04 read committed studies (results/cpu-study, results/reference-switches) in cells
+# whose ids contain "-study-" or "-switch-". They run here as the book runs them, without
+# training: once from notebooks/ (the study is at ../results, as in _build/stage/notebooks/)
+# and once from a folder without it (a lone copy on Colab), where every glue key the page
+# uses must still be defined (the book is built with -W: a missing key fails the build).
+
+REPO = Path(__file__).resolve().parent.parent
+STUDY_CHAPTERS = ["01_channel_attention", "02_gkd_vs_kd", "03_edt_schedules", "04_reproduce_cifar100"]
+_GLUE_KEY = re.compile(r"\{glue:text\}`([A-Za-z0-9_]+)")
+
+
+def _study_cells(stem):
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(REPO / "notebooks" / f"{stem}.ipynb", as_version=4)
+    chosen = [c for c in nb.cells if "-study-" in c.get("id", "") or "-switch-" in c.get("id", "")]
+    code = [c.source for c in chosen if c.cell_type == "code"]
+    keys = {k for c in chosen if c.cell_type == "markdown" for k in _GLUE_KEY.findall(c.source)}
+    return code, keys
+
+
+def _run_cells(code, cwd, monkeypatch):
+    """Run the cells in one namespace with cwd ``cwd``; return what they glued."""
+    pytest.importorskip("pandas")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cdlib import viz
+
+    glued = {}
+    monkeypatch.setattr(viz, "glue", lambda key, value, display=False: glued.__setitem__(key, value))
+    monkeypatch.chdir(cwd)
+    namespace = {"viz": viz, "analysis": analysis}
+    for source in code:
+        exec(compile(source, "<cell>", "exec"), namespace)
+    plt.close("all")
+    return glued, namespace
+
+
+def test_execute_notebooks_stages_the_results_folder():
+    sys.path.insert(0, str(REPO / "ci"))
+    try:
+        import execute_notebooks
+    finally:
+        sys.path.pop(0)
+    assert "results" in execute_notebooks.STAGE_COPY
+    assert (REPO / "results" / "cpu-study" / "summary.csv").is_file()
+
+
+@pytest.mark.parametrize("stem", STUDY_CHAPTERS)
+def test_study_sections_glue_every_key_without_the_study(stem, tmp_path, monkeypatch):
+    code, keys = _study_cells(stem)
+    assert code and keys, f"{stem} has no study section"
+    (tmp_path / "notebooks").mkdir()
+    glued, _ = _run_cells(code, tmp_path / "notebooks", monkeypatch)
+    assert keys <= set(glued), f"{stem}: keys used but not glued without the study: {sorted(keys - set(glued))}"
+    assert all(isinstance(glued[k], str) and glued[k] for k in keys)
+
+
+def _t_interval(xs):
+    """Mean and 95 % t-interval of five numbers, written out (t with 4 degrees of freedom: 2.7764451)."""
+    n = len(xs)
+    mean = sum(xs) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    half = 2.7764451052 * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def _committed_top1():
+    import csv
+
+    with open(REPO / "results" / "cpu-study" / "per_seed.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = {}
+    for r in rows:
+        out.setdefault(r["method"], {})[int(r["seed"])] = float(r["top1"])
+    return out
+
+
+def test_chapter_03_pairs_the_two_schedules_as_written_out(monkeypatch):
+    code, keys = _study_cells("03_edt_schedules")
+    glued, ns = _run_cells(code, REPO / "notebooks", monkeypatch)
+    assert keys <= set(glued)
+    top1 = _committed_top1()
+    diffs = [top1["cd+gkd+edt (cosine)"][s] - top1["cd+gkd+edt"][s] for s in sorted(top1["cd+gkd+edt"])]
+    mean, low, high = _t_interval(diffs)
+    assert ns["edt"].mean == pytest.approx(mean) and ns["edt"].low == pytest.approx(low, abs=1e-6)
+    assert ns["edt"].high == pytest.approx(high, abs=1e-6)
+    word = "resolved" if (low > 0 or high < 0) else "do not resolve"
+    assert f"[{low:.2f}, {high:.2f}]" in glued["study_edt"] and word in glued["study_edt"]
+
+
+def test_chapters_01_02_state_the_committed_intervals_and_the_rule(monkeypatch):
+    top1 = _committed_top1()
+    seeds_ = sorted(top1["student"])
+    code, keys = _study_cells("01_channel_attention")
+    glued, ns = _run_cells(code, REPO / "notebooks", monkeypatch)
+    assert keys <= set(glued)
+    mean, low, high = _t_interval([top1["cd"][s] - top1["student"][s] for s in seeds_])
+    assert f"{mean:+.2f}" in glued["study_cd"] and f"[{low:.2f}, {high:.2f}]" in glued["study_cd"]
+    assert ("contains 0" in glued["study_cd"]) == (low <= 0 <= high)
+    code, keys = _study_cells("02_gkd_vs_kd")
+    glued, ns = _run_cells(code, REPO / "notebooks", monkeypatch)
+    assert keys <= set(glued)
+    verdict = glued["study_verdict"]
+    resolved_part, unresolved_part = verdict.split("it contains 0 for")
+    for method, label in [("kd", "KD ("), ("cd", "CD ("), ("cd+gkd", "CD + GKD ("), ("cd+gkd+edt", "staircase ("),
+                          ("cd+gkd+edt (cosine)", "cosine (")]:
+        mean, low, high = _t_interval([top1[method][s] - top1["student"][s] for s in seeds_])
+        part = resolved_part if (low > 0 or high < 0) else unresolved_part
+        assert f"{label}{mean:+.2f}, 95 % CI [{low:.2f}, {high:.2f}]" in part, (method, verdict)
+    table = ns["study_table"](ns["study"].summary, ns["METHODS_STUDIED"])
+    assert table.loc["KD", "verdict"] == "resolved: better" and table.loc["CD", "verdict"] == "not resolved"
