@@ -22,7 +22,8 @@ from cdlib.errors import ConfigError
 from cdlib.grading import grade, get_assignment
 from cdlib.grading import grader as grader_module
 from cdlib.grading import notebook, runner
-from cdlib.grading.assignments import Assignment
+from cdlib.grading import ASSIGNMENTS
+from cdlib.grading.assignments import Assignment, notebook_points
 from cdlib.grading.connector_exercise import CONNECTOR
 from cdlib.grading.loss_exercises import CD, GKD, KD, reference_cd, reference_gkd, reference_kd
 from cdlib.grading.schedule_exercise import SCHEDULE
@@ -423,3 +424,11 @@ def test_scores_channel_attention_and_connectors():
     assert _score_in_process(CONNECTOR, attention, MyConnector=Library)[1] == {"cdlib.connectors.Connector.__init__"}
     assert notebook.static_uses(_cells("from cdlib import connectors", "class MyConnector(connectors.Connector):\n    pass"),
                                 CONNECTOR.names, CONNECTOR.forbidden_modules) == ["cdlib.connectors.Connector"]
+
+
+@pytest.mark.parametrize("name", sorted(ASSIGNMENTS))
+def test_instructor_notebooks_give_every_questions_points(name):
+    """The points live in the instructor notebook's metadata; the grader's defaults only fill gaps."""
+    points = notebook_points(INSTRUCTOR / f"{name}.ipynb")
+    assert points is not None and set(points) == {q.name for q in ASSIGNMENTS[name].questions}
+    assert get_assignment(name).max_points == sum(points.values())
