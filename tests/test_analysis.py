@@ -264,3 +264,34 @@ def test_chapters_01_02_state_the_committed_intervals_and_the_rule(monkeypatch):
         assert f"{label}{mean:+.2f}, 95 % CI [{low:.2f}, {high:.2f}]" in part, (method, verdict)
     table = ns["study_table"](ns["study"].summary, ns["METHODS_STUDIED"])
     assert table.loc["KD", "verdict"] == "resolved: better" and table.loc["CD", "verdict"] == "not resolved"
+
+
+def test_chapter_04_judges_each_switch_by_its_paired_interval(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from cdlib import seeds
+
+    base = [68.0, 70.5, 66.0, 69.0, 71.0]
+    shifts = {"teacher_bn_train": [2.1, 1.9, 2.4, 2.0, 1.6], "pad_mode=zeros": [0.5, -0.8, 0.2, -0.1, 0.3]}
+    rows = [{"method": "teacher", "seed": s, "top1": 80.0 + s / 10, "top1_best": 80.5, "top5": 99.0, "train_seconds": 1.0}
+            for s in range(5)]
+    rows += [{"method": "cd+gkd+edt", "seed": s, "top1": b, "top1_best": b + 0.25 + s / 100, "top5": 97.0,
+              "train_seconds": 1.0} for s, b in enumerate(base)]
+    rows += [{"method": name, "seed": s, "top1": b + d, "top1_best": b + d, "top5": 97.0, "train_seconds": 1.0}
+             for name, ds in shifts.items() for s, (b, d) in enumerate(zip(base, ds))]
+    folder = tmp_path / "results" / "reference-switches"
+    folder.mkdir(parents=True)
+    per_seed = pd.DataFrame(rows)
+    per_seed.to_csv(folder / "per_seed.csv", index=False)
+    seeds.summarize(per_seed, "cd+gkd+edt").to_csv(folder / "summary.csv", index=False)
+    (tmp_path / "notebooks").mkdir()
+    code, keys = _study_cells("04_reproduce_cifar100")
+    glued, ns = _run_cells(code, tmp_path / "notebooks", monkeypatch)
+    assert keys <= set(glued)
+    table = ns["switches"]
+    assert list(table.index) == ["cd+gkd+edt (default)", "teacher_bn_train", "pad_mode=zeros", "report_best_epoch"]
+    for name, ds in [*shifts.items(), ("report_best_epoch", [0.25 + s / 100 for s in range(5)])]:
+        mean, low, high = _t_interval(ds)
+        assert table.loc[name, "vs default"] == f"{mean:+.2f}" and table.loc[name, "95 % CI"] == f"[{low:.2f}, {high:.2f}]"
+        assert table.loc[name, "verdict"] == ("resolved: higher" if low > 0 else "not resolved"), name
+    assert "Resolved: teacher_bn_train" in glued["switches_verdict"] and "pad_mode=zeros." in glued["switches_verdict"]
