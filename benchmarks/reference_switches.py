@@ -201,7 +201,8 @@ def main(argv=None) -> int:
         _worker(cfg, pairs[args.worker :: args.jobs], timings)
         return 0
 
-    started, started_at, load_before = time.perf_counter(), datetime.datetime.now().astimezone(), _load()
+    started, started_at, load_before, commit = time.perf_counter(), datetime.datetime.now().astimezone(), _load(), _git_commit()
+    present = [s for s in seed_list if (work / seeds.TEACHER / f"seed{s}" / "model.pt").exists()]
     copied = copy_teachers(Path(args.teachers), work, seed_list)
     if args.jobs > 1:
         # A seed without a teacher trains it (and its default run) here first, so two workers never train one teacher.
@@ -231,9 +232,10 @@ def main(argv=None) -> int:
         "variants": specs,
         "teachers_copied_from": str(args.teachers) if copied else None,
         "teacher_seeds_copied": copied,
+        "teacher_seeds_present_at_start": present,  # copied by an earlier invocation, or trained by one
         "config": json.loads((work / seeds._slug(DEFAULT) / f"seed{seed_list[0]}" / "config.json").read_text()),
         "cdlib_version": cdlib.__version__,
-        "git_commit": _git_commit(),
+        "git_commit": commit,  # at the start: the code the runs trained with
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "cpu_model": device.cpu_model(),
