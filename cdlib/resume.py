@@ -148,17 +148,19 @@ def check_facts(saved: dict, facts: dict, path: Path) -> None:
     before = saved.get("facts")
     if not isinstance(before, dict):
         return  # written before checkpoints recorded them: the settings were checked
-    diffs = []
+    diffs, what = [], []
     if before.get("data_fingerprint") != facts["data_fingerprint"]:
-        diffs.append(f"the data (data_root {before.get('data_root')!r} -> {facts['data_root']!r}, content fingerprint "
-                     f"{str(before.get('data_fingerprint'))[:12]} -> {facts['data_fingerprint'][:12]})")
+        what.append("other data")
+        diffs.append(f"data: data_root {before.get('data_root')!r} -> {facts['data_root']!r}, content fingerprint "
+                     f"{str(before.get('data_fingerprint'))[:12]} -> {facts['data_fingerprint'][:12]}")
     if "teacher_sha256" in facts and before.get("teacher_sha256") != facts["teacher_sha256"]:
-        diffs.append(f"the teacher (file {before.get('teacher_file')!r}, SHA-256 {str(before.get('teacher_sha256'))[:12]} "
-                     f"-> file {facts['teacher_file']!r}, SHA-256 {facts['teacher_sha256'][:12]})")
+        what.append("another teacher")
+        diffs.append(f"teacher: {before.get('teacher_file')!r} (SHA-256 {str(before.get('teacher_sha256'))[:12]}) -> "
+                     f"{facts['teacher_file']!r} (SHA-256 {facts['teacher_sha256'][:12]})")
     if diffs:
         raise ConfigError(
-            f"cannot resume {path}: it was trained with other {' and '.join(d.split(' (')[0][4:] for d in diffs)} "
-            f"({'; '.join(diffs)}); resume with the original ones, or start again in another --run-dir."
+            f"cannot resume {path}: it was trained with {' and '.join(what)} ({'; '.join(diffs)}); resume with "
+            "the original ones, or start again in another --run-dir."
         )
 
 

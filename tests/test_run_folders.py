@@ -337,7 +337,7 @@ def test_resume_refuses_other_data_behind_the_same_settings_but_not_the_same_dat
 
     with pytest.raises(KeyboardInterrupt):
         train.fit(cfg, on_step=stop)
-    with pytest.raises(ConfigError, match=r"cannot resume .*: it was trained with other data \(the data \(data_root "
+    with pytest.raises(ConfigError, match=r"cannot resume .*: it was trained with other data \(data: data_root "
                                           rf"'{re.escape(str(a))}' -> '{re.escape(str(b))}', content fingerprint"):
         train.fit(cfg.replace(resume=True, data_root=str(b)))
     moved = tmp_path / "moved"

@@ -420,8 +420,8 @@ def test_resume_refuses_another_teacher_but_not_the_same_one_copied(tmp_path, te
     with pytest.raises(KeyboardInterrupt):
         train.fit(cfg, on_step=_StopAt(1, 2))
     other = train.fit(tiny(tmp_path, "other", student="cifar_resnet10_w8", epochs=1, max_steps_per_epoch=2, seed=1))
-    with pytest.raises(ConfigError, match=r"cannot resume .*: it was trained with other teacher \(the teacher \(file "
-                                          r".*SHA-256 \w{12} -> file .*other/model.pt', SHA-256 \w{12}\)\)"):
+    with pytest.raises(ConfigError, match=r"cannot resume .*: it was trained with another teacher \(teacher: "
+                                          r"'.*' \(SHA-256 \w{12}\) -> '.*other/model.pt' \(SHA-256 \w{12}\)\)"):
         train.fit(cfg.replace(resume=True, teacher_checkpoint=str(other.model_path)))
     copy = tmp_path / "copied_teacher.pt"
     shutil.copy(teacher_file, copy)
