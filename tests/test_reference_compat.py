@@ -281,3 +281,26 @@ def test_a_finished_run_saved_before_the_switches_existed_counts_as_one_with_the
     assert seeds._finished(cfg)
     with pytest.raises(ConfigError, match="keep_zero_weight_terms: False -> True"):
         seeds._finished(cfg.replace(keep_zero_weight_terms=True))
+
+
+def test_the_committed_switch_table_follows_from_the_committed_per_seed_results():
+    import importlib.util
+    from pathlib import Path
+
+    import pandas as pd
+
+    root = Path(__file__).resolve().parents[1]
+    folder = root / "results" / "reference-switches"
+    if not (folder / "switches.csv").exists():
+        pytest.skip("no committed reference-switch results")
+    spec = importlib.util.spec_from_file_location("reference_switches", root / "benchmarks" / "reference_switches.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    per_seed = pd.read_csv(folder / "per_seed.csv")
+    assert sorted(per_seed[per_seed["method"] == module.DEFAULT]["seed"]) == [0, 1, 2, 3, 4]
+    recomputed = module.switch_table(per_seed)
+    committed = pd.read_csv(folder / "switches.csv")
+    assert list(recomputed["switch"]) == list(committed["switch"])
+    for column in ("top1_mean", "diff_mean", "diff_ci_low", "diff_ci_high"):
+        assert recomputed[column].tolist() == pytest.approx(committed[column].tolist(), nan_ok=True, abs=1e-9)
+    assert recomputed["verdict"].tolist() == committed["verdict"].tolist()
