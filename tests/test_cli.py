@@ -213,8 +213,11 @@ def test_bad_checkpoints_to_evaluate_are_one_line(capsys, tmp_path, small_model,
     evil, marker = evil_checkpoint
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"PK\x03\x04" + os.urandom(2000))  # looks like a zip (torch's format) at first
+    # Outside its run folder the model is evaluated on the recipe's data (10 digits), which it does not fit.
+    alone = tmp_path / "alone.pt"
+    shutil.copy(small_model, alone)
     for path, expected in [(evil, "could run code"), (corrupt, "truncated or corrupt"),
-                           (small_model, "4 classes, but a cifar_resnet10_w4 with 10 classes")]:
+                           (alone, "4 classes, but a cifar_resnet10_w4 with 10 classes")]:
         line = _one_line_error(capsys, ["evaluate", str(path), "--recipe", "demo", "--image-size", "8", "--device", "cpu"])
         assert re.search(expected, line), line
     assert not marker.exists()
