@@ -331,6 +331,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         import signal
 
         name = "SIGTERM" if interrupt.last_signal() == signal.SIGTERM else "Ctrl-C"
+        if argv is None:  # the command itself: a further Ctrl-C while Python exits would print a traceback
+            for signum in interrupt.STOP_SIGNALS:
+                signal.signal(signum, signal.SIG_IGN)
         print(f"cdlib: stopped by {name}; rerun the same command with --resume to continue.", file=sys.stderr)
         return interrupt.exit_status()
     finally:
