@@ -39,14 +39,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "ci"))
 from execute_notebooks import toc_notebooks  # noqa: E402
 
-SETUP_CELL = '''# Setup: installs cdlib where it is missing (e.g. on Colab); a no-op when the right version is present.
-import importlib.metadata, os, subprocess, sys
-CDLIB_VERSION = "0.1.0"
-try:
-    assert importlib.metadata.version("channel-distillation") == CDLIB_VERSION
-except (importlib.metadata.PackageNotFoundError, AssertionError):
-    spec = os.environ.get("CDLIB_PIP_SPEC", f"channel-distillation @ git+https://github.com/channel-distillation/channel-distillation@v{CDLIB_VERSION}")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", spec], check=True)'''
+from setup_cell import ref_of, setup_cell  # noqa: E402  (the one definition of the setup cell)
+
+SETUP_CELL = setup_cell()
 
 # What Colab preinstalls that matters to these notebooks (and papermill to run them).
 COLAB_PREINSTALLED = ["papermill", "ipykernel", "matplotlib", "seaborn", "ipywidgets"]
@@ -88,10 +83,37 @@ def _first_code_cell(path: str) -> str:
 
 @pytest.mark.parametrize("path", BOOK_NOTEBOOKS + STUDENT_NOTEBOOKS)
 def test_first_code_cell_is_the_setup_cell(path):
-    assert _first_code_cell(path) == SETUP_CELL, (
-        f"{path}: the first code cell must be exactly the shared setup cell (see tests/test_colab_install.py "
-        "SETUP_CELL), so that every notebook installs cdlib the same way on Colab"
+    cell = _first_code_cell(path)
+    assert cell == setup_cell(ref_of(cell) or "main"), (
+        f"{path}: the first code cell must be exactly the shared setup cell of ci/setup_cell.py, so that every "
+        "notebook installs cdlib the same way on Colab; run `python ci/setup_cell.py` and ci/make_student_notebooks.py"
     )
+
+
+def _git_tags() -> set:
+    proc = subprocess.run(["git", "tag", "--list"], cwd=REPO, capture_output=True, text=True)
+    return set(proc.stdout.split()) if proc.returncode == 0 else set()
+
+
+@pytest.mark.parametrize("path", BOOK_NOTEBOOKS + STUDENT_NOTEBOOKS)
+def test_setup_cell_installs_from_a_ref_that_exists(path):
+    ref = ref_of(_first_code_cell(path))
+    assert ref == "main" or ref in _git_tags(), (
+        f"{path} installs cdlib from git ref {ref!r}, which is neither main nor a tag of this repository: "
+        "on Colab pip would fail; use `python ci/setup_cell.py` (main) or tag the release first (README, Releasing)"
+    )
+
+
+def test_setup_cell_fails_in_one_sentence_without_network(tmp_path):
+    """pip cannot install (here: a spec that names no package) -> one RuntimeError line saying what to do."""
+    cell = SETUP_CELL.replace('CDLIB_VERSION = "', 'CDLIB_VERSION = "999.')
+    env = {**os.environ, "CDLIB_PIP_SPEC": f"channel-distillation @ file://{tmp_path}/nowhere"}
+    proc = subprocess.run([sys.executable, "-c", cell], capture_output=True, text=True, cwd=tmp_path, env=env,
+                          timeout=300)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("RuntimeError: Could not install cdlib (") and "then re-run this cell." in last, proc.stderr
+    assert "connect this runtime to the internet" in last and "pip install" in last
 
 
 def test_setup_cell_pins_cdlibs_version():
