@@ -97,7 +97,7 @@ def teacher_errors(cfg, seed_list, work: Path, augmented_epochs: int = 5):
         model = checkpoint.load_model(str(work / "teacher" / f"seed{seed}" / "model.pt"), num_classes=bundle.num_classes)
         model.eval()
 
-        def error(loader, epochs=1):
+        def error(loader, epochs=1, model=model):
             wrong = total = 0
             with torch.no_grad():
                 for epoch in range(epochs):
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
         if any(w.wait() != 0 for w in workers):
             print("a worker failed; rerun the same command to continue (finished runs are reused).", file=sys.stderr)
             return 1
-    study = _study(cfg, seed_list, timings, plot=True)
+    _study(cfg, seed_list, timings, plot=True)
     errors = teacher_errors(cfg, seed_list, work)
     wall = time.perf_counter() - started
 

@@ -17,7 +17,8 @@ from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from . import losses, terms as term_table
+from . import losses
+from . import terms as term_table
 from .connectors import build_connectors
 from .errors import ConfigError
 

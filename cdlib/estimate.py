@@ -26,7 +26,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from . import recipes, terms as term_table
+from . import recipes
+from . import terms as term_table
 from .bench import DEFAULT_ASSUMED_UTILISATION, peak_tflops
 from .errors import ConfigError
 from .recipes import RunConfig

@@ -40,19 +40,32 @@ import torch
 
 from . import checkpoint as ckpt
 from . import data as data_mod
-from . import distributed, parts as parts_mod, resume, runlock
+from . import distributed, resume, runlock
+from . import parts as parts_mod
 from . import terms as term_table
 from .distributed import Placement, is_main_process
 from .errors import CheckpointError, ConfigError, TrainingDiverged
-from .progress import clock, resume_message, run_eta
 from .health import LossWatch
 from .interrupt import DeferredInterrupt
 from .oserrors import describe
-from .parts import load_data, warn_if_useless_teacher as _warn_if_useless_teacher, weights_for
+from .parts import load_data, weights_for
+from .parts import warn_if_useless_teacher as _warn_if_useless_teacher
+from .progress import clock, resume_message, run_eta
 from .recipes import RunConfig, parse_method, validate
-from .runfolder import (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE, RunResult, comparison_table,
-                        read_metrics, teacher_dir)
-from .runfolder import check_reusable_teacher, slug, summary_line, write_metrics, write_run_files
+from .runfolder import (
+    CHECKPOINT_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    RunResult,
+    check_reusable_teacher,
+    comparison_table,
+    read_metrics,
+    slug,
+    summary_line,
+    teacher_dir,
+    write_metrics,
+    write_run_files,
+)
 from .step import TrainStep, evaluate
 
 __all__ = [

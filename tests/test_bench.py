@@ -139,7 +139,7 @@ def test_projection_arithmetic():
     assert projection["total_flops"] == pytest.approx(total)
     assert "estimate" in projection["label"].lower()
     for gpu, per_config in projection["gpus"].items():
-        for name, e in per_config.items():
+        for e in per_config.values():
             assert e["peak_tflops"] == bench.peak_tflops(gpu, e["precision"])
             assert e["hours_at_peak"] == pytest.approx(total / (e["peak_tflops"] * 1e12) / 3600)
             assert e["hours_estimate"] == pytest.approx(2 * e["hours_at_peak"])

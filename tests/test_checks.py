@@ -274,7 +274,7 @@ def test_check_cd_loss_names_each_catalogued_mistake(mistake):
 
 def cd_typo(S, T):
     total = 0
-    for s, t in zip(S, T):
+    for s, _t in zip(S, T):
         total = total + ((_ca(s) - _ca(tt)) ** 2).mean()  # noqa: F821 - the typo under test
     return total
 

@@ -49,7 +49,7 @@ def test_distill_prints_the_comparison_and_evaluate_reproduces_it(tmp_path):
     assert distill.returncode == 0, distill.stderr
     assert "Traceback" not in distill.stderr
     table = distill.stdout[distill.stdout.index("method "):]
-    for row in ("teacher cifar_resnet18_w16", "student alone", "kd", "cd+gkd+edt"):
+    for row in ("teacher cifar_resnet10_w16", "student alone", "kd", "cd+gkd+edt"):
         assert re.search(rf"^{re.escape(row)}\s+\d+\.\d\d\s+\d+\.\d\d", table, re.M), f"no table row for {row}:\n{table}"
     for folder in ("teacher", "student", "kd", "cd_gkd_edt"):
         assert len(train.read_metrics(run_dir / folder)) == 2, folder
@@ -69,7 +69,7 @@ def test_train_then_reuse_as_teacher_in_process(tmp_path, capsys):
     run_dir = tmp_path / "exp"
     assert cli.main(["train", "--recipe", "demo", *SMALL, "--run-dir", str(run_dir)]) == 0
     out = capsys.readouterr().out
-    assert "trained cifar_resnet18_w16" in out and (run_dir / "teacher" / "model.pt").is_file()
+    assert "trained cifar_resnet10_w16" in out and (run_dir / "teacher" / "model.pt").is_file()
     # `cdlib distill` finds the teacher `cdlib train` made and does not train it again.
     assert cli.main(["distill", "--recipe", "demo", *SMALL, "--method", "kd", "--run-dir", str(run_dir)]) == 0
     out = capsys.readouterr().out
@@ -195,7 +195,7 @@ def test_bad_teacher_checkpoints_are_one_line(capsys, tmp_path, small_model, evi
     evil, marker = evil_checkpoint
     cases = [
         # a cifar_resnet10_w4 (4 classes) where the recipe's cifar_resnet18_w16 teacher (10 digits) is expected
-        ([], small_model, r"holds a cifar_resnet10_w4 with 4 classes, but a cifar_resnet18_w16 with 10 classes"),
+        ([], small_model, r"holds a cifar_resnet10_w4 with 4 classes, but a cifar_resnet10_w16 with 10 classes"),
         # the right model, the wrong class count
         (["--teacher", "cifar_resnet10_w4"], small_model, r"cifar_resnet10_w4 with 4 classes, but a cifar_resnet10_w4 with 10"),
         ([], random_bytes, "truncated or corrupt"),

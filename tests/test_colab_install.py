@@ -38,7 +38,6 @@ nbformat = pytest.importorskip("nbformat")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "ci"))
 from execute_notebooks import toc_notebooks  # noqa: E402
-
 from setup_cell import ref_of, setup_cell  # noqa: E402  (the one definition of the setup cell)
 
 SETUP_CELL = setup_cell()

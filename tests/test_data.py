@@ -196,7 +196,7 @@ def imagenet_root(tmp_path):
 
     rng = np.random.default_rng(0)
     for split, per_class in (("train", 3), ("val", 2)):
-        for c, cls in enumerate(CLASSES):
+        for cls in CLASSES:
             folder = tmp_path / split / cls
             folder.mkdir(parents=True)
             for i in range(per_class):

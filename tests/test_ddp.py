@@ -84,8 +84,8 @@ def test_two_processes_end_with_identical_weights_and_one_writer(tmp_path):
 
 def _fake_imagenet(root: Path, per_class_train: int = 8, per_class_val: int = 3) -> None:
     """An ImageFolder tree of 40x40 JPEGs: train/ and val/, two classes told apart by colour."""
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     rng = np.random.default_rng(0)
     for split, count in (("train", per_class_train), ("val", per_class_val)):

@@ -8,7 +8,6 @@ message is one line ending in a full stop, and a phrase that names the mistake.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch

@@ -133,7 +133,7 @@ def test_cli_prints_a_labelled_estimate(capsys):
         e = estimate.recipe_time(cfg, gpu)
         assert f"GPU {gpu} ({e['peak_key']}), {e['precision']}" in out
         assert f"total                        ~{estimate.duration(e['total_seconds'])}" in out
-    assert "teacher cifar_resnet18_w16" in out and "\n  kd " in out
+    assert "teacher cifar_resnet10_w16" in out and "\n  kd " in out
 
 
 def test_cli_bad_gpu_or_recipe_is_one_line(capsys):

@@ -15,14 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from cdlib import connectors, losses
 from cdlib.errors import ConfigError
-from cdlib.grading import grade, get_assignment
+from cdlib.grading import ASSIGNMENTS, get_assignment, grade, notebook, runner
 from cdlib.grading import grader as grader_module
-from cdlib.grading import notebook, runner
-from cdlib.grading import ASSIGNMENTS
 from cdlib.grading.assignments import Assignment, notebook_points
 from cdlib.grading.connector_exercise import CONNECTOR
 from cdlib.grading.loss_exercises import CD, GKD, KD, reference_cd, reference_gkd, reference_kd

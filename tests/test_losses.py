@@ -386,7 +386,7 @@ def test_gradients_flow_to_every_input():
 def test_gradients_match_finite_differences():
     # torch.autograd.gradcheck compares analytic gradients to numerical ones in float64.
     for name, fn, inputs in _all_losses(torch.float64, "cpu", requires_grad=True):
-        assert torch.autograd.gradcheck(lambda *xs: fn(), inputs, eps=1e-6, atol=1e-5), name
+        assert torch.autograd.gradcheck(lambda *xs, fn=fn: fn(), inputs, eps=1e-6, atol=1e-5), name
 
 
 # --------------------------------------------------------------------------- dtype and device
@@ -402,7 +402,7 @@ def test_gradients_match_finite_differences():
     ],
 )
 def test_result_dtype_and_device_follow_inputs(in_dtype, out_dtype, device):
-    for name, fn, inputs in _all_losses(in_dtype, device, requires_grad=False):
+    for name, fn, _inputs in _all_losses(in_dtype, device, requires_grad=False):
         out = fn()
         assert out.dtype == out_dtype, name
         assert out.device.type == device.type, name

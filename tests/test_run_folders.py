@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from cdlib import checkpoint, cli, recipes, runlock, train
-from cdlib.errors import CheckpointError, ConfigError, DataError
+from cdlib.errors import CheckpointError, ConfigError
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

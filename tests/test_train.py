@@ -24,7 +24,6 @@ from cdlib import checkpoint, recipes, schedules, train
 from cdlib.errors import CheckpointError, ConfigError
 
 
-
 def tiny(tmp_path: Path, name: str = "run", **overrides) -> recipes.RunConfig:
     settings = dict(
         data="synthetic",

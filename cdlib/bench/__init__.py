@@ -35,14 +35,43 @@ its loader), :mod:`.memory` (the fresh-process memory probe), :mod:`.runner`
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .config import (ABLATIONS, CIFAR_CLASSES, CIFAR_IMAGE_SIZE, CIFAR_TRAIN_IMAGES, CONFIGURATIONS,
-                     DEFAULT_ASSUMED_UTILISATION, PAPER_BATCH, PAPER_EPOCHS, PAPER_STUDENT, PAPER_TEACHER, BenchConfig)
-from .flops import (PEAK_DENSE_TFLOPS, PROJECTION_GPUS, count_flops, count_step_flops, gpu_model_key, peak_tflops,
-                    project_recipe)
+from .config import (
+    ABLATIONS,
+    CIFAR_CLASSES,
+    CIFAR_IMAGE_SIZE,
+    CIFAR_TRAIN_IMAGES,
+    CONFIGURATIONS,
+    DEFAULT_ASSUMED_UTILISATION,
+    PAPER_BATCH,
+    PAPER_EPOCHS,
+    PAPER_STUDENT,
+    PAPER_TEACHER,
+    BenchConfig,
+)
+from .flops import (
+    PEAK_DENSE_TFLOPS,
+    PROJECTION_GPUS,
+    count_flops,
+    count_step_flops,
+    gpu_model_key,
+    peak_tflops,
+    project_recipe,
+)
 from .memory import measure_cpu_memory
-from .results import (REQUIRED_CONFIGURATION_KEYS, REQUIRED_RESULT_KEYS, RESULT_SCHEMA_VERSION, ablation_effects,
-                      default_result_path, find_results_dir, format_projection, format_summary, load_results,
-                      plot_throughput, results_table, save_result)
+from .results import (
+    REQUIRED_CONFIGURATION_KEYS,
+    REQUIRED_RESULT_KEYS,
+    RESULT_SCHEMA_VERSION,
+    ablation_effects,
+    default_result_path,
+    find_results_dir,
+    format_projection,
+    format_summary,
+    load_results,
+    plot_throughput,
+    results_table,
+    save_result,
+)
 from .runner import run_benchmark
 from .steps import PilImageSet, ReferenceStyleStep, pil_image_set, reference_train_transform
 
@@ -75,4 +104,5 @@ __all__ = [
     "REQUIRED_CONFIGURATION_KEYS",
     "CONFIGURATIONS",
     "ABLATIONS",
+    "ConfigError", "CIFAR_CLASSES", "CIFAR_IMAGE_SIZE", "CIFAR_TRAIN_IMAGES", "PAPER_BATCH", "PAPER_EPOCHS", "PAPER_STUDENT", "PAPER_TEACHER", "RESULT_SCHEMA_VERSION",
 ]

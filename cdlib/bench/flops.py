@@ -14,8 +14,7 @@ import torch
 
 from .. import models, terms
 from ..distiller import Distiller
-from .config import (CIFAR_CLASSES, CIFAR_IMAGE_SIZE, CIFAR_TRAIN_IMAGES, DEFAULT_ASSUMED_UTILISATION,
-                     PAPER_EPOCHS)
+from .config import CIFAR_CLASSES, CIFAR_IMAGE_SIZE, CIFAR_TRAIN_IMAGES, DEFAULT_ASSUMED_UTILISATION, PAPER_EPOCHS
 
 __all__ = ["PEAK_DENSE_TFLOPS", "PROJECTION_GPUS", "count_flops", "count_step_flops", "gpu_model_key",
            "peak_tflops", "project_recipe"]

@@ -15,8 +15,16 @@ import torch
 from .. import device as device_mod
 from .. import terms
 from ..device import pick_device
-from .config import (ABLATIONS, CIFAR_TRAIN_IMAGES, CONFIGURATIONS, PAPER_BATCH, PAPER_EPOCHS, PAPER_STUDENT,
-                     PAPER_TEACHER, BenchConfig)
+from .config import (
+    ABLATIONS,
+    CIFAR_TRAIN_IMAGES,
+    CONFIGURATIONS,
+    PAPER_BATCH,
+    PAPER_EPOCHS,
+    PAPER_STUDENT,
+    PAPER_TEACHER,
+    BenchConfig,
+)
 from .flops import count_step_flops, gpu_model_key, peak_tflops, project_recipe
 from .memory import measure_cpu_memory
 from .pipelines import Pipeline, build_models, build_pipeline, make_train_set, synchronize

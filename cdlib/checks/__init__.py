@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Dict
 
 from ..errors import ConfigError
-from . import cd_loss, connector, gkd_loss, kd_loss, schedule
+from . import cd_loss, connector, gkd_loss, kd_loss, schedule  # noqa: F401  (the exercise modules, by name)
 from .cd_loss import check_cd_loss
 from .common import CheckFailed, Exercise, Mistake
 from .compare import compare_schedules

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import os
 import traceback
-import numbers
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 

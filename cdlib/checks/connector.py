@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import losses
-from .common import (Call, Mistake, call, crash_report, fail, function_name, generator, modified, run_check,
-                     snapshot)
+from .common import Call, Mistake, call, crash_report, fail, function_name, generator, modified, run_check, snapshot
 
 __all__ = ["check_channel_attention", "check_connector", "MapCase", "ATTENTION_CASES", "CONNECTOR_CASES",
            "ATTENTION_MISTAKES", "CONNECTOR_MISTAKES", "make_map"]

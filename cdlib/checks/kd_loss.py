@@ -10,8 +10,25 @@ import torch
 import torch.nn.functional as F
 
 from .. import losses
-from .common import (Call, Mistake, call, close, crash_report, fail, fmt, function_name, generator, grad_of,
-                     grads_close, match, modified, output_problem, run_check, snapshot, value)
+from .common import (
+    Call,
+    Mistake,
+    call,
+    close,
+    crash_report,
+    fail,
+    fmt,
+    function_name,
+    generator,
+    grad_of,
+    grads_close,
+    match,
+    modified,
+    output_problem,
+    run_check,
+    snapshot,
+    value,
+)
 
 __all__ = ["check_kd_loss", "KdCase", "BASE", "CASES", "LARGE", "MISTAKES", "make_inputs"]
 

@@ -35,8 +35,18 @@ import numpy as np
 
 from ..errors import ConfigError
 from .loaders import DeviceLoader, EpochSampler, SeededAugmentation, make_loader
-from .sets import (CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD, PAD_MODES, DataBundle, TensorImageSet,
-                   augment_batch, crop_batch, normalize)
+from .sets import (
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PAD_MODES,
+    DataBundle,
+    TensorImageSet,
+    augment_batch,
+    crop_batch,
+    normalize,
+)
 from .sources import _load_cifar100, _load_digits, _load_imagenet, _load_synthetic
 
 __all__ = [

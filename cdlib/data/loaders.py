@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import ConfigError
 from .sets import TensorImageSet, augment_batch
 
+
 class DeviceLoader:
     """Batches of a :class:`TensorImageSet` made on ``device``: no workers, no PIL.
 

@@ -9,7 +9,6 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import Dataset
 
-
 CIFAR100_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR100_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -31,7 +31,6 @@ from pathlib import Path
 
 from .sandbox import READY
 
-
 PRELOAD = ("torch", "matplotlib.pyplot", "cdlib", "cdlib.checks", "cdlib.data", "cdlib.models", "cdlib.recipes",
            "cdlib.connectors", "cdlib.device", "cdlib.schedules", "cdlib.train", "cdlib.analysis")
 
