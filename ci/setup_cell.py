@@ -41,7 +41,11 @@ def pip_spec(ref: str = REF) -> str:
 def setup_cell(ref: str = REF, version: str | None = None) -> str:
     version = version or cdlib_version()
     return f'''# Setup: installs cdlib where it is missing (e.g. on Colab); a no-op when the right version is present.
-import importlib.metadata, os, subprocess, sys
+import importlib.metadata
+import os
+import subprocess
+import sys
+
 CDLIB_VERSION = "{version}"
 CDLIB_SPEC = "{pip_spec(ref)}"
 try:
