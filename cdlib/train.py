@@ -54,6 +54,7 @@ from .progress import clock, resume_message, run_eta
 from .recipes import RunConfig, parse_method, validate
 from .runfolder import (
     CHECKPOINT_FILE,
+    CONFIG_FILE,
     METRICS_FILE,
     MODEL_FILE,
     RunResult,
@@ -81,6 +82,10 @@ __all__ = [
     "TrainingDiverged",
     "read_metrics",
     "comparison_table",
+    "CONFIG_FILE",
+    "METRICS_FILE",
+    "CHECKPOINT_FILE",
+    "MODEL_FILE",
 ]
 
 _LOG_EVERY = 20  # steps between log points: the only places the loop waits for the device
