@@ -1,6 +1,6 @@
 """The committed CPU study (results/cpu-study, written by benchmarks/cpu_study.py): complete,
 consistent with its own run files, and reproducible — the student of seed 0 trained again here
-ends at the committed accuracy (exactly on the CPU model that produced it)."""
+ends within the study's own seed-to-seed spread of the committed accuracy."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cdlib import device, recipes, seeds, train
+from cdlib import recipes, seeds, train
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "results" / "cpu-study"
@@ -73,14 +73,11 @@ def test_student_seed0_reproduces_the_committed_accuracy(tmp_path):
     cfg = recipes.RunConfig(**saved).replace(run_dir=str(tmp_path / "student"), resume=False, progress=False, device="cpu")
     result = train.fit(cfg)
     committed = train.read_metrics(folder)
-    provenance = json.loads((COMMITTED / "provenance.json").read_text())
-    if device.cpu_model() == provenance["cpu_model"]:
-        # Same CPU model, one thread (conftest), same code: the same computation, epoch by epoch.
-        assert [m["test_top1"] for m in result.metrics] == [m["test_top1"] for m in committed]
-    else:
-        # Another CPU rounds differently (other SIMD kernels); over 30 epochs of SGD that acts like
-        # another seed, so the tolerance is the seed-to-seed spread: 4 sd of the committed students
-        # (a new draw differs from one committed draw by sqrt(2) sd on average-size luck).
-        sd = seeds.load_summary(COMMITTED).summary.set_index("method").loc["student", "top1_sd"]
-        assert math.isfinite(sd)
-        assert abs(result.final["top1"] - committed[-1]["test_top1"]) <= 4 * sd + 0.5
+    # Never bit-exact: CPUs that share a model name still differ in their SIMD kernels (another
+    # AMD EPYC host diverged from epoch 1: 9.35 vs 9.58 %), and over a run of SGD a rounding
+    # difference acts like another seed. So the tolerance is the study's seed-to-seed spread:
+    # two draws differ by sqrt(2) sd on average; 4 sd (+ half a point of test-set granularity)
+    # bounds that with room to spare, and still fails a run that does not learn the task.
+    sd = seeds.load_summary(COMMITTED).summary.set_index("method").loc["student", "top1_sd"]
+    assert math.isfinite(sd)
+    assert abs(result.final["top1"] - committed[-1]["test_top1"]) <= 4 * sd + 0.5

@@ -376,19 +376,35 @@ def test_sigint_saves_a_resumable_checkpoint_and_exits_130(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="torch.compile on a CPU needs a C++ compiler")
 def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path, teacher_file):
-    """`--compile` (torch.compile; inductor builds C++ kernels on a CPU, ~1 minute here)."""
-    common = dict(method="cd+gkd+edt", epochs=2, max_steps_per_epoch=3, teacher_checkpoint=teacher_file)
+    """`--compile` (torch.compile; inductor builds C++ kernels on a CPU, ~1 minute here).
+
+    What compilation must preserve is the computation, not its rounding: inductor's kernels sum in
+    another order than eager's, and which order depends on the host's SIMD width (AVX2 vs AVX-512).
+    So the first step, taken from identical weights on an identical batch, must agree to float
+    precision; later steps follow weights that SGD has already moved by slightly different amounts,
+    and a host-dependent rounding difference grows with every step (seen: rel 1.6e-3 after 6 steps
+    on one host, < 1e-4 on another). One step per epoch keeps that growth to two updates, and the
+    looser bound still fails a dropped or mis-weighted term (each changes a loss by far more than 1 %).
+    """
+    common = dict(method="cd+gkd+edt", epochs=3, max_steps_per_epoch=1, teacher_checkpoint=teacher_file)
     eager = train.fit(tiny(tmp_path, "eager", **common))
     compiled = train.fit(tiny(tmp_path, "compiled", compile=True, **common))
+    keys = ("train_loss", "loss_ce", "loss_cd", "loss_gkd", "test_loss")
+    first_e, first_c = eager.metrics[0], compiled.metrics[0]
+    for key in keys[:-1]:  # epoch 1's training losses: the first step, before any update
+        assert first_e[key] == pytest.approx(first_c[key], rel=1e-4, abs=1e-6), key
     for a, b in zip(eager.metrics, compiled.metrics):
-        for key in ("train_loss", "loss_ce", "loss_cd", "loss_gkd", "test_loss"):
-            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-5), key
+        for key in keys:
+            assert a[key] == pytest.approx(b[key], rel=1e-2, abs=1e-4), key
     # The saved student is an ordinary model: no torch.compile wrapper prefixes, loadable without compiling.
     state = _model_state(compiled.model_path)
     assert state.keys() == _model_state(eager.model_path).keys()
     model = checkpoint.load_model(compiled.model_path)
     images = torch.randn(2, 3, 8, 8)
     assert model(images).shape == (2, 4)
+    # How far the two drifted, for the log (pytest -s): the measured spread behind the tolerances.
+    for a, b in zip(eager.metrics, compiled.metrics):
+        print({k: abs(a[k] - b[k]) / max(abs(a[k]), 1e-12) for k in keys})
 
 
 def test_a_term_added_to_the_table_trains_saves_and_resumes(tmp_path, teacher_file, monkeypatch):
