@@ -10,6 +10,9 @@ Presets:
 * ``paper-cifar100`` / ``paper-imagenet`` reproduce the reference staircases,
   including the CD-only warm-up (cross-entropy and GKD weights 0 at first).
   Asked for another number of epochs, their milestones scale in proportion.
+* ``paper-cifar100-warmup-only`` and ``paper-cifar100-decay-only`` split the
+  CIFAR-100 staircase into its two parts: the CD-only warm-up with a constant
+  CD weight, and the CD decay with no warm-up.
 * ``constant`` keeps every weight fixed: the no-EDT ablation.
 * ``exponential``, ``cosine`` and ``linear`` decay the CD weight smoothly from
   the same initial to the same final value as ``paper-cifar100`` so the shape
@@ -111,12 +114,13 @@ _SHAPES: Dict[str, Callable[[float, float, float], float]] = {
     "exponential": lambda start, end, p: start * (end / start) ** p,
 }
 
-def _paper_staircase(paper_epochs: int, milestones: tuple, warmup: int, gkd: float) -> Callable[..., Schedule]:
+def _paper_staircase(paper_epochs: int, milestones: tuple, warmup: int, gkd: float,
+                     **defaults) -> Callable[..., Schedule]:
     """A reference staircase; with another ``epochs`` its milestones scale in proportion."""
 
     def factory(epochs: int = paper_epochs, **kw) -> Schedule:
         scale = epochs / paper_epochs
-        kw.setdefault("gkd", gkd)
+        kw = {"gkd": gkd, **defaults, **kw}
         return staircase(
             milestones=tuple(max(2, round(m * scale)) for m in milestones),  # epoch 1 always starts at cd0
             warmup_epochs=round(warmup * scale),
@@ -142,6 +146,10 @@ _PRESETS: Dict[str, Callable[..., Schedule]] = {
     "paper-cifar100": _paper_staircase(200, (60, 160), 60, gkd=CIFAR_GKD_WEIGHT),
     # ImageNet, 100 epochs: lambda_CD = 6 * 0.9^floor(e/30), CE/GKD off for e <= 30.
     "paper-imagenet": _paper_staircase(100, (30, 60, 90), 30, gkd=1.0),
+    # EDT's two parts apart, for the ablation the paper did not run: the CIFAR-100 warm-up with a
+    # constant lambda_CD, and the CIFAR-100 decay with cross-entropy and GKD on from epoch 1.
+    "paper-cifar100-warmup-only": _paper_staircase(200, (60, 160), 60, gkd=CIFAR_GKD_WEIGHT, decay=1.0),
+    "paper-cifar100-decay-only": _paper_staircase(200, (60, 160), 0, gkd=CIFAR_GKD_WEIGHT),
     **{shape: _smooth_preset(shape) for shape in ("constant", "linear", "cosine", "exponential")},
 }
 

@@ -37,7 +37,7 @@ from .errors import ConfigError
 from .recipes import RunConfig, parse_method, validate
 
 __all__ = ["parse_seeds", "run", "summarize", "format_table", "verdicts", "load_summary", "SeedStudy",
-           "PER_SEED_COLUMNS", "SUMMARY_COLUMNS", "TEACHER"]
+           "PER_SEED_COLUMNS", "SUMMARY_COLUMNS", "TEACHER", "Contrast", "contrasts", "CONTRAST_COLUMNS"]
 
 TEACHER = "teacher"
 PER_SEED_FILE, SUMMARY_FILE, PLOT_FILE = "per_seed.csv", "summary.csv", "seed_comparison.png"
@@ -122,6 +122,55 @@ def summarize(per_seed, baseline: str = "student", level: float = 0.95):
         row["train_seconds_mean"] = float(runs["train_seconds"].mean()) if "train_seconds" in runs else math.nan
         rows.append(row)
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """One declared comparison: ``a - b``, paired by seed, asked by ``question``."""
+
+    question: str
+    a: str
+    b: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.a} - {self.b}"
+
+
+CONTRAST_COLUMNS = ["question", "contrast", "a", "b", "n_pairs", "diff_mean", "diff_sd", "ci_low", "ci_high", "p",
+                    "p_holm", "verdict", "mde"]
+
+
+def contrasts(per_seed, family: Sequence[Contrast], level: float = 0.95, alpha: float = 0.05, power: float = 0.8):
+    """The family's paired differences with their t-intervals, paired t-test p, Holm-adjusted p and verdict.
+
+    ``family`` is declared before the runs; Holm's adjustment across it keeps the chance of any
+    false "resolved" at most ``alpha``. ``verdict``: ``resolved: better`` / ``resolved: worse``
+    when ``p_holm < alpha``, else ``not resolved``. ``mde``: the difference this many pairs with
+    this spread would detect with probability ``power`` at level ``alpha`` (unadjusted), a bound
+    for what "not resolved" can rule out.
+    """
+    import pandas as pd
+
+    frame = pd.DataFrame(per_seed)
+    by_method = {m: g.set_index("seed")["top1"] for m, g in frame.groupby("method")}
+    rows = []
+    for c in family:
+        missing = [m for m in (c.a, c.b) if m not in by_method]
+        if missing:
+            raise ConfigError(f"contrast {c.name!r} names method(s) {missing} that the study has no runs of; "
+                              f"it has {', '.join(sorted(by_method))}.")
+        shared = sorted(set(by_method[c.a].index) & set(by_method[c.b].index))
+        diff = stats.paired_difference([by_method[c.a][s] for s in shared], [by_method[c.b][s] for s in shared], level)
+        rows.append({"question": c.question, "contrast": c.name, "a": c.a, "b": c.b, "n_pairs": diff.n,
+                     "diff_mean": diff.mean, "diff_sd": diff.sd, "ci_low": diff.low, "ci_high": diff.high,
+                     "p": stats.t_test_p(diff), "mde": stats.minimum_detectable_effect(diff.sd, diff.n, alpha, power)})
+    adjusted = stats.holm([r["p"] for r in rows])
+    for row, p_holm in zip(rows, adjusted):
+        row["p_holm"] = p_holm
+        resolved = p_holm < alpha
+        row["verdict"] = ("resolved: better" if row["diff_mean"] > 0 else "resolved: worse") if resolved else "not resolved"
+    return pd.DataFrame(rows, columns=CONTRAST_COLUMNS)
 
 
 def _interval(low: float, high: float) -> str:

@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-__all__ = ["t_cdf", "t_quantile", "Interval", "mean_interval", "paired_difference"]
+__all__ = ["t_cdf", "t_quantile", "Interval", "mean_interval", "paired_difference", "t_test_p", "holm",
+           "minimum_detectable_effect"]
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -111,3 +112,37 @@ def paired_difference(values: Sequence[float], baseline: Sequence[float], level:
     if len(values) != len(baseline):
         raise ValueError(f"paired values need equal lengths, got {len(values)} and {len(baseline)}.")
     return mean_interval([float(a) - float(b) for a, b in zip(values, baseline)], level)
+
+
+def t_test_p(interval: Interval) -> float:
+    """Two-sided p of the one-sample t-test that the mean of ``interval``'s sample is 0
+    (for a :func:`paired_difference`: the paired t-test). NaN for fewer than 2 values."""
+    if interval.n < 2 or not math.isfinite(interval.sd):
+        return math.nan
+    if interval.sd == 0:
+        return 1.0 if interval.mean == 0 else 0.0
+    t = interval.mean / (interval.sd / math.sqrt(interval.n))
+    return min(1.0, 2.0 * (1.0 - t_cdf(abs(t), interval.n - 1)))
+
+
+def holm(p_values: Sequence[float]) -> list:
+    """Holm's step-down adjustment of a family of p-values (same order as given): the smallest p is
+    multiplied by m, the next by m - 1, ..., each kept at least as large as the one before, at most 1.
+    Rejecting where the adjusted p < alpha keeps the chance of any false "resolved" in the family <= alpha."""
+    ps = [float(p) for p in p_values]
+    m = len(ps)
+    adjusted = [math.nan] * m
+    running = 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda k: ps[k])):
+        running = max(running, min(1.0, (m - rank) * ps[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def minimum_detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true mean difference a paired t-test on ``n`` pairs with difference sd ``sd`` detects
+    with probability ``power`` at two-sided level ``alpha``: (t_{1-alpha/2} + t_{power}) * sd / sqrt(n),
+    both quantiles with n - 1 degrees of freedom (the usual approximation to the noncentral t)."""
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    return (t_quantile(1.0 - alpha / 2.0, n - 1) + t_quantile(power, n - 1)) * sd / math.sqrt(n)

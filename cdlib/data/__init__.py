@@ -90,7 +90,9 @@ def load(
     testing) or ``test_fraction`` (default 0.2), ``seed`` (of the split and the
     clutter), and for the cluttered version ``canvas`` (side of the canvas the
     ``image_size`` digit is placed on), ``clutter`` (fragments of other digits
-    per image) and ``clutter_size`` (their side, default half a digit).
+    per image), ``clutter_size`` (their side, default half a digit) and
+    ``test_draws`` (each test digit under that many fixed placements and clutter
+    draws: more test images from the same digits; default 1).
     ``synthetic`` takes ``num_classes``, ``train_per_class``,
     ``test_per_class`` and ``seed``. Every set but ImageNet also takes
     ``pad_mode``: ``"reflect"`` (the default, as the reference code) or

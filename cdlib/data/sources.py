@@ -175,13 +175,14 @@ def _load_digits(
     canvas: Optional[int] = None,
     clutter: int = 0,
     clutter_size: Optional[int] = None,
+    test_draws: int = 1,
 ) -> DataBundle:
     from sklearn.datasets import load_digits
 
     size = image_size or 16
     digits = load_digits()
     labels = torch.from_numpy(digits.target).long()
-    _check_digits_options(labels, size, test_fraction, train_per_class, canvas, clutter, clutter_size)
+    _check_digits_options(labels, size, test_fraction, train_per_class, canvas, clutter, clutter_size, test_draws)
     images = torch.from_numpy(digits.images).float().unsqueeze(1) / 16.0  # 8x8 grey levels 0..16
     images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
     train_idx, test_idx = _stratified_split(labels, test_fraction, seed, train_per_class)
@@ -191,6 +192,11 @@ def _load_digits(
         frag = clutter_size or max(1, size // 2)
         splits = {k: _cluttered(v, canvas, clutter, frag, torch.Generator().manual_seed(seed * 1_000_003 + i + 1))
                   for i, (k, v) in enumerate(splits.items())}
+        # More test images without more digits: every held-out digit again under other fixed
+        # placements and clutter. Draw 1 is the set above, so test_draws=1 changes nothing.
+        extra = [_cluttered(images[test_idx], canvas, clutter, frag,
+                            torch.Generator().manual_seed(seed * 1_000_003 + 100 + d)) for d in range(1, test_draws)]
+        splits["test"] = torch.cat([splits["test"], *extra])
     side = canvas or size
     train_x, test_x = ((v * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous() for v in splits.values())
     pad = max(1, side // 8)
@@ -201,7 +207,7 @@ def _load_digits(
         name="digits",
         # Flipping a digit changes what it is, so only the pad-and-crop jitter applies.
         train=TensorImageSet(train_x, labels[train_idx], mean, std, augment=True, pad=pad, flip=False),
-        test=TensorImageSet(test_x, labels[test_idx], mean, std),
+        test=TensorImageSet(test_x, labels[test_idx].repeat(test_draws), mean, std),
         num_classes=10,
         image_size=side,
         mean=mean,
@@ -210,7 +216,8 @@ def _load_digits(
     )
 
 
-def _check_digits_options(labels, size, test_fraction, train_per_class, canvas, clutter, clutter_size) -> None:
+def _check_digits_options(labels, size, test_fraction, train_per_class, canvas, clutter, clutter_size,
+                          test_draws) -> None:
     smallest = int(labels.bincount().min())
     if train_per_class is not None:
         if not isinstance(train_per_class, int) or not 1 <= train_per_class < smallest:
@@ -229,6 +236,12 @@ def _check_digits_options(labels, size, test_fraction, train_per_class, canvas, 
         raise ConfigError("digits: clutter needs a canvas to strew it on; pass canvas= (e.g. canvas=32) as well.")
     if clutter_size is not None and (not isinstance(clutter_size, int) or not 1 <= clutter_size <= size):
         raise ConfigError(f"digits: clutter_size must be from 1 to the digit size {size}, got {clutter_size!r}.")
+    if isinstance(test_draws, bool) or not isinstance(test_draws, int) or not 1 <= test_draws <= 100:
+        raise ConfigError(f"digits: test_draws must be a whole number from 1 to 100 (clutter draws of each test "
+                          f"digit), got {test_draws!r}.")
+    if test_draws > 1 and canvas is None:
+        raise ConfigError("digits: test_draws needs a canvas (each draw places the digit and its clutter anew); "
+                          "pass canvas= as well.")
 
 
 def _cluttered(digits: torch.Tensor, canvas: int, clutter: int, frag: int, g: torch.Generator) -> torch.Tensor:
