@@ -4,8 +4,9 @@
 Both configurations run in the same process, in alternating timed windows, on
 the same models, batch and images; the result (throughput, step time, peak
 memory, FLOPs, the FLOP-based projection of the paper's CIFAR-100 recipe) is
-printed and written as JSON to benchmarks/results/. The logic lives in
-cdlib.bench; see benchmarks/README.md.
+printed and written as JSON to benchmarks/results/. The logic lives in the
+cdlib_bench package (beside cdlib in this repository; `pip install -e .`
+installs both); see benchmarks/README.md.
 
 Examples:
     # this CPU, small models
@@ -20,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cdlib import bench
+import cdlib_bench as bench
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

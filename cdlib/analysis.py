@@ -29,7 +29,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import data as data_mod
-from . import models, recipes, train
+from . import models, recipes, runfolder
 from .connectors import Connector, build_connectors
 from .errors import CheckpointError, ConfigError
 
@@ -52,6 +52,8 @@ __all__ = [
     "connector_table",
     "cli_command",
     "binomial_se",
+    "contrast_table",
+    "contrast_words",
 ]
 
 RunLike = Union["RunResult", str, os.PathLike, Sequence[dict]]  # noqa: F821 - RunResult from cdlib.train
@@ -71,7 +73,7 @@ PAPER_RESULTS: Dict[str, Dict[str, Tuple[float, Optional[float]]]] = {
         "teacher": (26.73, 8.74),
         "student": (30.43, 10.76),
         "kd": (29.50, 9.52),
-        "fitnets": (29.34, None),
+        "fitnets": (29.34, 10.77),
         "at": (29.30, 10.00),
         "cd": (28.53, 9.56),
         "cd+gkd": (28.26, 9.41),
@@ -143,7 +145,7 @@ def teacher_checkpoint_of(cfg: recipes.RunConfig) -> Optional[str]:
         return cfg.teacher_checkpoint
     if cfg.teacher_pretrained:
         return None
-    return str(train.teacher_dir(cfg.run_dir) / train.MODEL_FILE)
+    return str(runfolder.teacher_dir(cfg.run_dir) / runfolder.MODEL_FILE)
 
 
 def variant(cfg: recipes.RunConfig, name: str, **changes) -> recipes.RunConfig:
@@ -241,7 +243,7 @@ def _metrics_of(run: RunLike) -> List[dict]:
     if hasattr(run, "metrics"):
         return list(run.metrics)
     if isinstance(run, (str, os.PathLike)):
-        from .train import read_metrics
+        from .runfolder import read_metrics
 
         rows = read_metrics(run)
         if not rows:
@@ -253,7 +255,7 @@ def _metrics_of(run: RunLike) -> List[dict]:
 def metrics_frame(runs: Mapping[str, RunLike]):
     """All runs' per-epoch metrics as one long pandas DataFrame with a ``run`` column.
 
-    ``runs`` maps a label to a :class:`~cdlib.train.RunResult`, a run folder or a
+    ``runs`` maps a label to a :class:`~cdlib.runfolder.RunResult`, a run folder or a
     list of metric rows. Added columns: ``raw_<term>`` = weighted loss / weight
     (the unweighted loss, where the weight is not 0).
     """
@@ -297,7 +299,7 @@ def results_table(runs: Mapping[str, RunLike], teacher: Optional[TeacherLike] = 
 
     Columns: ``top-1 %``, ``top-5 %``, ``Δ top-1`` (points over ``baseline``, the
     first run by default) and ``train min`` (training minutes, all epochs).
-    ``teacher`` is the teacher's run (its folder, e.g. ``train.teacher_dir(run_dir)``)
+    ``teacher`` is the teacher's run (its folder, e.g. ``runfolder.teacher_dir(run_dir)``)
     or, where there is none (a pretrained teacher), its metrics ``{"top1", "top5"}``;
     then the table has no ``train min`` column rather than an empty cell.
     """
@@ -429,3 +431,28 @@ def binomial_se(accuracy_pct: float, n: int) -> float:
     """Standard error (in points) of an accuracy measured on ``n`` independent test images."""
     p = accuracy_pct / 100.0
     return 100.0 * math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
+
+
+def contrast_table(contrasts, question: str = ""):
+    """The rows of a study's contrasts.csv whose question starts with ``question``, for a page:
+    mean paired difference, its 95 % interval, the paired t-test's p, the Holm-adjusted p over the
+    whole family, the verdict (from the file, decided on the adjusted p) and the minimum detectable
+    effect (80 % power, alpha 0.05)."""
+    import pandas as pd
+
+    rows = contrasts[contrasts["question"].str.startswith(question)]
+    return pd.DataFrame({
+        "pairs": rows["n_pairs"].to_numpy(),
+        "a - b (points)": [f"{d:+.2f}" for d in rows["diff_mean"]],
+        "95 % CI": [f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(rows["ci_low"], rows["ci_high"])],
+        "p": [f"{p:.4f}" for p in rows["p"]],
+        "Holm p": [f"{p:.4f}" for p in rows["p_holm"]],
+        "verdict": rows["verdict"].to_numpy(),
+        "MDE": [f"{m:.2f}" for m in rows["mde"]],
+    }, index=pd.Index(rows["contrast"], name="contrast (a - b)"))
+
+
+def contrast_words(row) -> str:
+    """One row of contrasts.csv as a clause for a page: the numbers and the file's verdict."""
+    return (f"{row.contrast}: {row.diff_mean:+.2f} points, 95 % CI [{row.ci_low:.2f}, {row.ci_high:.2f}], "
+            f"p = {row.p:.3f}, Holm-adjusted p = {row.p_holm:.3f}: {row.verdict}")

@@ -14,12 +14,12 @@ import argparse
 import dataclasses
 import json
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from . import __version__, recipes, terms
 from .errors import CDLibError, ConfigError
-from .grading import command as grading_command
 
 HELP = {
     "data": "data set: cifar100, imagenet, digits (bundled) or synthetic",
@@ -136,14 +136,15 @@ def _changes_from_args(args: argparse.Namespace) -> dict:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from . import train
+    from . import runfolder, train
+    from .distributed import is_main_process
 
     cfg = _config_from_args(args)
     model = args.model or cfg.teacher
     # The recipe's teacher goes where `cdlib distill` looks for it; any other model beside it.
-    run_dir = train.teacher_dir(cfg.run_dir) if model == cfg.teacher else Path(cfg.run_dir) / model
+    run_dir = runfolder.teacher_dir(cfg.run_dir) if model == cfg.teacher else Path(cfg.run_dir) / model
     result = train.fit(cfg.replace(student=model, method="student", run_dir=str(run_dir)))
-    if train.is_main_process():  # under torchrun every process runs the command; one reports
+    if is_main_process():  # under torchrun every process runs the command; one reports
         print(f"trained {model}: test top-1 {result.final['top1']:.2f}%, top-5 {result.final['top5']:.2f}%; "
               f"model saved to {result.model_path}")
     return 0
@@ -151,6 +152,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_distill(args: argparse.Namespace) -> int:
     from . import train
+    from .distributed import is_main_process
 
     if args.seeds is not None:
         from . import seeds
@@ -159,7 +161,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         seeds.run(_config_from_args(args), seeds.parse_seeds(args.seeds), baseline=args.baseline)
         return 0
     results = train.run(_config_from_args(args))
-    if train.is_main_process():
+    if is_main_process():
         for method, result in results.items():
             print(f"{method}: test top-1 {result.final['top1']:.2f}%, top-5 {result.final['top5']:.2f}%; "
                   f"model saved to {result.model_path}")
@@ -210,11 +212,13 @@ def _evaluation_config(args: argparse.Namespace) -> tuple:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from . import checkpoint, data, train
+    from . import checkpoint, data
     from .device import amp_dtype, pick_device
+    from .parts import load_data
+    from .step import evaluate
 
     cfg, source = _evaluation_config(args)
-    bundle = train.load_data(cfg)
+    bundle = load_data(cfg)
     model = checkpoint.load_model(args.checkpoint, name=args.model, num_classes=bundle.num_classes)
     device = pick_device(cfg.device)
     # As the trainer evaluates (cdlib.parts, cdlib.step): same batch size, precision and memory format.
@@ -224,7 +228,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         model = model.to(memory_format=torch.channels_last)
     loader = data.make_loader(bundle.test, max(cfg.batch_size, 256), train=False, device=device,
                               num_workers=cfg.num_workers, seed=cfg.seed, on_device=cfg.data_on_device)
-    metrics = train.evaluate(model, loader, device, amp_dtype(device, cfg.amp), 1, channels_last)
+    metrics = evaluate(model, loader, device, amp_dtype(device, cfg.amp), 1, channels_last)
     report = {"checkpoint": args.checkpoint, "data": cfg.data, "data_options": cfg.data_options,
               "settings_from": str(source) if source else f"recipe {args.recipe or 'cifar100'}", **metrics}
     print(json.dumps(report, indent=2))
@@ -284,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_options(p)
     p.add_argument("--gpu", default="T4", help="T4, L4, A100 or H100; several with commas, e.g. T4,H100 (default: T4)")
     p.set_defaults(func=_cmd_estimate)
-    grading_command.add_parser(sub)  # cdlib grade ASSIGNMENT SUBMISSIONS_DIR: cdlib.grading
+    # Commands of other packages (`cdlib grade`: cdlib_classroom), registered as entry points in group cdlib.commands.
+    for command in entry_points(group="cdlib.commands"):
+        command.load()(sub)
     p = sub.add_parser("list", help="list recipes, models, data sets and schedules")
     p.set_defaults(func=_cmd_list)
     return parser

@@ -2,12 +2,13 @@
 
 ``distiller(images, targets, weights)`` returns ``(student_logits, losses)``
 where ``losses`` maps each loss term to its *weighted* value; the training
-loss is their sum. Terms whose weight is 0 are not computed at all, and the
-teacher does not run when no term needs it; ``keep_zero_weight_terms=True``
+loss is their sum. :meth:`Distiller.forward` is the paper's equation in code,
+one named call per term. A term whose weight is 0 is not computed at all, and
+the teacher does not run when no term needs it; ``keep_zero_weight_terms=True``
 computes them and multiplies them by 0, as the reference code does, so their
 parameters get zero gradients (which SGD's weight decay and momentum act on)
-instead of none. Which terms need the teacher or the stage features,
-and which inputs each loss function takes, come from :mod:`cdlib.terms`.
+instead of none. Which terms exist, which need the teacher and their default
+weights are in :mod:`cdlib.terms`.
 """
 
 from __future__ import annotations
@@ -29,10 +30,6 @@ __all__ = ["Distiller", "FITNETS_HINT_STAGE"]
 FITNETS_HINT_STAGE = 2
 
 
-def _uses(rows, name: str) -> bool:
-    return any(name in row.inputs for row in rows)
-
-
 class Distiller(nn.Module):
     def __init__(
         self,
@@ -51,36 +48,27 @@ class Distiller(nn.Module):
         if unknown:
             raise ConfigError(f"unknown loss term(s) {unknown}; choose from {', '.join(known)}.")
         self.terms = tuple(terms)
-        self._rows = {t: term_table.get(t) for t in self.terms}
         self.student = student
         needs_teacher = term_table.needs_teacher(self.terms)
         if needs_teacher and teacher is None:
-            named = [t for t in self.terms if self._rows[t].needs_teacher]
+            named = [t for t in self.terms if term_table.needs_teacher([t])]
             raise ConfigError(f"loss terms {named} need a teacher; pass one (e.g. cdlib.models.create(...) with trained weights).")
         self.teacher = teacher if needs_teacher else None
         if self.teacher is not None:
             self._check_pair(student, self.teacher)
             self.teacher.requires_grad_(False)
             self.teacher.eval()
-        rows = self._rows.values()
-        self.connectors = (
-            build_connectors(student.stage_channels, self.teacher.stage_channels)
-            if _uses(rows, "connected_features") else None
-        )
-        self.hint_regressor = (
-            build_connectors(
-                student.stage_channels[FITNETS_HINT_STAGE : FITNETS_HINT_STAGE + 1],
-                self.teacher.stage_channels[FITNETS_HINT_STAGE : FITNETS_HINT_STAGE + 1],
-            )
-            if _uses(rows, "hint")
-            else None
-        )
+        # Trained with the student, thrown away after training (the paper's connectors).
+        self.connectors = (build_connectors(student.stage_channels, self.teacher.stage_channels)
+                           if "cd" in self.terms else None)
+        hint = slice(FITNETS_HINT_STAGE, FITNETS_HINT_STAGE + 1)
+        self.hint_regressor = (build_connectors(student.stage_channels[hint], self.teacher.stage_channels[hint])
+                               if "fitnets" in self.terms else None)
         self.kd_temperature = kd_temperature
         self.gkd_temperature = gkd_temperature
         self.teacher_bn_train = teacher_bn_train
         self.keep_zero_weight_terms = keep_zero_weight_terms
-        # Keyword arguments a term's loss function gets besides its inputs (the reference behaviours).
-        self.loss_options: Dict[str, Dict[str, object]] = {"gkd": {"nan_on_all_wrong": True}} if gkd_nan_on_all_wrong else {}
+        self.gkd_nan_on_all_wrong = gkd_nan_on_all_wrong
 
     @staticmethod
     def _check_pair(student: nn.Module, teacher: nn.Module) -> None:
@@ -127,62 +115,41 @@ class Distiller(nn.Module):
                 f"checkpoint does not match this distiller: missing {missing[:3]}, unexpected {list(unexpected)[:3]}."
             )
 
-    def forward(
-        self,
-        images: torch.Tensor,
-        targets: Optional[torch.Tensor] = None,
-        weights: Optional[Mapping[str, float]] = None,
-    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def active_terms(self, weights: Optional[Mapping[str, float]]) -> Dict[str, float]:
+        """The terms this step computes, with their weights: those of ``self.terms`` whose weight
+        is not 0 (all of them with ``keep_zero_weight_terms``). ``weights=None``: every term at 1."""
+        if weights is None:
+            return {t: 1.0 for t in self.terms}
+        w = {t: float(weights.get(t, 0.0)) for t in self.terms}
+        return w if self.keep_zero_weight_terms else {t: v for t, v in w.items() if v != 0.0}
+
+    def forward(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None,
+                weights: Optional[Mapping[str, float]] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         if targets is None:
             return self.student(images), {}
-        weights = {t: float(weights.get(t, 0.0)) if weights is not None else 1.0 for t in self.terms}
-        active = list(self.terms) if self.keep_zero_weight_terms else [t for t in self.terms if weights[t] != 0.0]
-        need_features = term_table.needs_features(active)
-        need_teacher = term_table.needs_teacher(active)
-
-        if need_features:
+        w = self.active_terms(weights)
+        if term_table.needs_features(w):
             logits, feats = self.student(images, return_features=True)
         else:
-            logits, feats = self.student(images), None
-        if need_teacher:
-            with torch.no_grad():
+            logits = self.student(images)
+        if term_table.needs_teacher(w):
+            with torch.no_grad():  # the teacher is frozen and in eval mode (see train())
                 t_logits, t_feats = self.teacher(images, return_features=True)
-        else:
-            t_logits = t_feats = None
 
-        inputs = _Inputs(self, logits=logits, teacher_logits=t_logits, targets=targets, features=feats,
-                         teacher_features=t_feats)
         out: Dict[str, torch.Tensor] = {}
-        for term in active:
-            row = self._rows[term]
-            # Looked up at every call, so a replaced loss function (a test, an exercise) takes effect.
-            loss_function = getattr(losses, row.function)
-            options = self.loss_options.get(term, {})
-            out[term] = weights[term] * loss_function(*(inputs[name] for name in row.inputs), **options)
+        if "ce" in w:
+            out["ce"] = w["ce"] * losses.ce_loss(logits, targets)
+        if "kd" in w:
+            out["kd"] = w["kd"] * losses.kd_loss(logits, t_logits, self.kd_temperature)
+        if "gkd" in w:
+            out["gkd"] = w["gkd"] * losses.gkd_loss(logits, t_logits, targets, self.gkd_temperature,
+                                                    nan_on_all_wrong=self.gkd_nan_on_all_wrong)
+        if "cd" in w:
+            connected = [connector(f) for connector, f in zip(self.connectors, feats)]
+            out["cd"] = w["cd"] * losses.cd_loss(connected, t_feats)
+        if "at" in w:
+            out["at"] = w["at"] * losses.at_loss(feats, t_feats)
+        if "fitnets" in w:
+            hint = self.hint_regressor[0](feats[FITNETS_HINT_STAGE])
+            out["fitnets"] = w["fitnets"] * losses.fitnets_loss([hint], [t_feats[FITNETS_HINT_STAGE]])
         return logits, out
-
-
-class _Inputs:
-    """The arguments a loss function can ask for (see :data:`cdlib.terms.INPUTS`), each computed
-    on first use: the connectors run only when a CD-like term is active."""
-
-    def __init__(self, distiller: Distiller, **given) -> None:
-        self._distiller, self._values = distiller, given
-
-    def __getitem__(self, name: str):
-        if name not in self._values:
-            self._values[name] = self._derive(name)
-        return self._values[name]
-
-    def _derive(self, name: str):
-        d = self._distiller
-        if name == "connected_features":
-            return [connector(f) for connector, f in zip(d.connectors, self["features"])]
-        if name == "hint":
-            return [d.hint_regressor[0](self["features"][FITNETS_HINT_STAGE])]
-        if name == "teacher_hint":
-            return [self["teacher_features"][FITNETS_HINT_STAGE]]
-        if name in ("kd_temperature", "gkd_temperature"):
-            return getattr(d, name)
-        raise ConfigError(f"a loss term asks for input {name!r}, which the distiller does not provide; "
-                          f"use the names in cdlib.terms.INPUTS ({', '.join(term_table.INPUTS)}).")

@@ -8,10 +8,9 @@ divides by the GPU's dense peak times an assumed utilisation:
 
     seconds = FLOPs / (peak TFLOP/s x 1e12 x utilisation)
 
-This is an estimate, not a measurement. The utilisation, 15 % of dense peak
-(:data:`cdlib.bench.DEFAULT_ASSUMED_UTILISATION`), is a round assumption just
-below the 17-29 % NVIDIA's tuned ResNet-50 ImageNet training reaches on an A100
-(README, "Speed"); small 32x32 images usually do worse. Only matmuls and
+This is an estimate, not a measurement. The FLOP counts, the datasheet peaks
+and the utilisation, 15 % of dense peak (a round assumption; small 32x32
+images usually do worse), come from :mod:`cdlib.flops`. Only matmuls and
 convolutions are counted (``torch.utils.flop_counter``); the optimizer,
 BatchNorm and the data pipeline are the part the utilisation has to absorb.
 
@@ -24,17 +23,15 @@ import math
 from collections import Counter
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-import torch
-
 from . import recipes
 from . import terms as term_table
-from .bench import DEFAULT_ASSUMED_UTILISATION, peak_tflops
 from .errors import ConfigError
+from .flops import DEFAULT_ASSUMED_UTILISATION, model_flops, peak_tflops, step_flops
 from .recipes import RunConfig
 
-__all__ = ["GPUS", "ASSUMED_UTILISATION", "recipe_time", "format_estimate", "chapter_line", "duration"]
+__all__ = ["GPUS", "recipe_time", "format_estimate", "chapter_line", "duration"]
 
-# The --gpu names: the key of the peak table in cdlib.bench and the precision
+# The --gpu names: the key of the peak table in cdlib.flops and the precision
 # amp="auto" trains in there (the T4 has fp16 tensor cores but no bf16 ones).
 GPUS: Dict[str, Tuple[str, str]] = {
     "T4": ("T4", "fp16"),
@@ -42,7 +39,6 @@ GPUS: Dict[str, Tuple[str, str]] = {
     "A100": ("A100", "bf16"),
     "H100": ("H100 SXM", "bf16"),
 }
-ASSUMED_UTILISATION = DEFAULT_ASSUMED_UTILISATION
 LABEL = "estimate: counted FLOPs at {:.0f} % of dense peak, not a measurement"
 
 # (train images, test images, image side, classes) of the data sets whose files may be absent here.
@@ -50,86 +46,6 @@ _KNOWN_SETS = {
     "cifar100": (50_000, 10_000, 32, 100),
     "imagenet": (1_281_167, 50_000, 224, 1000),  # ILSVRC-2012 train / val
 }
-_COUNT_BATCH = 2  # FLOPs are linear in the batch; 2 keeps train-mode BatchNorm well defined
-
-
-# ------------------------------------------------------------------ counting
-
-
-def _counter():
-    from torch.utils.flop_counter import FlopCounterMode
-
-    return FlopCounterMode(display=False)
-
-
-_MODEL_CACHE: Dict[tuple, Tuple[float, float]] = {}
-_STEP_CACHE: Dict[tuple, float] = {}
-
-
-def _model_flops(name: str, image_size: int, num_classes: int) -> Tuple[float, float]:
-    """(forward, forward + backward) FLOPs per image of model ``name`` trained alone."""
-    key = (name, image_size, num_classes)
-    if key not in _MODEL_CACHE:
-        from . import models
-
-        meta = torch.device("meta")
-        with meta:
-            net = models.create(name, num_classes=num_classes)
-        net.train()
-        images = torch.empty(_COUNT_BATCH, 3, image_size, image_size, device=meta)
-        counter = _counter()
-        with counter:  # one pass gives both: the count after the forward, then after the backward
-            out = net(images)
-            forward_flops = counter.get_total_flops()
-            out.sum().backward()
-        _MODEL_CACHE[key] = (forward_flops / _COUNT_BATCH, counter.get_total_flops() / _COUNT_BATCH)
-    return _MODEL_CACHE[key]
-
-
-def _compute_kind(loss_terms: Sequence[str]) -> tuple:
-    """What decides a step's FLOPs: whether the teacher runs and which connectors train.
-    Losses themselves are element-wise (no matmuls), so kd, gkd and at cost alike."""
-    inputs = {name for t in loss_terms for name in term_table.get(t).inputs}
-    return term_table.needs_teacher(loss_terms), "connected_features" in inputs, "hint" in inputs
-
-
-def _step_flops(student: str, teacher: str, loss_terms: Tuple[str, ...], image_size: int, num_classes: int) -> float:
-    """FLOPs per image of one training step of ``loss_terms`` (every weight on): student
-    forward and backward, teacher forward, connectors forward and backward.
-
-    A step whose losses read only logits costs the student's training step plus the
-    teacher's forward (the losses add no matmuls, and the student's backward runs
-    through the same convolutions whatever the loss); one with connectors or a
-    FitNets regressor is counted whole, on the meta device.
-    """
-    needs_teacher, connectors, hint = kind = _compute_kind(loss_terms)
-    key = (student, teacher, kind, image_size, num_classes)
-    if key not in _STEP_CACHE:
-        flops = _model_flops(student, image_size, num_classes)[1]
-        if connectors or hint:
-            flops = _count_distill_step(student, teacher, loss_terms, image_size, num_classes)
-        elif needs_teacher:
-            flops += _model_flops(teacher, image_size, num_classes)[0]
-        _STEP_CACHE[key] = flops
-    return _STEP_CACHE[key]
-
-
-def _count_distill_step(student: str, teacher: str, loss_terms, image_size: int, num_classes: int) -> float:
-    from . import models
-    from .distiller import Distiller
-
-    meta = torch.device("meta")
-    with meta:
-        distiller = Distiller(models.create(student, num_classes=num_classes),
-                              models.create(teacher, num_classes=num_classes), terms=loss_terms)
-    distiller.train()
-    images = torch.empty(_COUNT_BATCH, 3, image_size, image_size, device=meta)
-    labels = torch.zeros(_COUNT_BATCH, dtype=torch.long, device=meta)
-    counter = _counter()
-    with counter:
-        _, losses = distiller(images, labels, {t: 1.0 for t in loss_terms})
-        sum(losses.values()).backward()
-    return counter.get_total_flops() / _COUNT_BATCH
 
 
 # ------------------------------------------------------------------ the run
@@ -179,7 +95,7 @@ def _methods(cfg: RunConfig, methods) -> List[str]:
 
 
 def recipe_time(cfg: Union[RunConfig, str], gpu: str = "T4", methods: Union[str, Sequence[str], None] = None,
-                utilisation: float = ASSUMED_UTILISATION) -> Dict[str, object]:
+                utilisation: float = DEFAULT_ASSUMED_UTILISATION) -> Dict[str, object]:
     """Projected wall time of ``cfg``'s teacher and of each method on ``gpu`` (T4, L4, A100, H100).
 
     ``cfg`` is a RunConfig or a recipe name; ``methods`` (a ','-separated string or
@@ -198,7 +114,7 @@ def recipe_time(cfg: Union[RunConfig, str], gpu: str = "T4", methods: Union[str,
     train_images, test_images, image_size, classes = _data_facts(cfg)
     if cfg.max_steps_per_epoch is not None:
         train_images = min(train_images, cfg.max_steps_per_epoch * cfg.batch_size)
-    student_forward = _model_flops(cfg.student, image_size, classes)[0]
+    student_forward = model_flops(cfg.student, image_size, classes)[0]
 
     def timed(flops: float) -> Dict[str, float]:
         return {"flops": flops, "seconds": flops / flops_per_second}
@@ -206,12 +122,12 @@ def recipe_time(cfg: Union[RunConfig, str], gpu: str = "T4", methods: Union[str,
     students = []
     uses_teacher = False
     for method in methods:
-        loss_terms = tuple(t for t in recipes.parse_method(method) if t != term_table.EDT)
-        step = _step_flops(cfg.student, cfg.teacher, loss_terms, image_size, classes)
+        loss_terms = recipes.parse_method(method)
+        step = step_flops(cfg.student, cfg.teacher, loss_terms, image_size, classes)
         flops = cfg.epochs * (train_images * step + test_images * student_forward)
         if term_table.needs_teacher(loss_terms):
             uses_teacher = True
-            flops += test_images * _model_flops(cfg.teacher, image_size, classes)[0]  # its test pass at the start
+            flops += test_images * model_flops(cfg.teacher, image_size, classes)[0]  # its test pass at the start
         students.append({"method": method, "flops_per_image": step, **timed(flops)})
 
     teacher = {"model": cfg.teacher, "trained": False, "flops": 0.0, "seconds": 0.0}
@@ -220,7 +136,7 @@ def recipe_time(cfg: Union[RunConfig, str], gpu: str = "T4", methods: Union[str,
     elif cfg.teacher_pretrained or cfg.teacher_checkpoint:
         teacher["reason"] = "pretrained weights" if cfg.teacher_pretrained else f"checkpoint {cfg.teacher_checkpoint}"
     else:
-        forward, train = _model_flops(cfg.teacher, image_size, classes)
+        forward, train = model_flops(cfg.teacher, image_size, classes)
         teacher.update(trained=True, flops_per_image=train,
                        **timed(cfg.epochs * (train_images * train + test_images * forward)))
     return {

@@ -26,6 +26,7 @@ __all__ = [
     "ce_loss",
     "channel_attention",
     "cd_loss",
+    "per_sample_kl",
     "kd_loss",
     "gkd_loss",
     "teacher_correct_mask",
@@ -102,7 +103,7 @@ def ce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(_acc(logits), targets)
 
 
-def _per_sample_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def per_sample_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(softmax(t/T) || softmax(s/T)) for each sample, in float32."""
     if not (temperature > 0 and math.isfinite(temperature)):
         raise ConfigError(f"temperature must be a positive, finite number, got {temperature}; the paper uses 4 for KD, 1 for GKD.")
@@ -114,7 +115,7 @@ def _per_sample_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
     """Hinton knowledge distillation: T^2 * KL(teacher || student), batch mean."""
     _check_logits(student_logits, teacher_logits)
-    return _per_sample_kl(student_logits, teacher_logits, temperature).mean() * temperature**2
+    return per_sample_kl(student_logits, teacher_logits, temperature).mean() * temperature**2
 
 
 def teacher_correct_mask(teacher_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -145,7 +146,7 @@ def gkd_loss(
         )
     _check_targets(targets, student_logits.shape[1])
     kept = teacher_correct_mask(teacher_logits, targets)
-    per_sample = _per_sample_kl(student_logits, teacher_logits, temperature)
+    per_sample = per_sample_kl(student_logits, teacher_logits, temperature)
     # Multiplying by the mask (instead of indexing) keeps the graph shape fixed,
     # which torch.compile and CUDA graphs like; clamp avoids 0/0.
     kept_f = kept.to(per_sample.dtype)

@@ -20,12 +20,10 @@ from typing import Any, Dict, Optional, Tuple
 
 from . import terms
 from .errors import ConfigError
+from .registry import Registry
 
-__all__ = ["RunConfig", "get", "names", "METHODS", "parse_method", "scale_milestones", "REFERENCE_SWITCHES"]
+__all__ = ["RunConfig", "RECIPES", "get", "names", "parse_method", "scale_milestones", "REFERENCE_SWITCHES"]
 
-# The loss terms a method string can name, plus "edt" (weights from a schedule): cdlib.terms' table.
-LOSS_TERMS = terms.LOSS_TERMS
-METHODS = terms.METHODS
 # The RunConfig switches that reproduce a behaviour of the reference code; reference_compat=True sets them all.
 REFERENCE_SWITCHES = ("teacher_bn_train", "keep_zero_weight_terms", "gkd_nan_on_all_wrong", "report_best_epoch")
 
@@ -115,88 +113,88 @@ def parse_method(method: str) -> Tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-_RECIPES: Dict[str, RunConfig] = {
-    "cifar100": RunConfig(),
-    # CIFAR-100 sized for Colab's free T4: the paper's data, augmentation, losses and
-    # optimiser, a smaller CIFAR-stem pair and 30 epochs (LR milestones and the EDT
-    # staircase at the same fractions of the run). cdlib.estimate projects about 19 min
-    # for the teacher and at most 15 min per distilled student on a T4 (fp16, 15 % of peak).
-    "cifar100-colab": RunConfig(
-        student="cifar_resnet18",
-        teacher="cifar_resnet34",
-        epochs=30,
-        lr_milestones=(9, 18, 24),  # the paper's 60, 120, 160 of 200 epochs, scaled
-        run_dir="runs/cifar100-colab",
-    ),
-    "imagenet": RunConfig(
-        data="imagenet",
-        data_root="data/imagenet",
-        student="resnet18",
-        teacher="resnet34",
-        teacher_pretrained=True,
-        weights={**terms.default_weights(), "gkd": 1.0},
-        schedule="paper-imagenet",
-        epochs=100,
-        batch_size=256,
-        weight_decay=1e-4,
-        lr_milestones=(30, 60, 90),
-        lr_gamma=0.1,
-        num_workers=8,
-        run_dir="runs/imagenet",
-    ),
-    "demo": RunConfig(
-        data="digits",
-        data_root=None,
-        # Half the digits for testing (~900 images) so a 1-point gap is ~9 images,
-        # and a student narrow enough (4..32 channels) that the teacher has something to teach.
-        # 20 epochs and a ResNet10 teacher keep the whole `cdlib distill --recipe demo` under a
-        # minute on a 2-core CPU (49 s measured; 30 epochs with a ResNet18 teacher took ~2 min).
-        data_options={"test_fraction": 0.5},
-        student="cifar_resnet10_w4",
-        teacher="cifar_resnet10_w16",
-        method="student,kd,cd+gkd+edt",
-        schedule="paper-cifar100",
-        epochs=20,
-        batch_size=64,
-        lr=0.05,
-        lr_milestones=(13, 17),
-        lr_gamma=0.2,
-        num_workers=0,
-        run_dir="runs/demo",
-    ),
-    "cpu-study": RunConfig(
-        data="digits",
-        data_root=None,
-        # The reference CIFAR-100 recipe in miniature (results/cpu-study/README.md maps every epoch).
-        # Task, chosen by measurement: each 12-pixel digit at a random spot of a 20x20 canvas with
-        # 3 fragments of other digits (cluttered MNIST, Jaderberg et al. 2015), half the digits for
-        # training; each test digit under 2 clutter draws (1,796 test images from 898 digits).
-        data_options={"test_fraction": 0.5, "canvas": 20, "clutter": 3, "test_draws": 2},
-        image_size=12,
-        student="cifar_resnet10_w8",
-        teacher="cifar_resnet10_w16",
-        method="student,kd,gkd,cd,cd+kd,cd+gkd,cd+gkd+edt",
-        schedule="paper-cifar100",
-        # In proportion to the reference's 200 epochs: LR x0.2 after 30 %, 60 % and 80 % of the run,
-        # and the staircase scaled with it, so the CD-only warm-up ends at the first LR drop (epoch
-        # 18 of 60, as 60 of 200) and lambda_CD decays at 18 and 48 (60 and 160).
-        epochs=60,
-        batch_size=64,
-        lr=0.05,
-        lr_milestones=(18, 36, 48),
-        lr_gamma=0.2,
-        # KD at GKD's temperature and weight (the reference's CIFAR-100 GKD: T = 1, weight 0.1),
-        # so that `gkd` vs `kd` differ only in GKD's mask.
-        kd_temperature=1.0,
-        weights={**terms.default_weights(), "kd": 0.1},
-        num_workers=0,
-        run_dir="runs/cpu-study",
-    ),
-}
+RECIPES: Registry = Registry("recipe")
+
+RECIPES.register("cifar100", RunConfig(), locked=True)
+# CIFAR-100 sized for Colab's free T4: the paper's data, augmentation, losses and
+# optimiser, a smaller CIFAR-stem pair and 30 epochs (LR milestones and the EDT
+# staircase at the same fractions of the run). cdlib.estimate projects about 19 min
+# for the teacher and at most 15 min per distilled student on a T4 (fp16, 15 % of peak).
+RECIPES.register("cifar100-colab", RunConfig(
+    student="cifar_resnet18",
+    teacher="cifar_resnet34",
+    epochs=30,
+    lr_milestones=(9, 18, 24),  # the paper's 60, 120, 160 of 200 epochs, scaled
+    run_dir="runs/cifar100-colab",
+), locked=True)
+RECIPES.register("imagenet", RunConfig(
+    data="imagenet",
+    data_root="data/imagenet",
+    student="resnet18",
+    teacher="resnet34",
+    teacher_pretrained=True,
+    weights={**terms.default_weights(), "gkd": 1.0},
+    schedule="paper-imagenet",
+    epochs=100,
+    batch_size=256,
+    weight_decay=1e-4,
+    lr_milestones=(30, 60, 90),
+    lr_gamma=0.1,
+    num_workers=8,
+    run_dir="runs/imagenet",
+), locked=True)
+RECIPES.register("demo", RunConfig(
+    data="digits",
+    data_root=None,
+    # Half the digits for testing (~900 images) so a 1-point gap is ~9 images,
+    # and a student narrow enough (4..32 channels) that the teacher has something to teach.
+    # 20 epochs and a ResNet10 teacher keep the whole `cdlib distill --recipe demo` under a
+    # minute on a 2-core CPU (49 s measured; 30 epochs with a ResNet18 teacher took ~2 min).
+    data_options={"test_fraction": 0.5},
+    student="cifar_resnet10_w4",
+    teacher="cifar_resnet10_w16",
+    method="student,kd,cd+gkd+edt",
+    schedule="paper-cifar100",
+    epochs=20,
+    batch_size=64,
+    lr=0.05,
+    lr_milestones=(13, 17),
+    lr_gamma=0.2,
+    num_workers=0,
+    run_dir="runs/demo",
+), locked=True)
+RECIPES.register("cpu-study", RunConfig(
+    data="digits",
+    data_root=None,
+    # The reference CIFAR-100 recipe in miniature (results/cpu-study/README.md maps every epoch).
+    # Task, chosen by measurement: each 12-pixel digit at a random spot of a 20x20 canvas with
+    # 3 fragments of other digits (cluttered MNIST, Jaderberg et al. 2015), half the digits for
+    # training; each test digit under 2 clutter draws (1,796 test images from 898 digits).
+    data_options={"test_fraction": 0.5, "canvas": 20, "clutter": 3, "test_draws": 2},
+    image_size=12,
+    student="cifar_resnet10_w8",
+    teacher="cifar_resnet10_w16",
+    method="student,kd,gkd,cd,cd+kd,cd+gkd,cd+gkd+edt",
+    schedule="paper-cifar100",
+    # In proportion to the reference's 200 epochs: LR x0.2 after 30 %, 60 % and 80 % of the run,
+    # and the staircase scaled with it, so the CD-only warm-up ends at the first LR drop (epoch
+    # 18 of 60, as 60 of 200) and lambda_CD decays at 18 and 48 (60 and 160).
+    epochs=60,
+    batch_size=64,
+    lr=0.05,
+    lr_milestones=(18, 36, 48),
+    lr_gamma=0.2,
+    # KD at GKD's temperature and weight (the reference's CIFAR-100 GKD: T = 1, weight 0.1),
+    # so that `gkd` vs `kd` differ only in GKD's mask.
+    kd_temperature=1.0,
+    weights={**terms.default_weights(), "kd": 0.1},
+    num_workers=0,
+    run_dir="runs/cpu-study",
+), locked=True)
 
 
 def names() -> list:
-    return sorted(_RECIPES)
+    return RECIPES.names()
 
 
 def override(cfg: RunConfig, **changes) -> RunConfig:
@@ -341,12 +339,9 @@ def _check_names(cfg: RunConfig) -> None:
     from . import data, models, schedules
 
     for role in ("student", "teacher"):
-        if getattr(cfg, role) not in models.names():
-            raise ConfigError(f"unknown {role} model {getattr(cfg, role)!r}; choose one of {', '.join(models.names())}.")
-    if cfg.data not in data.names():
-        raise ConfigError(f"unknown data set {cfg.data!r}; choose one of {', '.join(data.names())}.")
-    if cfg.schedule not in schedules.names():
-        raise ConfigError(f"unknown EDT schedule {cfg.schedule!r}; choose one of {', '.join(schedules.names())}.")
+        models.MODELS.get(getattr(cfg, role), role=f"{role} model")
+    data.DATA_SETS.get(cfg.data)
+    schedules.SCHEDULES.get(cfg.schedule, role="EDT schedule")
 
 
 def _check_weights(weights: Dict[str, float]) -> None:
@@ -374,9 +369,7 @@ def get(name: str, **overrides) -> RunConfig:
     without ``data_options`` drops the recipe's data options (they are the
     recipe's data set's).
     """
-    if name not in _RECIPES:
-        raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(names())}.")
-    base = _RECIPES[name]
+    base = RECIPES.get(name)
     epochs = overrides.get("epochs")
     if _is_whole(epochs) and epochs >= 1 and overrides.get("lr_milestones") is None:
         overrides["lr_milestones"] = scale_milestones(base.lr_milestones, base.epochs, epochs)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
-from . import stats, terms
+from . import distributed, runfolder, stats, terms
 from .errors import ConfigError
 from .recipes import RunConfig, parse_method, validate
 
@@ -41,6 +41,7 @@ __all__ = ["parse_seeds", "run", "summarize", "format_table", "verdicts", "load_
 
 TEACHER = "teacher"
 PER_SEED_FILE, SUMMARY_FILE, PLOT_FILE = "per_seed.csv", "summary.csv", "seed_comparison.png"
+CONTRASTS_FILE = "contrasts.csv"
 PER_SEED_COLUMNS = ["method", "seed", "top1", "top1_best", "top5", "train_seconds"]
 SUMMARY_COLUMNS = ["method", "n_seeds", "top1_mean", "top1_sd", "top1_ci_low", "top1_ci_high",
                    "diff_mean", "diff_ci_low", "diff_ci_high", "resolved", "top1_best_mean", "train_seconds_mean"]
@@ -84,6 +85,8 @@ class SeedStudy:
     per_seed: "object"
     baseline: str
     folder: Optional[Path] = None
+    # The declared family of paired contrasts (contrasts.csv, see :func:`contrasts`), where the study has one.
+    contrasts: Optional["object"] = None
 
     def table(self) -> str:
         return format_table(self.summary, self.baseline)
@@ -229,7 +232,8 @@ def load_summary(path: Union[str, os.PathLike]) -> SeedStudy:
         raise ConfigError(f"{folder} has tables without column(s) {', '.join(lacking)}; they were not written by cdlib.seeds.")
     no_diff = summary[summary["diff_mean"].isna()]["method"].tolist()
     baseline = next((m for m in no_diff if m != TEACHER), no_diff[0] if no_diff else "student")
-    return SeedStudy(summary=summary, per_seed=per_seed, baseline=baseline, folder=folder)
+    family = pd.read_csv(folder / CONTRASTS_FILE) if (folder / CONTRASTS_FILE).is_file() else None
+    return SeedStudy(summary=summary, per_seed=per_seed, baseline=baseline, folder=folder, contrasts=family)
 
 
 # ---------------------------------------------------------------------- runs
@@ -272,13 +276,12 @@ def _settings(config: Mapping[str, object]) -> dict:
 
 def _finished(cfg: RunConfig) -> bool:
     """True when ``cfg.run_dir`` holds a finished run of these settings; a ConfigError when it holds other ones."""
-    from . import train
 
     folder = Path(cfg.run_dir)
-    if not (folder / train.MODEL_FILE).is_file():
+    if not (folder / runfolder.MODEL_FILE).is_file():
         return False
     try:
-        saved = json.loads((folder / train.CONFIG_FILE).read_text())
+        saved = json.loads((folder / runfolder.CONFIG_FILE).read_text())
     except (OSError, ValueError):
         raise ConfigError(f"{folder} holds a model.pt without a readable config.json, so it cannot be checked for "
                           "reuse; move the folder away or choose another run_dir.") from None
@@ -289,7 +292,7 @@ def _finished(cfg: RunConfig) -> bool:
     if diffs:
         raise ConfigError(f"{folder} holds a finished run with other settings ({'; '.join(diffs)}); "
                           "use the original settings or another run_dir.")
-    return bool(train.read_metrics(folder))
+    return bool(runfolder.read_metrics(folder))
 
 
 def _train_or_reuse(cfg: RunConfig, teacher: bool = False) -> dict:
@@ -299,11 +302,11 @@ def _train_or_reuse(cfg: RunConfig, teacher: bool = False) -> dict:
 
     if not _finished(cfg):
         train.fit(cfg.replace(resume=True))
-        if teacher and train.is_main_process():
+        if teacher and distributed.is_main_process():
             teacher_check.record(cfg.run_dir, cfg)
-    elif teacher and train.is_main_process():
+    elif teacher and distributed.is_main_process():
         teacher_check.verify(cfg.run_dir, cfg)
-    metrics = train.read_metrics(cfg.run_dir)
+    metrics = runfolder.read_metrics(cfg.run_dir)
     return {"top1": metrics[-1]["test_top1"], "top1_best": max(m["test_top1"] for m in metrics),
             "top5": metrics[-1]["test_top5"], "train_seconds": sum(m["epoch_seconds"] for m in metrics)}
 
@@ -321,7 +324,6 @@ def run(cfg: RunConfig, seeds: Union[str, Sequence[int]] = (0, 1, 2, 3, 4), base
     """
     import pandas as pd
 
-    from . import train
 
     seeds = parse_seeds(seeds)
     validate(cfg)
@@ -341,7 +343,7 @@ def run(cfg: RunConfig, seeds: Union[str, Sequence[int]] = (0, 1, 2, 3, 4), base
             rows.append({"method": TEACHER, "seed": seed, **_train_or_reuse(teacher_cfg, teacher=True)})
             if on_run:
                 on_run(TEACHER, seed, rows[-1])
-            seeded = seeded.replace(teacher_checkpoint=str(Path(teacher_cfg.run_dir) / train.MODEL_FILE))
+            seeded = seeded.replace(teacher_checkpoint=str(Path(teacher_cfg.run_dir) / runfolder.MODEL_FILE))
         for label, changes in variants.items():
             run_cfg = seeded.replace(**changes, run_dir=str(folder / _slug(label) / f"seed{seed}"))
             rows.append({"method": label, "seed": seed, **_train_or_reuse(run_cfg)})
@@ -349,7 +351,7 @@ def run(cfg: RunConfig, seeds: Union[str, Sequence[int]] = (0, 1, 2, 3, 4), base
                 on_run(label, seed, rows[-1])
     per_seed = pd.DataFrame(rows, columns=PER_SEED_COLUMNS)
     study = SeedStudy(summary=summarize(per_seed, baseline), per_seed=per_seed, baseline=baseline, folder=folder)
-    if train.is_main_process():
+    if distributed.is_main_process():
         folder.mkdir(parents=True, exist_ok=True)
         per_seed.to_csv(folder / PER_SEED_FILE, index=False)
         study.summary.to_csv(folder / SUMMARY_FILE, index=False)

@@ -5,7 +5,7 @@ package, not a copy pasted into the notebook that could drift from it:
 
 >>> from cdlib import losses, source
 >>> source.show(losses.cd_loss)                      # a function, class or method
->>> source.show("cdlib.schedules._PRESETS")          # a module-level assignment, by name
+>>> source.show("cdlib.schedules.PRESETS")          # a module-level assignment, by name
 
 In Jupyter, Colab and the rendered book the code appears as a highlighted Python
 block headed by the file and lines it comes from; in a plain Python session it is
@@ -108,7 +108,7 @@ def _assignment(module: types.ModuleType, attr: str, name: str) -> Source:
 def source_of(obj: Union[object, str]) -> Source:
     """The current source of a function, class, method or module, or of a dotted name.
 
-    A name may also point at a module-level value (``"cdlib.schedules._PRESETS"``):
+    A name may also point at a module-level value (``"cdlib.schedules.PRESETS"``):
     the assignment that defines it is returned. An instance of a class defined
     in Python stands for its class. Raises :class:`SourceError` for a name that
     does not exist or an object without Python source (a builtin, a C function).
@@ -173,11 +173,18 @@ def show(*objects: Union[object, str]) -> None:
     """Display the source of each object (see :func:`source_of`) as a highlighted Python block.
 
     In IPython (Jupyter, Colab, the book's build) each becomes a Markdown code
-    block; elsewhere it is printed.
+    block; elsewhere it is printed. Only public names are shown (no part of the
+    dotted name starts with an underscore): the book must not break on a rename
+    of a private helper.
     """
     if not objects:
         raise SourceError("show() needs at least one function, class or dotted name to show.")
     sources = [source_of(o) for o in objects]  # all found before anything is shown
+    private = [s.name for s in sources if any(part.startswith("_") for part in s.name.split("."))]
+    if private:
+        # A page that renders a private name breaks on an ordinary rename; the book shows public API only.
+        raise SourceError(f"show() renders public names only, got {', '.join(private)}; make the name public "
+                          "(no leading underscore) or show the public function that uses it.")
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None else None
     for src in sources:

@@ -1,14 +1,12 @@
-"""The table of loss terms: one row per term, read by every layer.
+"""The loss terms a method can combine: names, what each needs, default weights.
 
-The distiller, the recipes, the trainer, the benchmark, the exercise checks and
-the CLI all take the term names, which terms need the teacher or the stage
-features, the default weights and how each loss is called from here. A new
-method is one loss function in :mod:`cdlib.losses` and one row below.
-
-Consumers read the table through the functions (``loss_terms()``, ``get()``,
-...), which look at :data:`TERMS` when called, so a row added at run time (a
-test, an exercise) reaches every layer. ``LOSS_TERMS`` and ``METHODS`` are the
-shipped table's names, for reading.
+:meth:`cdlib.distiller.Distiller.forward` computes each term with an explicit
+call; this table says which terms exist (for method strings such as
+``"cd+gkd+edt"`` and the CLI's help), which need the teacher or the stage
+feature maps (so the trainer knows whether to build a teacher and the
+distiller whether to run it) and each term's default weight. A new method is a
+loss function in :mod:`cdlib.losses`, a line in ``Distiller.forward`` and a row
+here.
 """
 
 from __future__ import annotations
@@ -18,59 +16,35 @@ from typing import Dict, Iterable, Tuple
 
 from .errors import ConfigError
 
-__all__ = ["LossTerm", "TERMS", "LOSS_TERMS", "METHODS", "EDT", "SCHEDULED", "INPUTS", "get", "loss_terms",
-           "methods", "needs_teacher", "needs_features", "default_weights"]
-
-# What the distiller can hand a loss function, by name (LossTerm.inputs lists them in call order).
-INPUTS: Dict[str, str] = {
-    "logits": "the student's logits (N, classes)",
-    "teacher_logits": "the teacher's logits (N, classes)",
-    "targets": "the labels (N,)",
-    "features": "the student's stage feature maps",
-    "teacher_features": "the teacher's stage feature maps",
-    "connected_features": "the student's stage maps through the connectors (teacher's channel counts)",
-    "hint": "the student's FitNets hint stage through its regressor, as a one-element list",
-    "teacher_hint": "the teacher's FitNets hint stage, as a one-element list",
-    "kd_temperature": "RunConfig.kd_temperature",
-    "gkd_temperature": "RunConfig.gkd_temperature",
-}
+__all__ = ["LossTerm", "TERMS", "EDT", "SCHEDULED", "get", "loss_terms", "methods", "needs_teacher",
+           "needs_features", "default_weights"]
 
 
 @dataclass(frozen=True)
 class LossTerm:
     name: str
     description: str
-    function: str  # the function in cdlib.losses that computes it
     needs_teacher: bool
     needs_features: bool  # the stage feature maps, not only the logits
     default_weight: float  # the CIFAR-100 recipe's weight; recipes may override
-    inputs: Tuple[str, ...]  # the function's positional arguments, names from INPUTS
 
 
 TERMS: Tuple[LossTerm, ...] = (
-    LossTerm("ce", "cross-entropy with the labels", "ce_loss", False, False, 1.0, ("logits", "targets")),
-    LossTerm("kd", "knowledge distillation (Hinton et al. 2015)", "kd_loss", True, False, 1.0,
-             ("logits", "teacher_logits", "kd_temperature")),
-    LossTerm("gkd", "guided KD: KD on the samples the teacher gets right", "gkd_loss", True, False, 0.1,
-             ("logits", "teacher_logits", "targets", "gkd_temperature")),
-    LossTerm("cd", "channel distillation: channel attention through connectors", "cd_loss", True, True, 6.0,
-             ("connected_features", "teacher_features")),
-    LossTerm("at", "attention transfer (Zagoruyko & Komodakis 2017)", "at_loss", True, True, 1000.0,
-             ("features", "teacher_features")),
-    LossTerm("fitnets", "FitNets hint on the middle stage (Romero et al. 2015)", "fitnets_loss", True, True, 100.0,
-             ("hint", "teacher_hint")),
+    LossTerm("ce", "cross-entropy with the labels", False, False, 1.0),
+    LossTerm("kd", "knowledge distillation (Hinton et al. 2015)", True, False, 1.0),
+    LossTerm("gkd", "guided KD: KD on the samples the teacher gets right", True, False, 0.1),
+    LossTerm("cd", "channel distillation: channel attention through connectors", True, True, 6.0),
+    LossTerm("at", "attention transfer (Zagoruyko & Komodakis 2017)", True, True, 1000.0),
+    LossTerm("fitnets", "FitNets hint on the middle stage (Romero et al. 2015)", True, True, 100.0),
 )
 
 # "edt" is not a loss: it makes the weights of SCHEDULED follow an EDT schedule.
 EDT = "edt"
 SCHEDULED: Tuple[str, ...] = ("ce", "cd", "gkd")
 
-LOSS_TERMS: Tuple[str, ...] = tuple(t.name for t in TERMS)
-METHODS: Tuple[str, ...] = LOSS_TERMS + (EDT,)
-
 
 def loss_terms() -> Tuple[str, ...]:
-    """The names of the loss terms in the table, in its order."""
+    """The names of the loss terms, in the table's order."""
     return tuple(t.name for t in TERMS)
 
 
@@ -88,8 +62,7 @@ def get(name: str) -> LossTerm:
 
 
 def _rows(names: Iterable[str]):
-    known = {t.name: t for t in TERMS}
-    return [known[n] for n in names if n in known]
+    return [t for t in TERMS if t.name in set(names)]
 
 
 def needs_teacher(terms: Iterable[str]) -> bool:

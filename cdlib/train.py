@@ -44,23 +44,21 @@ from . import distributed, resume, runlock
 from . import parts as parts_mod
 from . import terms as term_table
 from .distributed import Placement, is_main_process
-from .errors import CheckpointError, ConfigError, TrainingDiverged
+from .errors import CheckpointError, ConfigError
 from .health import LossWatch
 from .interrupt import DeferredInterrupt
 from .oserrors import describe
-from .parts import load_data, weights_for
 from .parts import warn_if_useless_teacher as _warn_if_useless_teacher
+from .parts import weights_for
 from .progress import clock, resume_message, run_eta
 from .recipes import RunConfig, parse_method, validate
 from .runfolder import (
     CHECKPOINT_FILE,
-    CONFIG_FILE,
     METRICS_FILE,
     MODEL_FILE,
     RunResult,
     check_reusable_teacher,
     comparison_table,
-    read_metrics,
     slug,
     summary_line,
     teacher_dir,
@@ -69,27 +67,9 @@ from .runfolder import (
 )
 from .step import TrainStep, evaluate
 
-__all__ = [
-    "fit",
-    "run",
-    "ensure_teacher",
-    "teacher_dir",
-    "is_main_process",
-    "evaluate",
-    "load_data",
-    "TrainStep",
-    "RunResult",
-    "TrainingDiverged",
-    "read_metrics",
-    "comparison_table",
-    "CONFIG_FILE",
-    "METRICS_FILE",
-    "CHECKPOINT_FILE",
-    "MODEL_FILE",
-]
+__all__ = ["fit", "run", "ensure_teacher"]
 
 _LOG_EVERY = 20  # steps between log points: the only places the loop waits for the device
-_uses_teacher = term_table.needs_teacher  # the name cdlib.seeds and older code use
 
 
 def fit(cfg: RunConfig, on_step: Optional[Callable[[int, int], None]] = None) -> RunResult:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cdlib import checkpoint, cli, recipes, train
+from cdlib import checkpoint, cli, recipes, runfolder, train
 
 # One intra-op thread per process: on a small shared CPU a second one mostly waits for a busy core.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -52,7 +52,7 @@ def test_distill_prints_the_comparison_and_evaluate_reproduces_it(tmp_path):
     for row in ("teacher cifar_resnet10_w16", "student alone", "kd", "cd+gkd+edt"):
         assert re.search(rf"^{re.escape(row)}\s+\d+\.\d\d\s+\d+\.\d\d", table, re.M), f"no table row for {row}:\n{table}"
     for folder in ("teacher", "student", "kd", "cd_gkd_edt"):
-        assert len(train.read_metrics(run_dir / folder)) == 2, folder
+        assert len(runfolder.read_metrics(run_dir / folder)) == 2, folder
     reported = float(re.search(r"^cd\+gkd\+edt\s+(\d+\.\d\d)", table, re.M).group(1))
 
     model_file = run_dir / "cd_gkd_edt" / "model.pt"
@@ -84,7 +84,7 @@ def test_evaluate_takes_the_settings_of_the_run_that_wrote_the_file(capsys, tmp_
     assert cli.main(["train", "--recipe", "demo", *SMALL, "--data-options", "train_per_class=20", "--model",
                      "cifar_resnet10_w4", "--run-dir", str(run_dir)]) == 0
     model = run_dir / "cifar_resnet10_w4" / "model.pt"
-    reported = train.read_metrics(model.parent)[-1]
+    reported = runfolder.read_metrics(model.parent)[-1]
     capsys.readouterr()
     # No --recipe (its default is CIFAR-100) and no data options: the run's config.json says digits, 20 per class.
     for argv in (["evaluate", str(model)], ["evaluate", "--data-options", "train_per_class=20", str(model)],
@@ -160,9 +160,9 @@ def evil_checkpoint(tmp_path):
 def test_bad_configuration_is_one_line(capsys, tmp_path):
     run = ["--run-dir", str(tmp_path / "r")]
     cases = [
-        (["distill", "--recipe", "nope"], "unknown recipe 'nope'; choose one of cifar100, .*demo, imagenet"),
+        (["distill", "--recipe", "nope"], "unknown recipe 'nope'; known: cifar100, .*demo, imagenet"),
         (["distill", "--recipe", "demo", "--method", "cd+xyz"], "unknown method term"),
-        (["distill", "--recipe", "demo", "--student", "resnet9000"], "unknown student model 'resnet9000'; choose one of .*cifar_resnet10_w4"),
+        (["distill", "--recipe", "demo", "--student", "resnet9000"], "unknown student model 'resnet9000'; known: .*cifar_resnet10_w4"),
         (["distill", "--recipe", "demo", "--teacher", "vgg"], "unknown teacher model 'vgg'"),
         (["distill", "--recipe", "demo", "--schedule", "sometimes"], "unknown EDT schedule 'sometimes'"),
         (["distill", "--recipe", "demo", "--weights", "xx=1"], r"unknown loss weight\(s\) \['xx'\]"),

@@ -741,3 +741,21 @@ def test_make_loader_batches_do_not_depend_on_the_number_of_workers(source, imag
     assert len(batches[0]) == steps
     for (x0, y0), (x2, y2) in zip(batches[0], batches[2]):
         assert torch.equal(x0, x2) and torch.equal(y0, y2)
+
+
+def test_digits_test_draws_repeat_each_test_digit_under_new_clutter():
+    one = data.load("digits", image_size=12, canvas=20, clutter=3, test_fraction=0.5)
+    three = data.load("digits", image_size=12, canvas=20, clutter=3, test_fraction=0.5, test_draws=3)
+    n = len(one.test)
+    assert len(three.test) == 3 * n and len(three.train) == len(one.train)
+    assert torch.equal(three.test.images[:n], one.test.images)  # draw 1 is the set test_draws=1 gives
+    assert torch.equal(three.train.images, one.train.images)  # training images untouched
+    assert torch.equal(three.test.labels, one.test.labels.repeat(3))
+    # Other placements and clutter of the same digits: not a copy of draw 1.
+    assert not torch.equal(three.test.images[n:2 * n], one.test.images)
+    assert not torch.equal(three.test.images[n:2 * n], three.test.images[2 * n:])
+    for bad in (0, 1.5, True, 101):
+        with pytest.raises(cdlib.ConfigError, match="test_draws must be a whole number from 1 to 100"):
+            data.load("digits", canvas=20, test_draws=bad)
+    with pytest.raises(cdlib.ConfigError, match="test_draws needs a canvas"):
+        data.load("digits", test_draws=2)

@@ -16,7 +16,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from cdlib import checkpoint, recipes, train
+from cdlib import checkpoint, recipes, runfolder, train
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
 # One thread per process: two processes already fill the two cores of a small machine.
@@ -68,7 +68,7 @@ def test_two_processes_end_with_identical_weights_and_one_writer(tmp_path):
 
     # Rank 0 alone writes: one metrics line per epoch, each summary printed once, the teacher trained once.
     for folder in ("teacher", "student", "cd_gkd_edt"):
-        assert [r["epoch"] for r in train.read_metrics(run_dir / folder)] == [1, 2], folder
+        assert [r["epoch"] for r in runfolder.read_metrics(run_dir / folder)] == [1, 2], folder
         assert (run_dir / folder / "model.pt").is_file()
     assert done.stdout.count("[cd+gkd+edt] epoch   1/2") == 1
     assert done.stdout.count("training the teacher") == 1
@@ -138,7 +138,7 @@ def test_cdlib_distill_scales_out_with_torchrun_on_the_imagenet_path(tmp_path):
     assert "training the teacher" not in done.stdout
     assert done.stdout.count("[cd+gkd+edt] epoch   1/1") == 1
     assert done.stdout.count("cd+gkd+edt: test top-1") == 1, "the final report comes from rank 0 only"
-    metrics = train.read_metrics(run_dir / "cd_gkd_edt")
+    metrics = runfolder.read_metrics(run_dir / "cd_gkd_edt")
     assert len(metrics) == 1
     # 6 validation images, 3 per process, each counted once: accuracies are multiples of 1/6.
     saved = checkpoint.safe_load(run_dir / "cd_gkd_edt" / "checkpoint.pt")

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from cdlib import models
 from cdlib.distiller import Distiller
 from cdlib.errors import ConfigError
-from cdlib.train import TrainStep
+from cdlib.step import TrainStep
 
 NUM_CLASSES = 5
 ALL_TERMS = ("ce", "kd", "gkd", "cd")
@@ -201,57 +201,35 @@ def test_a_step_with_every_weight_zero_changes_nothing():
 # --------------------------------------------------------------------------- the table of terms
 
 
-def _l1_logits(student_logits, teacher_logits):
-    return (student_logits.float() - teacher_logits.float()).abs().mean()
-
-
-@pytest.fixture
-def l1_term(monkeypatch):
-    """A new loss term, added the way the table says a new method is added: one row, one function."""
-    from cdlib import losses, terms
-
-    row = terms.LossTerm("l1", "L1 distance of the logits", "l1_logits_loss", True, False, 2.0,
-                         ("logits", "teacher_logits"))
-    monkeypatch.setattr(terms, "TERMS", terms.TERMS + (row,))
-    monkeypatch.setattr(losses, "l1_logits_loss", _l1_logits, raising=False)
-    return row
-
-
-def test_a_row_in_the_table_is_all_a_new_term_needs(l1_term):
-    from cdlib import recipes, terms
+@pytest.mark.parametrize("term", ["ce", "kd", "gkd", "cd", "at", "fitnets"])
+def test_each_terms_row_says_what_forward_really_uses(term):
+    """cdlib.terms tells the trainer whether to build a teacher: for each term alone, the teacher
+    runs exactly when the row says it is needed, and the student's stage maps are asked for exactly
+    when the row says features are needed; every term of the table has its line in forward."""
+    from cdlib import terms
 
     student, teacher = _pair()
-    distiller = Distiller(student, teacher, terms=("ce", "l1"))
+    distiller = Distiller(student, teacher, terms=("ce", term))
+    calls = {"teacher": 0, "features": 0}
+    teacher.register_forward_hook(lambda *a: calls.__setitem__("teacher", calls["teacher"] + 1))
+    plain_forward = student.forward
+
+    def counting_forward(images, return_features=False):
+        calls["features"] += bool(return_features)
+        return plain_forward(images, return_features=return_features)
+
+    student.forward = counting_forward
     images, labels = _batch()
-    logits, out = distiller(images, labels, {"ce": 1.0, "l1": 3.0})
-    with torch.no_grad():
-        expected = 3.0 * (student(images) - teacher(images)).abs().mean()
-    assert set(out) == {"ce", "l1"} and torch.allclose(out["l1"], expected)
-    assert torch.allclose(out["ce"], F.cross_entropy(logits, labels))
-    # The config layer reads the same table: the method parses, its weight is valid, and it needs the teacher.
-    assert recipes.parse_method("l1") == ("ce", "l1") and terms.needs_teacher(["l1"])
-    assert terms.default_weights()["l1"] == 2.0
-    assert recipes.get("demo", method="kd,l1", weights={"l1": 0.5}).weights["l1"] == 0.5
+    _, out = distiller(images, labels, {term: 1.0})
+    row = terms.get(term)
+    assert set(out) == {term}
+    assert bool(calls["teacher"]) == row.needs_teacher, term
+    assert bool(calls["features"]) == row.needs_features, term
 
 
-def test_a_term_asking_for_an_unknown_input_is_named(monkeypatch):
-    from cdlib import losses, terms
+def test_every_loss_term_is_a_method_term_and_has_a_weight():
+    from cdlib import recipes, terms
 
-    row = terms.LossTerm("odd", "asks for something", "odd_loss", True, False, 1.0, ("logits", "gradients"))
-    monkeypatch.setattr(terms, "TERMS", terms.TERMS + (row,))
-    monkeypatch.setattr(losses, "odd_loss", lambda a, b: a.sum(), raising=False)
-    images, labels = _batch()
-    with pytest.raises(ConfigError, match="input 'gradients'.*cdlib.terms.INPUTS"):
-        Distiller(*_pair(), terms=("ce", "odd"))(images, labels, {"ce": 1.0, "odd": 1.0})
-
-
-def test_every_shipped_row_is_consistent_with_its_inputs():
-    from cdlib import losses, terms
-
-    teacher_inputs = {"teacher_logits", "teacher_features", "connected_features", "hint", "teacher_hint"}
-    feature_inputs = {"features", "teacher_features", "connected_features", "hint", "teacher_hint"}
-    for row in terms.TERMS:
-        assert callable(getattr(losses, row.function)), row.name
-        assert set(row.inputs) <= set(terms.INPUTS), row.name
-        assert row.needs_teacher == bool(teacher_inputs & set(row.inputs)), row.name
-        assert row.needs_features == bool(feature_inputs & set(row.inputs)), row.name
+    for name in terms.loss_terms():
+        assert recipes.parse_method(name)[-1] == name
+        assert name in recipes.RunConfig().weights

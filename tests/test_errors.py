@@ -46,7 +46,7 @@ CASES = {
     "build_connectors stages": (ConfigError, "same number of stages", lambda: connectors.build_connectors([1, 2], [1])),
     "build_connectors channels": (ConfigError, "positive whole numbers", lambda: connectors.build_connectors([0], [1])),
     # schedules
-    "schedules.get name": (ConfigError, "choose one of", lambda: schedules.get("nope")),
+    "schedules.get name": (ConfigError, "unknown schedule .nope.; known:", lambda: schedules.get("nope")),
     "schedules.get override": (ConfigError, "does not accept", lambda: schedules.get("paper-cifar100", bogus=1)),
     "schedules.get epochs": (ConfigError, "whole number >= 1", lambda: schedules.get("cosine", epochs=0)),
     "schedule epoch": (ConfigError, "non-negative", lambda: schedules.get("cosine")(-1)),
@@ -55,11 +55,11 @@ CASES = {
     "register shipped": (ConfigError, "cannot be replaced", lambda: schedules.register("paper-cifar100", lambda epochs=1: None)),
     "register factory": (ConfigError, "needs a factory", lambda: schedules.register("mine", 5)),
     # models
-    "models.create name": (ConfigError, "choose one of", lambda: models.create("nope")),
+    "models.create name": (ConfigError, "unknown model .nope.; known:", lambda: models.create("nope")),
     "models.create classes": (ConfigError, "num_classes", lambda: models.create("cifar_resnet10_w4", num_classes=0)),
     "models.create pretrained": (ConfigError, "no pretrained weights", lambda: models.create("cifar_resnet10_w4", pretrained=True)),
     "models.create channels": (ConfigError, "3-channel", lambda: models.create("resnet18", in_channels=1)),
-    "models.stage_channels": (ConfigError, "choose one of", lambda: models.stage_channels("nope")),
+    "models.stage_channels": (ConfigError, "unknown model .nope.; known:", lambda: models.stage_channels("nope")),
     "imagenet.build classes": (ConfigError, "1000 ImageNet classes",
                                lambda: imagenet.build("resnet18", num_classes=10, pretrained=True)),
     "imagenet.build name": (ConfigError, "unknown ImageNet model", lambda: imagenet.build("resnet1")),
@@ -98,7 +98,7 @@ def _assert_one_sentence(exc: BaseException, cls, phrase: str) -> None:
     message = str(exc)
     assert isinstance(exc, cls), f"{type(exc).__name__}: {message}"
     assert "\n" not in message and message.strip() == message, repr(message)
-    assert message.endswith("."), repr(message)
+    assert message.endswith((".", "?")), repr(message)  # a sentence, or the registry's "did you mean ...?"
     assert __import__("re").search(phrase, message), message
 
 

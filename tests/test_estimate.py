@@ -1,4 +1,4 @@
-"""cdlib.estimate: projected wall time from counted FLOPs, checked against a hand count."""
+"""cdlib.estimate and cdlib.flops: projected wall time from counted FLOPs, checked against a hand count."""
 
 from __future__ import annotations
 
@@ -7,9 +7,17 @@ import torch
 from torch import nn
 
 from cdlib import cli, estimate, models, progress, recipes
-from cdlib.bench import DEFAULT_ASSUMED_UTILISATION, peak_tflops
 from cdlib.connectors import build_connectors
 from cdlib.errors import ConfigError
+from cdlib.flops import (
+    DEFAULT_ASSUMED_UTILISATION,
+    PEAK_DENSE_TFLOPS,
+    count_flops,
+    gpu_model_key,
+    model_flops,
+    peak_tflops,
+    step_flops,
+)
 
 TINY = dict(data="synthetic", data_root=None, image_size=16,
             data_options={"num_classes": 10, "train_per_class": 20, "test_per_class": 5},
@@ -84,10 +92,75 @@ def test_projection_matches_a_hand_computation():
     assert e["utilisation"] == DEFAULT_ASSUMED_UTILISATION and "not a measurement" in e["label"]
 
 
-def test_the_shortcut_for_logit_losses_equals_a_whole_count():
-    # kd's step is priced as student training + teacher forward; a full count agrees.
-    whole = estimate._count_distill_step(TINY["student"], TINY["teacher"], ("ce", "kd"), SIDE, CLASSES)
-    assert estimate._step_flops(TINY["student"], TINY["teacher"], ("ce", "kd"), SIDE, CLASSES) == pytest.approx(whole)
+def test_losses_without_connectors_add_no_flops():
+    # The losses are element-wise: a step of kd, gkd or at costs the student's training
+    # step plus the teacher's forward, whatever the terms; "edt" is a schedule, not a loss.
+    s_train = model_flops(TINY["student"], SIDE, CLASSES)[1]
+    t_fwd = model_flops(TINY["teacher"], SIDE, CLASSES)[0]
+    assert step_flops(TINY["student"], TINY["teacher"], ("ce",), SIDE, CLASSES) == s_train
+    for loss_terms in (("ce", "kd"), ("ce", "gkd", "edt"), ("ce", "at"), ("kd", "ce", "gkd", "at")):
+        assert step_flops(TINY["student"], TINY["teacher"], loss_terms, SIDE, CLASSES) == s_train + t_fwd, loss_terms
+
+
+# ------------------------------------------------------------------ the counter and the peak table
+
+
+def test_conv_flops_match_hand_count():
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    x = torch.randn(1, 3, 8, 8)
+    # 2 FLOPs per multiply-add; each of the 8 x 8 x 8 outputs takes 3 x 3 x 3 of them.
+    assert count_flops(lambda: conv(x)) == 2 * 3 * 3 * 3 * 8 * 8 * 8 == 27648
+
+
+def test_small_model_forward_flops_match_hand_count():
+    model = models.create(TINY["student"], num_classes=10).eval()
+    x = torch.randn(2, 3, 16, 16)
+    by_hand = sum(_layer_flops(model, lambda: model(x)))
+    assert by_hand > 0
+    with torch.no_grad():
+        assert count_flops(lambda: model(x)) == by_hand
+
+
+def test_paper_pair_flops_are_in_the_expected_range():
+    # Independent order of magnitude: ImageNet ResNet152 is ~11.5 GMAC at 224 px with
+    # 56x56 maps in stage 1; the CIFAR stem keeps 32x32 there, (32/56)^2 of the work.
+    teacher_gflops = model_flops("cifar_resnet152", 32, 100)[0] / 1e9
+    assert 2 * 11.5 * (32 / 56) ** 2 * 0.8 < teacher_gflops < 2 * 11.5 * (32 / 56) ** 2 * 1.2
+
+
+@pytest.mark.parametrize(
+    "name, key",
+    [
+        ("NVIDIA H100 80GB HBM3", "H100 SXM"),
+        ("NVIDIA H100 PCIe", "H100 PCIe"),
+        ("NVIDIA H200", "H200"),
+        ("NVIDIA A100-SXM4-80GB", "A100"),
+        ("NVIDIA L4", "L4"),
+        ("NVIDIA L40S", None),
+        ("Tesla T4", "T4"),
+        ("Tesla V100-SXM2-16GB", "V100 SXM2"),
+        ("Tesla V100-PCIE-32GB", "V100 PCIe"),
+        ("NVIDIA GeForce RTX 4090", None),
+    ],
+)
+def test_gpu_names_map_to_peak_table(name, key):
+    assert gpu_model_key(name) == key
+    if key is not None:
+        assert key in PEAK_DENSE_TFLOPS
+
+
+def test_peak_table_is_sane():
+    assert peak_tflops("T4", "bf16") is None  # Turing has no bf16 tensor cores
+    assert peak_tflops(None, "fp16") is None
+    for gpu, peaks in PEAK_DENSE_TFLOPS.items():
+        assert peaks["fp16"] > peaks["fp32"] > 0, gpu
+        if peaks["tf32"] is not None:
+            assert peaks["fp16"] > peaks["tf32"] > peaks["fp32"], gpu
+    for key, precision in estimate.GPUS.values():  # every --gpu of cdlib estimate has a peak for amp="auto"
+        assert peak_tflops(key, precision) is not None
+
+
+# ------------------------------------------------------------------ recipes, GPUs and the command line
 
 
 def test_gpus_precision_and_capped_epochs():

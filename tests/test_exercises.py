@@ -280,7 +280,7 @@ def _placeholder_function(path: Path, name: str):
 
 
 def test_student_placeholders_raise_and_checks_say_not_implemented():
-    from cdlib import checks
+    from cdlib_classroom import checks
 
     student = REPO / msn.STUDENT_DIR
     fn = _placeholder_function(student / "exercise1_cd_loss.ipynb", "my_cd_loss")

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cdlib import cli, data, losses, models, recipes, train
+from cdlib import cli, data, losses, models, parts, recipes, train
 from cdlib.distiller import Distiller
 from cdlib.errors import ConfigError
 from cdlib.optim import make_sgd
@@ -213,8 +213,8 @@ def test_the_padding_is_reflect_unless_zeros_is_asked_for(pad_mode, torch_mode):
 
 def test_pad_mode_reaches_the_training_set_through_the_recipe_and_imagenet_refuses_it(tmp_path):
     cfg = recipes.get("demo", data_options={"test_fraction": 0.5, "pad_mode": "zeros"})
-    assert train.load_data(cfg).train.pad_mode == "zeros"
-    assert train.load_data(recipes.get("demo")).train.pad_mode == "reflect"
+    assert parts.load_data(cfg).train.pad_mode == "zeros"
+    assert parts.load_data(recipes.get("demo")).train.pad_mode == "reflect"
     assert "pad_mode" not in data.options("imagenet") and "pad_mode" in data.options("cifar100")
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from cdlib import checkpoint, cli, recipes, runlock, train
+from cdlib import checkpoint, cli, recipes, runfolder, runlock, train
 from cdlib.errors import CheckpointError, ConfigError
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -97,7 +97,7 @@ def test_two_runs_started_together_in_one_folder_one_trains_the_other_is_one_lin
     winner_seed = [0, 1][[first.returncode, second.returncode].index(0)]
     folder = run_dir / "cifar_resnet10_w4"
     assert checkpoint.safe_load(folder / "checkpoint.pt")["config"]["seed"] == winner_seed
-    assert [r["epoch"] for r in train.read_metrics(folder)] == [1, 2]
+    assert [r["epoch"] for r in runfolder.read_metrics(folder)] == [1, 2]
 
 
 def test_leftover_temporary_files_of_cut_short_saves_are_removed_at_the_next_start(tmp_path, capsys):
@@ -152,7 +152,7 @@ def test_sigterm_saves_like_ctrl_c_exits_143_and_the_run_resumes_to_the_uninterr
     a = checkpoint.safe_load(tmp_path / "straight" / "cifar_resnet10_w4" / "model.pt")["state_dict"]
     b = checkpoint.safe_load(folder / "model.pt")["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run differs from the uninterrupted one"
-    assert train.read_metrics(folder)[-1]["test_loss"] == train.read_metrics(tmp_path / "straight" / "cifar_resnet10_w4")[-1]["test_loss"]
+    assert runfolder.read_metrics(folder)[-1]["test_loss"] == runfolder.read_metrics(tmp_path / "straight" / "cifar_resnet10_w4")[-1]["test_loss"]
 
 
 @pytest.mark.parametrize("signals, status", [([signal.SIGINT, signal.SIGINT], 130),

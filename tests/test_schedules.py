@@ -194,3 +194,24 @@ def test_smooth_schedule_validation():
     with pytest.raises(ValueError):
         schedules.smooth("linear", 0)
     assert math.isfinite(schedules.smooth("linear", 1)(1)["cd"])
+
+
+def test_edt_parts_split_the_cifar100_staircase():
+    """Warm-up only: the staircase's warm-up with a constant CD weight; decay only: its CD decay
+    with cross-entropy and GKD from epoch 1. Together they are the staircase, epoch by epoch."""
+    epochs = 60
+    whole = schedules.get("paper-cifar100", epochs=epochs)
+    warm = schedules.get("paper-cifar100-warmup-only", epochs=epochs)
+    decay = schedules.get("paper-cifar100-decay-only", epochs=epochs)
+    for e in range(1, epochs + 1):
+        w, a, d = whole(e), warm(e), decay(e)
+        assert a["ce"] == w["ce"] and a["gkd"] == w["gkd"] and a["cd"] == 6.0, e  # warm-up as the staircase
+        assert d["cd"] == w["cd"] and d["ce"] == 1.0 and d["gkd"] == 0.1, e  # decay as the staircase
+    # The miniature's warm-up ends where its LR first drops (18 of 60, as 60 of 200), and the decay is at 18 and 48.
+    assert [e for e in range(1, epochs + 1) if whole(e)["ce"] == 0] == list(range(1, 19))
+    assert [e for e in range(2, epochs + 1) if whole(e)["cd"] != whole(e - 1)["cd"]] == [18, 48]
+
+
+def test_a_misspelt_name_gets_a_suggestion():
+    with pytest.raises(ValueError, match=r"unknown schedule 'cosin'; known: .*; did you mean 'cosine'\?"):
+        schedules.get("cosin")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cdlib import recipes, seeds, train
+from cdlib import recipes, runfolder, seeds, train
 from cdlib.errors import ConfigError
 
 
@@ -90,7 +90,7 @@ def test_run_writes_tables_and_reuses_finished_runs(tmp_path, monkeypatch):
     for method in ("teacher", "student", "kd"):
         for seed in (0, 1):
             run_dir = folder / method / f"seed{seed}"
-            metrics = train.read_metrics(run_dir)
+            metrics = runfolder.read_metrics(run_dir)
             row = per_seed[(per_seed.method == method) & (per_seed.seed == seed)].iloc[0]
             # The table's numbers are the runs' own: last epoch and best epoch of metrics.jsonl.
             assert row.top1 == pytest.approx(metrics[-1]["test_top1"])
@@ -101,7 +101,7 @@ def test_run_writes_tables_and_reuses_finished_runs(tmp_path, monkeypatch):
     assert kd_config["teacher_checkpoint"] == str(folder / "teacher" / "seed1" / "model.pt")
     # Seeds differ: the two students did not train identically.
     assert per_seed[per_seed.method == "student"].top1.nunique() == 2 or \
-        train.read_metrics(folder / "student" / "seed0") != train.read_metrics(folder / "student" / "seed1")
+        runfolder.read_metrics(folder / "student" / "seed0") != runfolder.read_metrics(folder / "student" / "seed1")
     # Again: everything is reused, nothing trains, same tables.
     monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
     again = seeds.run(cfg, seeds=[0, 1], plot=False)
@@ -133,7 +133,7 @@ def test_run_resumes_an_interrupted_seed(tmp_path):
     resumed = seeds.run(cfg, seeds=[0], plot=False)
     # Resumed exactly: the same final accuracy as the uninterrupted run, and its epoch-1 row kept.
     assert resumed.per_seed.top1.tolist() == reference.per_seed.top1.tolist()
-    assert len(train.read_metrics(Path(cfg.run_dir) / "student" / "seed0")) == 2
+    assert len(runfolder.read_metrics(Path(cfg.run_dir) / "student" / "seed0")) == 2
 
 
 def test_variants_with_their_own_settings(tmp_path):
@@ -168,3 +168,33 @@ def test_cli_seeds(tmp_path, capsys):
     assert "student" in capsys.readouterr().out
     per_seed = pd.read_csv(tmp_path / "cli" / "per_seed.csv")
     assert per_seed.seed.tolist() == [0, 1] and (tmp_path / "cli" / "student" / "seed1" / "model.pt").exists()
+
+
+def test_contrasts_pair_by_seed_test_and_guard_the_family_as_scipy_and_holm_by_hand_do():
+    import pandas as pd
+
+    scipy_stats = pytest.importorskip("scipy.stats")
+    base = [70.0, 71.5, 69.0, 72.0, 70.5, 71.0]
+    shifts = {"big": [2.0, 2.4, 1.8, 2.2, 2.1, 1.9], "small": [0.3, -0.2, 0.1, 0.4, -0.1, 0.2],
+              "worse": [-1.0, -1.3, -0.9, -1.2, -0.8, -1.1]}
+    rows = [{"method": "student", "seed": s, "top1": b} for s, b in enumerate(base)]
+    rows += [{"method": m, "seed": s, "top1": b + d} for m, ds in shifts.items() for s, (b, d) in enumerate(zip(base, ds))]
+    rows.append({"method": "big", "seed": 99, "top1": 0.0})  # a seed the baseline lacks: not paired, not used
+    family = [seeds.Contrast("q1", m, "student") for m in shifts]
+    table = seeds.contrasts(pd.DataFrame(rows), family).set_index("contrast")
+    raw = {m: scipy_stats.ttest_rel([b + d for b, d in zip(base, ds)], base).pvalue for m, ds in shifts.items()}
+    order = sorted(raw, key=raw.get)  # Holm by hand: m = 3
+    holm, running = {}, 0.0
+    for k, m in enumerate(order):
+        running = max(running, min(1.0, (3 - k) * raw[m]))
+        holm[m] = running
+    for m, ds in shifts.items():
+        row = table.loc[f"{m} - student"]
+        assert row.n_pairs == 6 and row.diff_mean == pytest.approx(sum(ds) / 6)
+        assert row.p == pytest.approx(raw[m], rel=1e-8) and row.p_holm == pytest.approx(holm[m], rel=1e-8)
+    assert table.loc["big - student", "verdict"] == "resolved: better"
+    assert table.loc["worse - student", "verdict"] == "resolved: worse"
+    assert table.loc["small - student", "verdict"] == "not resolved"
+    assert list(table.columns) == seeds.CONTRAST_COLUMNS[1:]
+    with pytest.raises(ConfigError, match="names method\\(s\\) \\['nope'\\]"):
+        seeds.contrasts(pd.DataFrame(rows), [seeds.Contrast("q", "nope", "student")])

@@ -46,8 +46,8 @@ def test_the_source_follows_the_file_when_it_changes(tmp_path, monkeypatch):
 def test_classes_instances_and_module_values():
     assert source.source_of(Connector).text.startswith("class Connector(")
     assert source.source_of(Connector(2, 3)).text == source.source_of(Connector).text  # an instance: its class
-    presets = source.source_of("cdlib.schedules._PRESETS")
-    assert "_PRESETS" in presets.text and '"paper-cifar100"' in presets.text
+    presets = source.source_of("cdlib.schedules.PRESETS")
+    assert "PRESETS" in presets.text and '"paper-cifar100"' in presets.text
     assert presets.text == _lines_of(Path(schedules.__file__), presets.first_line, presets.last_line)
 
 
@@ -87,3 +87,12 @@ def test_lines_stay_right_when_the_file_is_edited_after_import(tmp_path, monkeyp
     assert (src.first_line, src.text) == (6, "@functools.lru_cache\ndef g():\n    return 1\n")
     assert source.source_of(mod.K.m).text == "    def m(self):\n        return 3\n"
     sys.modules.pop("h2_edited_module", None)
+
+
+def test_show_refuses_private_names_so_the_book_renders_public_api_only():
+    from cdlib import losses
+
+    with pytest.raises(source.SourceError, match="public names only.*cdlib.losses._acc"):
+        source.show(losses.cd_loss, losses._acc)
+    with pytest.raises(source.SourceError, match="public names only"):
+        source.show("cdlib.losses._acc")

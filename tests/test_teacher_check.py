@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cdlib import checkpoint, data, models, recipes, teacher_check, train
+from cdlib import checkpoint, data, models, parts, recipes, runfolder, teacher_check, train
 
 
 def tiny(tmp_path: Path) -> recipes.RunConfig:
@@ -23,11 +23,11 @@ def tiny(tmp_path: Path) -> recipes.RunConfig:
 def test_a_trained_teacher_records_itself_and_a_reuse_checks_quietly(tmp_path, capsys):
     cfg = tiny(tmp_path)
     train.ensure_teacher(cfg)
-    folder = train.teacher_dir(cfg.run_dir)
+    folder = runfolder.teacher_dir(cfg.run_dir)
     saved = json.loads((folder / teacher_check.RECORD_FILE).read_text())
-    assert saved["test_top1"] == pytest.approx(train.read_metrics(folder)[-1]["test_top1"])
+    assert saved["test_top1"] == pytest.approx(runfolder.read_metrics(folder)[-1]["test_top1"])
     assert saved["sha256"] == teacher_check.file_sha256(folder / "model.pt")
-    assert saved["data_fingerprint"] == data.fingerprint(train.load_data(cfg))
+    assert saved["data_fingerprint"] == data.fingerprint(parts.load_data(cfg))
     capsys.readouterr()
     train.ensure_teacher(cfg)
     assert "warning" not in capsys.readouterr().out
@@ -36,7 +36,7 @@ def test_a_trained_teacher_records_itself_and_a_reuse_checks_quietly(tmp_path, c
 def test_a_replaced_teacher_file_is_reported(tmp_path, capsys):
     cfg = tiny(tmp_path)
     train.ensure_teacher(cfg)
-    folder = train.teacher_dir(cfg.run_dir)
+    folder = runfolder.teacher_dir(cfg.run_dir)
     torch.manual_seed(123)
     checkpoint.save_model(models.create("cifar_resnet10_w8", num_classes=4), folder / "model.pt", "cifar_resnet10_w8", 4)
     capsys.readouterr()
@@ -50,7 +50,7 @@ def test_a_replaced_teacher_file_is_reported(tmp_path, capsys):
 def test_changed_data_and_accuracy_are_reported(tmp_path, capsys):
     cfg = tiny(tmp_path)
     train.ensure_teacher(cfg)
-    folder = train.teacher_dir(cfg.run_dir)
+    folder = runfolder.teacher_dir(cfg.run_dir)
     record = folder / teacher_check.RECORD_FILE
     saved = json.loads(record.read_text())
     record.write_text(json.dumps({**saved, "data_fingerprint": "0" * 64, "test_top1": saved["test_top1"] + 10}))
@@ -64,7 +64,7 @@ def test_changed_data_and_accuracy_are_reported(tmp_path, capsys):
 def test_a_teacher_without_record_gets_one(tmp_path, capsys):
     cfg = tiny(tmp_path)
     train.ensure_teacher(cfg)
-    folder = train.teacher_dir(cfg.run_dir)
+    folder = runfolder.teacher_dir(cfg.run_dir)
     (folder / teacher_check.RECORD_FILE).unlink()
     assert teacher_check.verify(folder, cfg.replace(student=cfg.teacher, method="student")) == []
     assert (folder / teacher_check.RECORD_FILE).exists()

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import cdlib.losses
-from cdlib import checkpoint, recipes, schedules, train
+from cdlib import checkpoint, errors, parts, recipes, runfolder, schedules, step, train
 from cdlib.errors import CheckpointError, ConfigError
 
 
@@ -82,9 +82,9 @@ def test_a_run_writes_its_files_and_model_pt_reproduces_the_reported_accuracy(tm
     assert capsys.readouterr().out.count("[student] epoch") == 2
 
     model = checkpoint.load_model(run_dir / "model.pt")
-    bundle = train.load_data(cfg)
+    bundle = parts.load_data(cfg)
     loader = cdlib.data.make_loader(bundle.test, 7, train=False, on_device=False, num_workers=0)  # another batching
-    again = train.evaluate(model, loader, torch.device("cpu"))
+    again = step.evaluate(model, loader, torch.device("cpu"))
     assert again["top1"] == pytest.approx(rows[-1]["test_top1"], abs=1e-9)
     assert again["loss"] == pytest.approx(rows[-1]["test_loss"], rel=1e-5)
     # An independent count of the same accuracy.
@@ -309,19 +309,19 @@ def test_a_non_finite_loss_stops_training_without_saving_the_bad_state(tmp_path,
         if (epoch, step) == (2, 1):
             after_epoch_1["bytes"] = checkpoint_path.read_bytes()
 
-    with pytest.raises(train.TrainingDiverged, match=r"loss term 'kd' became non-finite.*at step 1 of epoch 2 \(then also 'ce'\).*end of epoch 1"):
+    with pytest.raises(errors.TrainingDiverged, match=r"loss term 'kd' became non-finite.*at step 1 of epoch 2 \(then also 'ce'\).*end of epoch 1"):
         train.fit(cfg, on_step=remember_checkpoint)
     assert checkpoint_path.read_bytes() == after_epoch_1["bytes"], "the diverged state must not overwrite the checkpoint"
     saved = checkpoint.safe_load(checkpoint_path)
     assert (saved["epoch"], saved["step"]) == (2, 0)
     assert all(math.isfinite(v.float().sum().item()) for v in saved["trainable"].values())
     checkpoint.load_model(checkpoint_path)  # loadable as a model too
-    assert len(train.read_metrics(cfg.run_dir)) == 1
+    assert len(runfolder.read_metrics(cfg.run_dir)) == 1
     assert not (Path(cfg.run_dir) / "model.pt").exists()
 
 
 def test_a_huge_learning_rate_diverges_with_a_clear_error(tmp_path):
-    with pytest.raises(train.TrainingDiverged, match="loss term 'ce' became non-finite"):
+    with pytest.raises(errors.TrainingDiverged, match="loss term 'ce' became non-finite"):
         train.fit(tiny(tmp_path, lr=1e12, momentum=0.0, epochs=1, max_steps_per_epoch=4))
 
 
@@ -365,11 +365,11 @@ def test_sigint_saves_a_resumable_checkpoint_and_exits_130(tmp_path):
     model_dir = run_dir / "cifar_resnet10_w4"
     saved = checkpoint.safe_load(model_dir / "checkpoint.pt")
     assert saved["epoch"] == 2
-    assert len(train.read_metrics(model_dir)) == 1
+    assert len(runfolder.read_metrics(model_dir)) == 1
 
     finished = subprocess.run(command + ["--resume"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert finished.returncode == 0, finished.stderr
-    assert [r["epoch"] for r in train.read_metrics(model_dir)] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in runfolder.read_metrics(model_dir)] == [1, 2, 3, 4]
     assert (model_dir / "model.pt").is_file()
 
 
@@ -405,28 +405,6 @@ def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path, teach
     # How far the two drifted, for the log (pytest -s): the measured spread behind the tolerances.
     for a, b in zip(eager.metrics, compiled.metrics):
         print({k: abs(a[k] - b[k]) / max(abs(a[k]), 1e-12) for k in keys})
-
-
-def test_a_term_added_to_the_table_trains_saves_and_resumes(tmp_path, teacher_file, monkeypatch):
-    """One row and one loss function: recipes, distiller, trainer and the resume check all take it."""
-    from cdlib import terms
-
-    row = terms.LossTerm("l1", "L1 distance of the logits", "l1_logits_loss", True, False, 1.0,
-                         ("logits", "teacher_logits"))
-    monkeypatch.setattr(terms, "TERMS", terms.TERMS + (row,))
-    seen = []
-
-    def l1_logits_loss(student_logits, teacher_logits):
-        seen.append(len(student_logits))
-        return (student_logits.float() - teacher_logits.float()).abs().mean()
-
-    monkeypatch.setattr(cdlib.losses, "l1_logits_loss", l1_logits_loss, raising=False)
-    cfg = tiny(tmp_path, method="l1", weights={"l1": 0.5}, epochs=1, max_steps_per_epoch=2, teacher_checkpoint=teacher_file)
-    row = train.fit(cfg).metrics[0]
-    assert seen == [8, 8] and row["w_l1"] == 0.5 and row["loss_l1"] > 0
-    assert row["train_loss"] == pytest.approx(row["loss_ce"] + row["loss_l1"])
-    with pytest.raises(ConfigError, match=r"weights: \{'ce': 1.0, 'l1': 0.5\} -> \{'ce': 1.0, 'l1': 0.25\}"):
-        train.fit(cfg.replace(resume=True, weights={"l1": 0.25}))
 
 
 def test_resume_refuses_another_teacher_but_not_the_same_one_copied(tmp_path, teacher_file):

@@ -34,6 +34,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import ConfigError
+from ..registry import Registry
 from .loaders import DeviceLoader, EpochSampler, SeededAugmentation, make_loader
 from .sets import (
     CIFAR100_MEAN,
@@ -51,24 +52,25 @@ from .sources import _load_cifar100, _load_digits, _load_imagenet, _load_synthet
 
 __all__ = [
     "DataBundle", "TensorImageSet", "DeviceLoader", "EpochSampler", "SeededAugmentation", "augment_batch",
-    "crop_batch", "normalize", "fingerprint", "load", "options", "names", "make_loader", "PAD_MODES",
+    "crop_batch", "normalize", "fingerprint", "load", "options", "names", "make_loader", "PAD_MODES", "DATA_SETS",
     "CIFAR100_MEAN", "CIFAR100_STD", "IMAGENET_MEAN", "IMAGENET_STD",
 ]
 
-_LOADERS = {"cifar100": _load_cifar100, "imagenet": _load_imagenet, "digits": _load_digits, "synthetic": _load_synthetic}
+DATA_SETS: Registry = Registry("data set")
+for _name, _loader in (("cifar100", _load_cifar100), ("imagenet", _load_imagenet), ("digits", _load_digits),
+                       ("synthetic", _load_synthetic)):
+    DATA_SETS.register(_name, _loader, locked=True)
 # Parameters every loader call gets from load() itself rather than from **options.
 _FIXED = ("root", "download", "image_size")
 
 
 def names() -> list:
-    return list(_LOADERS)
+    return DATA_SETS.names()
 
 
 def options(name: str) -> list:
     """The keyword options data set ``name`` takes besides root / download / image_size."""
-    if name not in _LOADERS:
-        raise ConfigError(f"unknown data set {name!r}; choose one of {', '.join(_LOADERS)}.")
-    own = [p for p in inspect.signature(_LOADERS[name]).parameters if p not in _FIXED]
+    own = [p for p in inspect.signature(DATA_SETS.get(name)).parameters if p not in _FIXED]
     # ImageNet's augmentation (random resized crop) pads nothing; the in-memory sets pad-and-crop.
     return own if name == "imagenet" else own + ["pad_mode"]
 
@@ -112,7 +114,7 @@ def load(
     if name == "imagenet":
         return _load_imagenet(root, image_size)
     pad_mode = options_.pop("pad_mode", None)
-    return _with_pad_mode(_LOADERS[name](image_size, **options_), pad_mode)
+    return _with_pad_mode(DATA_SETS.get(name)(image_size, **options_), pad_mode)
 
 
 def _with_pad_mode(bundle: DataBundle, pad_mode: Optional[str]) -> DataBundle:

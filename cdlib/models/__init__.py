@@ -19,19 +19,25 @@ from typing import Tuple
 from torch import nn
 
 from ..errors import ConfigError
+from ..registry import Registry
 from . import cifar_resnet, imagenet
 
-__all__ = ["create", "names", "stage_channels", "count_parameters"]
+__all__ = ["create", "names", "stage_channels", "MODELS"]
+
+# Model name -> the module that builds it (cifar_resnet or imagenet).
+MODELS: Registry = Registry("model")
+for _family in (cifar_resnet, imagenet):
+    for _name in (cifar_resnet.CIFAR_ARCHITECTURES if _family is cifar_resnet else imagenet.IMAGENET_ARCHITECTURES):
+        MODELS.register(_name, _family, locked=True)
 
 
 def names() -> list:
     """Every model name :func:`create` accepts."""
-    return sorted(cifar_resnet.CIFAR_ARCHITECTURES) + sorted(imagenet.IMAGENET_ARCHITECTURES)
+    return MODELS.names()
 
 
 def _check_name(name: str) -> None:
-    if not isinstance(name, str) or name not in cifar_resnet.CIFAR_ARCHITECTURES and name not in imagenet.IMAGENET_ARCHITECTURES:
-        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(names())}.")
+    MODELS.get(name)
 
 
 def create(name: str, num_classes: int = 100, pretrained: bool = False, in_channels: int = 3) -> nn.Module:
@@ -57,7 +63,3 @@ def stage_channels(name: str) -> Tuple[int, ...]:
         block, _, width = cifar_resnet.CIFAR_ARCHITECTURES[name]
         return tuple(width * 2**i * block.expansion for i in range(4))
     return imagenet.IMAGENET_ARCHITECTURES[name][2]
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
