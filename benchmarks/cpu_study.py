@@ -78,7 +78,7 @@ def _family():
     ]
 
 
-CONTRASTS_FILE = "contrasts.csv"
+
 
 
 def _git_commit() -> str:
@@ -119,9 +119,9 @@ def teacher_errors(cfg, seed_list, work: Path, augmented_epochs: int = 5):
     """Per seed: the teacher's top-1 error (%) on the test set, the training images, and augmented training images."""
     import torch
 
-    from cdlib import checkpoint, data, train
+    from cdlib import checkpoint, data, parts
 
-    bundle = train.load_data(cfg)
+    bundle = parts.load_data(cfg)
     rows = []
     for seed in seed_list:
         model = checkpoint.load_model(str(work / "teacher" / f"seed{seed}" / "model.pt"), num_classes=bundle.num_classes)
@@ -216,7 +216,7 @@ def main(argv=None) -> int:
 
     pd.DataFrame(errors).to_csv(out / "teacher_errors.csv", index=False)
     table = seeds.contrasts(pd.read_csv(out / seeds.PER_SEED_FILE), _family())
-    table.to_csv(out / CONTRASTS_FILE, index=False)
+    table.to_csv(out / seeds.CONTRASTS_FILE, index=False)
     run_times = [json.loads(line) for line in timings.read_text().splitlines()] if timings.exists() else []
     run_times = [r for r in run_times if r["wall_seconds"] >= r["train_seconds"]]  # reused runs are not timed
     provenance = {
