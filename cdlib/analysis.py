@@ -108,13 +108,8 @@ def method_label(method: str) -> str:
 
 
 def scaled_recipe(name: str, epochs: Optional[int] = None, **overrides) -> recipes.RunConfig:
-    """``recipes.get(name, epochs=epochs, **overrides)``, where ``epochs=None`` keeps the recipe's.
-
-    As with ``recipes.get``, a new number of epochs moves the LR milestones with it:
-    ``scaled_recipe("cifar100", epochs=50)`` decays the learning rate at epochs
-    15, 30 and 40 instead of 60, 120 and 160 (which a 50-epoch run never reaches).
-    Notebooks call this with a parameter that may be None.
-    """
+    """``recipes.get(name, epochs=epochs, **overrides)`` (which moves the LR milestones with the epochs),
+    where ``epochs=None``, as a notebook parameter may be, keeps the recipe's."""
     if epochs is not None:
         overrides["epochs"] = int(epochs)
     return recipes.get(name, **overrides)
@@ -185,14 +180,12 @@ def load_teacher(cfg_or_run_dir, device: Optional[torch.device] = None) -> nn.Mo
         model = models.create(name, num_classes=1000, pretrained=True)
     else:
         raise ConfigError(f"no teacher weights known for {cfg_or_run_dir!r}; train the teacher first.")
-    model.requires_grad_(False)
-    return model.to(device or "cpu").eval()
+    return model.requires_grad_(False).to(device or "cpu").eval()
 
 
 def load_student(run_dir: Union[str, os.PathLike], device: Optional[torch.device] = None) -> nn.Module:
     """The trained student (``<run_dir>/model.pt``) in eval mode; connectors are not part of it."""
-    model = ckpt.load_model(Path(run_dir) / "model.pt")
-    return model.to(device or "cpu").eval()
+    return ckpt.load_model(Path(run_dir) / "model.pt").to(device or "cpu").eval()
 
 
 def load_connectors(run_dir_or_checkpoint: Union[str, os.PathLike], device: Optional[torch.device] = None) -> nn.ModuleList:
@@ -209,14 +202,13 @@ def load_connectors(run_dir_or_checkpoint: Union[str, os.PathLike], device: Opti
     indices = sorted({int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)})
     if not indices:
         raise CheckpointError(f"{path} holds no connectors: only runs whose method includes 'cd' train them.")
-    modules = []
+    modules = nn.ModuleList()
     for i in indices:
-        out_c, in_c = state[f"{prefix}{i}.0.weight"].shape[:2]
-        conn = Connector(in_c, out_c)
-        sub = {k[len(f"{prefix}{i}."):]: v for k, v in state.items() if k.startswith(f"{prefix}{i}.")}
-        conn.load_state_dict(sub)
-        modules.append(conn)
-    return nn.ModuleList(modules).to(device or "cpu").eval()
+        key = f"{prefix}{i}."
+        out_c, in_c = state[f"{key}0.weight"].shape[:2]
+        modules.append(Connector(in_c, out_c))
+        modules[-1].load_state_dict({k[len(key):]: v for k, v in state.items() if k.startswith(key)})
+    return modules.to(device or "cpu").eval()
 
 
 def data_for(cfg: recipes.RunConfig, device: Optional[torch.device] = None, batch_size: int = 256) -> SimpleNamespace:
@@ -243,9 +235,7 @@ def _metrics_of(run: RunLike) -> List[dict]:
     if hasattr(run, "metrics"):
         return list(run.metrics)
     if isinstance(run, (str, os.PathLike)):
-        from .runfolder import read_metrics
-
-        rows = read_metrics(run)
+        rows = runfolder.read_metrics(run)
         if not rows:
             raise CheckpointError(f"{run} has no metrics.jsonl rows; has the run started?")
         return rows
@@ -278,11 +268,8 @@ TeacherLike = Union[Mapping[str, float], RunLike]
 
 
 def _summary(run: Union[TeacherLike, None]) -> Dict[str, float]:
-    """Last-epoch top-1/top-5, best-epoch top-1 and training minutes of a run.
-
-    A mapping (a run's ``teacher_metrics``: ``{"top1", "top5"}``) gives the first
-    two only: it does not say how the teacher trained.
-    """
+    """Last-epoch top-1/top-5, best-epoch top-1 and training minutes of a run; of a mapping (a run's
+    ``teacher_metrics``: ``{"top1", "top5"}``) the first two only: it does not say how the teacher trained."""
     if isinstance(run, Mapping):
         return {"top1": run["top1"], "top5": run["top5"]}
     m = _metrics_of(run)
@@ -312,10 +299,9 @@ def results_table(runs: Mapping[str, RunLike], teacher: Optional[TeacherLike] = 
         label: {"top-1 %": v["top1"], "top-5 %": v["top5"], **({"train min": v["minutes"]} if with_minutes else {})}
         for label, v in summaries.items()
     }
-    df = pd.DataFrame.from_dict(rows, orient="index")
+    df = pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
     base = baseline if baseline is not None else next(iter(runs))
     df.insert(2, "Δ top-1", df["top-1 %"] - df.loc[base, "top-1 %"])
-    df.index.name = "method"
     return df
 
 
@@ -330,16 +316,13 @@ def cost_table(runs: Mapping[str, RunLike], train_images: int, epochs: int):
 
     rows = {}
     for label, run in runs.items():
-        m = _metrics_of(run)
-        ips = statistics.median(r["images_per_s"] for r in m)
+        ips = statistics.median(r["images_per_s"] for r in _metrics_of(run))
         rows[label] = {
             "images/s": ips,
             "s / epoch": train_images / ips,
             "hours": train_images * epochs / ips / 3600,
         }
-    df = pd.DataFrame.from_dict(rows, orient="index")
-    df.index.name = "method"
-    return df
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
 
 
 def paper_comparison(runs: Mapping[str, RunLike], teacher: Optional[TeacherLike], paper: str = "cifar100"):
@@ -359,7 +342,7 @@ def paper_comparison(runs: Mapping[str, RunLike], teacher: Optional[TeacherLike]
     ours.update({method: _summary(run) for method, run in runs.items()})
     nan = float("nan")
     rows = {}
-    for method in list(dict.fromkeys([*table, *ours])):
+    for method in dict.fromkeys([*table, *ours]):
         p1, p5 = table.get(method, (nan, nan))
         o = ours.get(method, {})
         rows[method_label(method)] = {
@@ -369,9 +352,7 @@ def paper_comparison(runs: Mapping[str, RunLike], teacher: Optional[TeacherLike]
             "ours best-epoch top-1 err %": 100 - o.get("best_top1", nan),
             "ours top-5 err %": 100 - o.get("top5", nan),
         }
-    df = pd.DataFrame.from_dict(rows, orient="index")
-    df.index.name = "method"
-    return df
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
 
 
 def connector_table(student: str, teacher: str):
@@ -379,11 +360,9 @@ def connector_table(student: str, teacher: str):
     import pandas as pd
 
     s_ch, t_ch = models.stage_channels(student), models.stage_channels(teacher)
-    conns = build_connectors(s_ch, t_ch)
-    rows = []
-    for k, (s, t, c) in enumerate(zip(s_ch, t_ch, conns), start=1):
-        rows.append({"stage": k, "student channels": s, "teacher channels": t,
-                     "connector parameters": sum(p.numel() for p in c.parameters())})
+    rows = [{"stage": k, "student channels": s, "teacher channels": t,
+             "connector parameters": sum(p.numel() for p in c.parameters())}
+            for k, (s, t, c) in enumerate(zip(s_ch, t_ch, build_connectors(s_ch, t_ch)), start=1)]
     return pd.DataFrame(rows).set_index("stage")
 
 

@@ -5,8 +5,7 @@ Two kinds of file:
 * a *model file* (``save_model`` / ``load_model``): one model's weights plus
   its name and class count, so a trained teacher can be reused by name;
 * a *training checkpoint* (written by :func:`cdlib.train.fit`): everything a
-  run needs to resume — trainable weights, optimizer, LR scheduler, grad
-  scaler, position in the epoch and RNG state.
+  run needs to resume (:mod:`cdlib.resume`).
 
 Every way a file can be wrong (missing, truncated, random bytes, a pickle
 that would run code, weights of another model) raises
@@ -158,14 +157,6 @@ def save_model(model: nn.Module, path: str | os.PathLike, name: str, num_classes
     atomic_save({"format": MODEL_FORMAT, "model": name, "num_classes": num_classes, "state_dict": model.state_dict(), **meta}, path)
 
 
-def _student_state(obj: Mapping[str, Any], path: Path, what: str) -> Dict[str, torch.Tensor]:
-    """The student's weights inside a training checkpoint (its keys carry a ``student.`` prefix)."""
-    trainable = obj.get("trainable")
-    if not isinstance(trainable, Mapping):
-        raise CheckpointError(f"{what} {path} is a training checkpoint without its weights; it is damaged, train again.")
-    return {k[len("student."):]: v for k, v in trainable.items() if isinstance(k, str) and k.startswith("student.")}
-
-
 def load_model_weights(model: nn.Module, path: str | os.PathLike, name: str, what: str = "checkpoint") -> nn.Module:
     """Load a model file into ``model`` (built as ``name``), with a clear error on any mismatch.
 
@@ -193,7 +184,11 @@ def _load_into(model: nn.Module, obj: Mapping[str, Any], path: Path, name: str, 
                 f"{what} {path} is a training checkpoint of a {saved_name}, but a {name} was asked for; "
                 "pass the matching model name or checkpoint."
             )
-        state = _student_state(obj, path, what)
+        trainable = obj.get("trainable")
+        if not isinstance(trainable, Mapping):
+            raise CheckpointError(f"{what} {path} is a training checkpoint without its weights; it is damaged, train again.")
+        # The student's weights: its keys carry a "student." prefix.
+        state = {k[len("student."):]: v for k, v in trainable.items() if isinstance(k, str) and k.startswith("student.")}
     else:
         state = obj.get("state_dict", obj)
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -95,25 +95,20 @@ def _weights(items: List[str]) -> Dict[str, float]:
     return weights
 
 
+# How a setting of each kind (its RunConfig annotation, a string) is read; other kinds are plain strings.
+_OPTION_KINDS = {
+    "bool": dict(action=argparse.BooleanOptionalAction), "int": dict(type=int), "Optional[int]": dict(type=int),
+    "float": dict(type=float), "Tuple[int, ...]": dict(nargs="*", type=int),
+    "Dict[str, float]": dict(nargs="+", metavar="KEY=VALUE"), "Dict[str, Any]": dict(nargs="+", metavar="KEY=VALUE"),
+}
+
+
 def _add_recipe_options(parser: argparse.ArgumentParser, skip: tuple = ()) -> None:
     parser.add_argument("--recipe", default="cifar100", help=f"named recipe: {', '.join(recipes.names())} (default: cifar100)")
     for f in dataclasses.fields(recipes.RunConfig):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        help_text = HELP.get(f.name, f.name) + " (default: the recipe's)"
-        if f.type in ("bool",) or f.type is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif f.name in ("weights", "data_options"):
-            parser.add_argument(flag, nargs="+", metavar="KEY=VALUE", default=None, help=help_text)
-        elif f.name == "lr_milestones":
-            parser.add_argument(flag, nargs="*", type=int, default=None, help=help_text)
-        elif f.type in ("int", "Optional[int]"):
-            parser.add_argument(flag, type=int, default=None, help=help_text)
-        elif f.type == "float":
-            parser.add_argument(flag, type=float, default=None, help=help_text)
-        else:
-            parser.add_argument(flag, default=None, help=help_text)
+        if f.name not in skip:
+            parser.add_argument("--" + f.name.replace("_", "-"), default=None, **_OPTION_KINDS.get(f.type, {}),
+                                help=HELP.get(f.name, f.name) + " (default: the recipe's)")
 
 
 def _config_from_args(args: argparse.Namespace) -> recipes.RunConfig:
@@ -210,25 +205,10 @@ def _evaluation_config(args: argparse.Namespace) -> tuple:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import torch
-
-    from . import checkpoint, data
-    from .device import amp_dtype, pick_device
-    from .parts import load_data
-    from .step import evaluate
+    from .parts import evaluate_model_file
 
     cfg, source = _evaluation_config(args)
-    bundle = load_data(cfg)
-    model = checkpoint.load_model(args.checkpoint, name=args.model, num_classes=bundle.num_classes)
-    device = pick_device(cfg.device)
-    # As the trainer evaluates (cdlib.parts, cdlib.step): same batch size, precision and memory format.
-    channels_last = cfg.channels_last and device.type == "cuda"
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    loader = data.make_loader(bundle.test, max(cfg.batch_size, 256), train=False, device=device,
-                              num_workers=cfg.num_workers, seed=cfg.seed, on_device=cfg.data_on_device)
-    metrics = evaluate(model, loader, device, amp_dtype(device, cfg.amp), 1, channels_last)
+    metrics, _ = evaluate_model_file(args.checkpoint, cfg, args.model, channels_last=cfg.channels_last)
     report = {"checkpoint": args.checkpoint, "data": cfg.data, "data_options": cfg.data_options,
               "settings_from": str(source) if source else f"recipe {args.recipe or 'cifar100'}", **metrics}
     print(json.dumps(report, indent=2))
@@ -282,8 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a model.pt or checkpoint.pt written by cdlib")
     p.add_argument("--model", default=None, help="model name, if the file does not say")
     _add_recipe_options(p)
-    # Without --recipe, a file from a run folder is evaluated with that run's settings (its config.json).
-    p.set_defaults(func=_cmd_evaluate, recipe=None)
+    p.set_defaults(func=_cmd_evaluate, recipe=None)  # without --recipe, the run's own settings (_evaluation_config)
     p = sub.add_parser("estimate", help="projected GPU wall time of a recipe's teacher and students (from counted FLOPs)")
     _add_recipe_options(p)
     p.add_argument("--gpu", default="T4", help="T4, L4, A100 or H100; several with commas, e.g. T4,H100 (default: T4)")
@@ -343,15 +322,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"cdlib: stopped by {name}; rerun the same command with --resume to continue.", file=sys.stderr)
         return interrupt.exit_status()
     finally:
-        _leave_process_group()
+        import torch.distributed as dist
 
-
-def _leave_process_group() -> None:
-    """Under torchrun, leave the process group cleanly (torch warns at exit otherwise)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        if dist.is_available() and dist.is_initialized():  # under torchrun: leave cleanly, or torch warns at exit
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -16,12 +16,9 @@ __all__ = ["pick_device", "amp_dtype", "describe", "name", "cpu_model"]
 
 def pick_device(preference: str = "auto") -> torch.device:
     """``auto`` picks CUDA, then Apple's MPS, then the CPU; anything else is taken as given."""
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if preference == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
     try:
         device = torch.device(preference)
     except RuntimeError:
@@ -31,7 +28,7 @@ def pick_device(preference: str = "auto") -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(f"device {preference!r} asked for, but this machine has {torch.cuda.device_count()} GPU(s); "
                           "use cuda:0 up to the last one, or auto.")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+    if device.type == "mps" and not mps:
         raise ConfigError(f"device {preference!r} asked for, but Apple's MPS is not available here; use --device cpu or auto.")
     return device
 

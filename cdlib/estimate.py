@@ -1,20 +1,16 @@
 """How long a recipe takes on a GPU: wall time projected from counted FLOPs.
 
 ``recipe_time(cfg, gpu="T4")`` counts the FLOPs of one training step of the
-teacher and of each method's distillation step (the real models, on the meta
-device: nothing is computed, the count is exact), multiplies by the images a
-run sees (``epochs`` x the training set, plus one test pass per epoch) and
-divides by the GPU's dense peak times an assumed utilisation:
+teacher and of each method's distillation step (:mod:`cdlib.flops`: the real
+models on the meta device, an exact count), multiplies by the images a run sees
+(``epochs`` x the training set, plus one test pass per epoch) and divides by the
+GPU's dense peak times an assumed utilisation (15 % of dense peak by default):
 
     seconds = FLOPs / (peak TFLOP/s x 1e12 x utilisation)
 
-This is an estimate, not a measurement. The FLOP counts, the datasheet peaks
-and the utilisation, 15 % of dense peak (a round assumption; small 32x32
-images usually do worse), come from :mod:`cdlib.flops`. Only matmuls and
-convolutions are counted (``torch.utils.flop_counter``); the optimizer,
-BatchNorm and the data pipeline are the part the utilisation has to absorb.
-
-What a run in progress shows (its time left, measured) is in :mod:`cdlib.progress`.
+This is an estimate, not a measurement: the optimizer, BatchNorm and the data
+pipeline are not counted; the utilisation has to absorb them. What a run in
+progress shows (its time left, measured) is in :mod:`cdlib.progress`.
 """
 
 from __future__ import annotations
@@ -101,7 +97,7 @@ def recipe_time(cfg: Union[RunConfig, str], gpu: str = "T4", methods: Union[str,
     ``cfg`` is a RunConfig or a recipe name; ``methods`` (a ','-separated string or
     a list, repeats allowed: one run each) defaults to ``cfg.method``. The teacher
     counts only when a method needs it and no checkpoint or pretrained weights are
-    given. Seconds are ``FLOPs / (peak x 1e12 x utilisation)``; see the module text.
+    given; see the module text for the formula.
     """
     if isinstance(cfg, str):
         cfg = recipes.get(cfg)

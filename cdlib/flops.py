@@ -151,6 +151,4 @@ def gpu_model_key(device_name: str) -> Optional[str]:
 
 def peak_tflops(gpu_key: Optional[str], precision: str) -> Optional[float]:
     """Peak dense TFLOP/s of ``gpu_key`` in ``precision`` (bf16, fp16, tf32, fp32), or None."""
-    if gpu_key is None:
-        return None
     return PEAK_DENSE_TFLOPS.get(gpu_key, {}).get(precision)

@@ -27,13 +27,10 @@ class LossWatch:
 
     def __init__(self, terms: Sequence[str], device: torch.device, world_size: int) -> None:
         self.terms, self.device, self.world_size = tuple(terms), device, world_size
-        self.first_bad_step = self._none_bad()
-
-    def _none_bad(self) -> torch.Tensor:
-        return torch.full((len(self.terms),), math.inf, device=self.device, dtype=torch.float64)
+        self.start_epoch()
 
     def start_epoch(self) -> None:
-        self.first_bad_step = self._none_bad()
+        self.first_bad_step = torch.full((len(self.terms),), math.inf, device=self.device, dtype=torch.float64)
 
     def record(self, stats: torch.Tensor, step: int) -> None:
         """Note the terms of ``stats`` (a TrainStep's output) that are non-finite at ``step``; no sync."""

@@ -5,8 +5,7 @@ SIGKILL follows after a grace period), so it is treated like Ctrl-C: the
 trainer saves a checkpoint at the next step boundary. A further signal while
 the run is stopping is held too, so the checkpoint being written is finished
 (or, should the process be killed, the previous one stays: saves are atomic).
-Only a third Ctrl-C stops at once, without saving. DataLoader workers ignore
-both signals so that only the main process decides when to stop.
+Only a third Ctrl-C stops at once, without saving.
 """
 
 from __future__ import annotations
@@ -34,14 +33,8 @@ def exit_status() -> int:
 
 
 class DeferredInterrupt:
-    """Ctrl-C (SIGINT) and SIGTERM during training.
-
-    The first signal is held until the current optimizer step is complete, so
-    the checkpoint written on interrupt is a consistent state, never half a
-    step. A second one is held as well (it must not cut the save short); a
-    third Ctrl-C stops at once, without saving (for a user who will not wait),
-    and the last checkpoint on disk is then the one to resume from.
-    """
+    """Ctrl-C (SIGINT) and SIGTERM during training, held as the module says: the checkpoint written on
+    interrupt is never half a step, and a third Ctrl-C (a user who will not wait) stops without saving."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -90,11 +83,8 @@ class DeferredInterrupt:
 
 
 def workers_ignore_sigint(worker_id: int) -> None:
-    """A DataLoader ``worker_init_fn``.
-
-    Ctrl-C in a terminal (and a job scheduler's SIGTERM) reaches every process of
-    the group. A DataLoader worker that died of it would crash the main process
-    before it could save; the main process alone decides when to stop.
-    """
+    """A DataLoader ``worker_init_fn``: Ctrl-C in a terminal (and a job scheduler's SIGTERM) reaches every
+    process of the group, and a worker that died of it would crash the main process before it could save;
+    the main process alone decides when to stop."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)

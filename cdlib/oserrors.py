@@ -34,9 +34,7 @@ _REMEDIES = {
 
 def remedy(exc: OSError) -> str:
     """What went wrong and what to do, for an OSError's errno."""
-    if exc.errno in _REMEDIES:
-        return _REMEDIES[exc.errno]
-    return f"{exc.strerror or type(exc).__name__}"
+    return _REMEDIES.get(exc.errno) or exc.strerror or type(exc).__name__
 
 
 def describe(exc: OSError, doing: str, path: Optional[str | os.PathLike] = None,
@@ -46,8 +44,6 @@ def describe(exc: OSError, doing: str, path: Optional[str | os.PathLike] = None,
     if exc.filename2 is not None and exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.ENOSPC):
         where = exc.filename2
     if where is not None and path is not None and Path(str(where)) != Path(path):
-        target = f"{path} ({where})"
-    else:
-        target = f"{where if where is not None else path}"
-    return kind(f"could not {doing} {target}: {remedy(exc)}{'; ' + note if note else ''}.")
+        where = f"{path} ({where})"
+    return kind(f"could not {doing} {where}: {remedy(exc)}{'; ' + note if note else ''}.")
 

@@ -18,25 +18,22 @@ from . import checkpoint as ckpt
 from . import data as data_mod
 from . import models, schedules
 from . import terms as term_table
-from .device import amp_dtype
+from .device import amp_dtype, pick_device
 from .distiller import Distiller
 from .distributed import Placement, main_first
 from .errors import CDLibError, ConfigError
 from .interrupt import workers_ignore_sigint
 from .optim import make_sgd
 from .recipes import RunConfig
-from .step import DetachedLogits
+from .step import DetachedLogits, evaluate
 
-__all__ = ["Parts", "build", "load_data", "build_teacher", "warn_if_useless_teacher", "weights_for", "model_for_step"]
+__all__ = ["Parts", "build", "load_data", "evaluate_model_file", "build_teacher", "warn_if_useless_teacher", "weights_for",
+           "model_for_step"]
 
 
 def load_data(cfg: RunConfig, download: Optional[bool] = None) -> data_mod.DataBundle:
-    """The data set ``cfg`` names, with its ``data_options``.
-
-    An option the data set does not take (or a value of the wrong kind) is a
-    :class:`ConfigError` naming the options, not a ``TypeError`` from inside
-    the loader.
-    """
+    """The data set ``cfg`` names, with its ``data_options``; an option value of the wrong kind is a
+    :class:`ConfigError`, not a ``TypeError`` from inside the loader."""
     try:
         return data_mod.load(
             cfg.data,
@@ -54,6 +51,19 @@ def load_data(cfg: RunConfig, download: Optional[bool] = None) -> data_mod.DataB
             f"data options {cfg.data_options} do not fit data set {cfg.data!r} ({exc}); "
             "see help(cdlib.data.load) for the options each set takes."
         ) from None
+
+
+def evaluate_model_file(path, cfg: RunConfig, name: Optional[str] = None, channels_last: bool = False):
+    """The model file ``path`` evaluated on ``cfg``'s test set as the trainer evaluates (same batch size and
+    precision; channels-last on a GPU if asked): its metrics, and the data bundle."""
+    bundle = load_data(cfg)
+    model = ckpt.load_model(path, name=name, num_classes=bundle.num_classes)
+    device = pick_device(cfg.device)
+    channels_last = channels_last and device.type == "cuda"
+    model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
+    loader = data_mod.make_loader(bundle.test, max(cfg.batch_size, 256), train=False, device=device,
+                                  num_workers=cfg.num_workers, seed=cfg.seed, on_device=cfg.data_on_device)
+    return evaluate(model, loader, device, amp_dtype(device, cfg.amp), 1, channels_last), bundle
 
 
 def build_teacher(cfg: RunConfig, num_classes: int, place: Placement) -> nn.Module:

@@ -15,6 +15,7 @@ import dataclasses
 import math
 import numbers
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
@@ -91,7 +92,33 @@ class RunConfig:
     max_steps_per_epoch: Optional[int] = None  # cap for smoke tests and CI
 
     def replace(self, **changes) -> "RunConfig":
-        return override(self, **changes)
+        """A copy with ``changes``, checked by :func:`validate`; ``weights`` names only the weights that change."""
+        known = {f.name for f in dataclasses.fields(RunConfig)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; valid settings are {', '.join(sorted(known))}.")
+        for name, value in changes.items():
+            if isinstance(value, os.PathLike) and _KINDS[name] in ("str", "Optional[str]"):
+                changes[name] = os.fspath(value)  # a pathlib.Path for a folder is fine; config.json stores text
+        milestones = changes.get("lr_milestones")
+        if milestones is not None:
+            if (isinstance(milestones, (str, bytes)) or not isinstance(milestones, Iterable)
+                    or not all(map(_is_whole, milestones))):
+                raise ConfigError(f"lr_milestones must be a list of whole epoch numbers, e.g. [60, 120, 160], "
+                                  f"got {milestones!r}.")
+            changes["lr_milestones"] = tuple(int(m) for m in milestones)
+        if "weights" in changes and changes["weights"] is not None:
+            if not isinstance(changes["weights"], dict):
+                raise ConfigError(f"weights must be a dict of loss term -> weight, e.g. {{'cd': 6.0}}, "
+                                  f"got {changes['weights']!r}.")
+            # Only the named terms change; the recipe's other weights stay.
+            changes["weights"] = {**self.weights, **changes["weights"]}
+        if changes.get("reference_compat") is True:
+            # One switch for every reference behaviour; one named False as well is a contradiction validate() reports.
+            changes = {**{name: True for name in REFERENCE_SWITCHES}, **changes}
+        new = dataclasses.replace(self, **changes)
+        validate(new)
+        return new
 
 
 def parse_method(method: str) -> Tuple[str, ...]:
@@ -197,34 +224,6 @@ def names() -> list:
     return RECIPES.names()
 
 
-def override(cfg: RunConfig, **changes) -> RunConfig:
-    known = {f.name for f in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(changes) - known)
-    if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; valid settings are {', '.join(sorted(known))}.")
-    for name, value in changes.items():
-        if isinstance(value, os.PathLike) and _KINDS[name] in ("str", "Optional[str]"):
-            changes[name] = os.fspath(value)  # a pathlib.Path for a folder is fine; config.json stores text
-    milestones = changes.get("lr_milestones")
-    if milestones is not None:
-        if isinstance(milestones, (str, bytes)) or not _is_sequence(milestones) or not all(map(_is_whole, milestones)):
-            raise ConfigError(f"lr_milestones must be a list of whole epoch numbers, e.g. [60, 120, 160], "
-                              f"got {milestones!r}.")
-        changes["lr_milestones"] = tuple(int(m) for m in milestones)
-    if "weights" in changes and changes["weights"] is not None:
-        if not isinstance(changes["weights"], dict):
-            raise ConfigError(f"weights must be a dict of loss term -> weight, e.g. {{'cd': 6.0}}, "
-                              f"got {changes['weights']!r}.")
-        # Only the named terms change; the recipe's other weights stay.
-        changes["weights"] = {**cfg.weights, **changes["weights"]}
-    if changes.get("reference_compat") is True:
-        # One switch for every reference behaviour; one named False as well is a contradiction validate() reports.
-        changes = {**{name: True for name in REFERENCE_SWITCHES}, **changes}
-    new = dataclasses.replace(cfg, **changes)
-    validate(new)
-    return new
-
-
 # Each setting's kind, as its annotation spells it (the annotations are strings here).
 _KINDS: Dict[str, str] = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
 
@@ -235,14 +234,6 @@ def _is_whole(value) -> bool:
 
 def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_sequence(value) -> bool:
-    try:
-        iter(value)
-    except TypeError:
-        return False
-    return True
 
 
 _KIND_CHECKS = {
@@ -361,18 +352,13 @@ def scale_milestones(milestones: Tuple[int, ...], from_epochs: int, to_epochs: i
 
 
 def get(name: str, **overrides) -> RunConfig:
-    """A recipe by name, with any field overridden.
-
-    ``epochs`` without ``lr_milestones`` scales the recipe's milestones:
-    ``get("cifar100", epochs=50)`` decays the LR at epochs 15, 30 and 40, where
-    the paper's 60, 120 and 160 would never be reached. Another ``data``
-    without ``data_options`` drops the recipe's data options (they are the
-    recipe's data set's).
-    """
+    """A recipe by name, with any field overridden. ``epochs`` without ``lr_milestones`` scales the
+    recipe's milestones (:func:`scale_milestones`), which the shorter run would otherwise never reach;
+    another ``data`` without ``data_options`` drops the recipe's data options (they are its data set's)."""
     base = RECIPES.get(name)
     epochs = overrides.get("epochs")
     if _is_whole(epochs) and epochs >= 1 and overrides.get("lr_milestones") is None:
         overrides["lr_milestones"] = scale_milestones(base.lr_milestones, base.epochs, epochs)
     if overrides.get("data", base.data) != base.data and "data_options" not in overrides:
-        overrides["data_options"] = {}  # the recipe's options belong to its own data set
-    return override(dataclasses.replace(base), **overrides)
+        overrides["data_options"] = {}
+    return base.replace(**overrides)

@@ -135,10 +135,8 @@ def run_facts(cfg: RunConfig, parts) -> dict:
 
     facts = {"data_fingerprint": data_mod.fingerprint(parts.bundle), "data_root": cfg.data_root}
     if parts.teacher is not None:
-        if cfg.teacher_checkpoint:
-            facts["teacher_sha256"] = file_sha256(cfg.teacher_checkpoint)
-        else:
-            facts["teacher_sha256"] = f"pretrained {cfg.teacher} (torchvision)"
+        facts["teacher_sha256"] = (file_sha256(cfg.teacher_checkpoint) if cfg.teacher_checkpoint
+                                   else f"pretrained {cfg.teacher} (torchvision)")
         facts["teacher_file"] = cfg.teacher_checkpoint
     return facts
 

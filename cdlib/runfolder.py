@@ -92,9 +92,8 @@ _TEACHER_SETTINGS = ("student", "data", "data_options", "image_size")
 
 def check_reusable_teacher(folder: Path, teacher_cfg: RunConfig) -> None:
     """Refuse a teacher folder trained on other data or as another model than ``teacher_cfg`` asks for."""
-    config_path = folder / CONFIG_FILE
     try:
-        trained = json.loads(config_path.read_text())
+        trained = json.loads((folder / CONFIG_FILE).read_text())
     except (OSError, ValueError):
         return  # no record of how it was trained: the model file's own name and class count are still checked
     wanted = config_dict(teacher_cfg)

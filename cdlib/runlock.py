@@ -22,7 +22,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, Optional
 
 from .errors import ConfigError
 from .oserrors import describe
@@ -37,17 +37,15 @@ __all__ = ["LOCK_FILE", "held", "holder", "clean_interrupted_saves"]
 LOCK_FILE = ".lock"
 # The temporary files of saves cut short (checkpoint.atomic_save, runfolder.write_metrics).
 _TEMP_PATTERNS = (".*.pt.*.tmp", "*.jsonl.tmp", ".*.json.*.tmp")
-_held: Dict[str, Tuple[int, int]] = {}  # folder -> (file descriptor, depth)
+_held: Dict[str, int] = {}  # folder -> file descriptor of its lock
 
 
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
     except PermissionError:  # alive, another user's
         return True
-    except OSError:
+    except OSError:  # ProcessLookupError: gone
         return False
     return True
 
@@ -140,26 +138,18 @@ def held(folder: str | os.PathLike, take: bool = True) -> Iterator[None]:
         return
     folder = Path(folder)
     key = os.path.realpath(folder)
-    if key in _held:
-        fd, depth = _held[key]
-        _held[key] = (fd, depth + 1)
-        try:
-            yield
-        finally:
-            fd, depth = _held[key]
-            _held[key] = (fd, depth - 1)
+    if key in _held:  # held already by this process: the outermost hold releases it
+        yield
         return
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd = _acquire(folder)
+        _held[key] = _acquire(folder)
     except OSError as exc:
         raise describe(exc, "create the run folder", folder) from None
-    _held[key] = (fd, 1)
     try:
         yield
     finally:
-        fd, depth = _held.pop(key)
-        _release(folder, fd)
+        _release(folder, _held.pop(key))
 
 
 def clean_interrupted_saves(folder: str | os.PathLike) -> int:

@@ -94,14 +94,14 @@ def _assignment(module: types.ModuleType, attr: str, name: str) -> Source:
     """The top-level statement of ``module`` that assigns ``attr`` (for values: dicts, constants)."""
     path = inspect.getsourcefile(module)
     text = Path(path).read_text(encoding="utf8")
+    lines = text.splitlines(keepends=True)
     for node in ast.parse(text).body:
         targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
         if isinstance(node, (ast.Assign, ast.AnnAssign)) and any(isinstance(t, ast.Name) and t.id == attr for t in targets):
             start = node.lineno
-            while start > 1 and text.splitlines()[start - 2].lstrip().startswith("#"):
+            while start > 1 and lines[start - 2].lstrip().startswith("#"):
                 start -= 1  # the comment above an assignment belongs to it
-            lines = text.splitlines(keepends=True)[start - 1 : node.end_lineno]
-            return Source(name, "".join(lines), _display_path(path), start)
+            return Source(name, "".join(lines[start - 1 : node.end_lineno]), _display_path(path), start)
     raise SourceError(f"{name} is a value, not code, and no assignment to it was found at the top level of {module.__name__}.")
 
 
@@ -170,19 +170,14 @@ def _definition(obj):
 
 
 def show(*objects: Union[object, str]) -> None:
-    """Display the source of each object (see :func:`source_of`) as a highlighted Python block.
-
-    In IPython (Jupyter, Colab, the book's build) each becomes a Markdown code
-    block; elsewhere it is printed. Only public names are shown (no part of the
-    dotted name starts with an underscore): the book must not break on a rename
-    of a private helper.
-    """
+    """Display the source of each object (see :func:`source_of`) as a highlighted Python block (printed
+    outside IPython). Only public names are shown (no part of the dotted name starts with an underscore):
+    the book must not break on a rename of a private helper."""
     if not objects:
         raise SourceError("show() needs at least one function, class or dotted name to show.")
     sources = [source_of(o) for o in objects]  # all found before anything is shown
     private = [s.name for s in sources if any(part.startswith("_") for part in s.name.split("."))]
     if private:
-        # A page that renders a private name breaks on an ordinary rename; the book shows public API only.
         raise SourceError(f"show() renders public names only, got {', '.join(private)}; make the name public "
                           "(no leading underscore) or show the public function that uses it.")
     ipython = sys.modules.get("IPython")

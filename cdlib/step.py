@@ -68,11 +68,8 @@ def evaluate(
 
 
 class TrainStep:
-    """One optimizer step: the hot path, shared by the trainer and the benchmark.
-
-    Returns the step's statistics as a float64 tensor on the device —
-    (weighted loss of each term..., correct predictions, samples, 1) — so the
-    caller can accumulate them without a host-device sync per step.
+    """One optimizer step; returns its statistics as a float64 tensor on the device: (weighted loss
+    of each term..., correct predictions, samples, 1).
 
     A step whose loss weights are all 0 has nothing to learn: it only counts
     (forward without gradients) and leaves weights and optimizer state alone.

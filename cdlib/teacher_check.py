@@ -39,18 +39,11 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def measure(folder: str | os.PathLike, cfg: RunConfig) -> Dict[str, object]:
     """The teacher in ``folder`` now: its test accuracy on ``cfg``'s data, the data's fingerprint, its file hash."""
-    from . import checkpoint, data
-    from .device import amp_dtype, pick_device
-    from .parts import load_data
-    from .step import evaluate
+    from . import data
+    from .parts import evaluate_model_file
 
     path = Path(folder) / MODEL_FILE
-    bundle = load_data(cfg)
-    device = pick_device(cfg.device)
-    model = checkpoint.load_model(path, name=cfg.student, num_classes=bundle.num_classes).to(device)
-    loader = data.make_loader(bundle.test, max(cfg.batch_size, 256), train=False, device=device,
-                              num_workers=cfg.num_workers, on_device=cfg.data_on_device)
-    metrics = evaluate(model, loader, device, amp_dtype(device, cfg.amp))
+    metrics, bundle = evaluate_model_file(path, cfg, cfg.student)
     return {"test_top1": metrics["top1"], "test_loss": metrics["loss"], "data_fingerprint": data.fingerprint(bundle),
             "sha256": file_sha256(path)}
 
@@ -67,9 +60,8 @@ def verify(folder: str | os.PathLike, cfg: RunConfig) -> List[str]:
 
     A teacher without a record (trained before records existed) gets one now, so later reuses are checked.
     """
-    path = Path(folder) / RECORD_FILE
     try:
-        saved = json.loads(path.read_text())
+        saved = json.loads((Path(folder) / RECORD_FILE).read_text())
     except (OSError, ValueError):
         record(folder, cfg)
         return []

@@ -1,30 +1,19 @@
 """The trainer: one code path for a CPU, one GPU or many (``torchrun``).
 
 ``fit(cfg)`` trains one model (``cfg.method == "student"`` for plain
-cross-entropy, e.g. a teacher) or distils one student; ``run(cfg)`` adds what
-a user expects around it: it trains the teacher first when no checkpoint is
-given, runs a ','-separated list of methods and returns their results.
+cross-entropy, e.g. a teacher) or distils one student; ``run(cfg)`` also trains
+the teacher first when no checkpoint is given and runs a ','-separated list of
+methods. ``fit`` holds its run folder's lock (:mod:`cdlib.runlock`), clears the
+temporary files of saves cut short, and writes ``checkpoint.pt`` atomically
+every epoch and on Ctrl-C or SIGTERM (files: :mod:`cdlib.runfolder`).
 
-A run folder (:mod:`cdlib.runfolder`) holds ``config.json``, ``metrics.jsonl``
-(one line per epoch), ``checkpoint.pt`` (written atomically every epoch and on
-Ctrl-C or SIGTERM) and, when finished, ``model.pt`` (the trained student,
-reusable as a teacher). One run writes a folder at a time: ``fit`` holds its
-lock (:mod:`cdlib.runlock`) and first clears the temporary files of saves that
-were cut short.
-
-Resuming is exact (:mod:`cdlib.resume`): an interrupted and resumed run ends
-with the same weights and metrics as an uninterrupted one, and is refused when
-its settings, its data (content fingerprint) or its teacher file (SHA-256) differ. In-memory data sets
-(CIFAR-100, digits, synthetic) replay the interrupted epoch's batches up to
-where it stopped, which costs little; a DataLoader with workers (ImageNet)
-skips them in its sampler and gives every image its own augmentation seed
-(:class:`cdlib.data.EpochSampler`), so the next images look exactly as they
-would have.
-
-Under ``torchrun`` every process runs this same code: rank 0 alone writes
-files; decisions that stop a run (a non-finite loss, Ctrl-C) are agreed by
-all processes at log points (:mod:`cdlib.health`), so no process is left
-waiting in a collective.
+Resuming is exact (:mod:`cdlib.resume`): a resumed run ends with the same
+weights and metrics as an uninterrupted one. In-memory data sets replay the
+interrupted epoch's batches up to where it stopped, which costs little; a
+DataLoader with workers (ImageNet) skips them in its sampler
+(:class:`cdlib.data.EpochSampler`). Under ``torchrun`` rank 0 alone writes
+files, and what stops a run (a non-finite loss, Ctrl-C) is agreed by all
+processes at log points (:mod:`cdlib.health`), so none is left waiting.
 """
 
 from __future__ import annotations
@@ -40,7 +29,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import data as data_mod
-from . import distributed, resume, runlock
+from . import distributed, resume, runlock, teacher_check
 from . import parts as parts_mod
 from . import terms as term_table
 from .distributed import Placement, is_main_process
@@ -197,23 +186,20 @@ class _Training:
                 sums += stats
                 step = step_index + 1
                 self.watch.record(stats, step)
-                if bar is not None:
-                    bar.update(len(labels) * self.place.world_size)
+                bar.update(len(labels) * self.place.world_size)
                 if step % _LOG_EVERY == 0 or step == self.parts.steps_per_epoch:
                     self.watch.check(epoch, interrupt, self._last_checkpoint())
-                    if bar is not None:
+                    if not bar.disable:
                         bar.set_postfix_str(self._postfix(sums, epoch, first_step, step, time.perf_counter() - started))
                 if on_step is not None:
                     on_step(epoch, step)
                 if self.place.world_size == 1:
                     interrupt.raise_if_requested()  # alone, a process can stop after any step; together, at log points
         except KeyboardInterrupt:
-            if bar is not None:
-                bar.close()
+            bar.close()
             self._save_on_interrupt(epoch, step, sums, interrupt)
             raise
-        if bar is not None:
-            bar.close()
+        bar.close()
         if self.place.device.type == "cuda":
             torch.cuda.synchronize(self.place.device)  # the epoch's time includes its queued kernels
         return sums, step - first_step, time.perf_counter() - started
@@ -255,14 +241,13 @@ class _Training:
             yield step_index, images, labels
 
     def _progress_bar(self, epoch: int, first_step: int):
-        if not (self.cfg.progress and self.place.is_main):
-            return None
+        """The epoch's progress bar; a disabled one (drawing nothing) without ``cfg.progress`` and on ranks > 0."""
         from tqdm.auto import tqdm
 
         per_step = self.cfg.batch_size * self.place.world_size
         return tqdm(total=self.parts.steps_per_epoch * per_step, initial=first_step * per_step,
                     desc=f"epoch {epoch}/{self.cfg.epochs}", unit="img", unit_scale=True, leave=False,
-                    dynamic_ncols=True, mininterval=1.0)
+                    dynamic_ncols=True, mininterval=1.0, disable=not (self.cfg.progress and self.place.is_main))
 
     def _postfix(self, sums: torch.Tensor, epoch: int, first_step: int, step: int, elapsed: float) -> str:
         """The bar's tail: the epoch's mean loss and the time left for the whole run."""
@@ -377,7 +362,6 @@ class _Training:
 
 
 def _final(row: dict) -> Dict[str, float]:
-    """A run's result as one epoch's metrics row gives it."""
     return {"top1": row["test_top1"], "top5": row["test_top5"], "loss": row["test_loss"], "epoch": row["epoch"]}
 
 
@@ -400,8 +384,6 @@ def ensure_teacher(cfg: RunConfig) -> RunConfig:
     folder = teacher_dir(cfg.run_dir)
     # The teacher folder belongs to this run folder, so an unfinished one is resumed, never overwritten.
     teacher_cfg = cfg.replace(student=cfg.teacher, method="student", run_dir=str(folder), resume=True)
-    from . import teacher_check
-
     # Held across training and recording: a second run sharing the experiment folder waits for neither half.
     with runlock.held(folder, take=is_main_process()):
         if (folder / MODEL_FILE).exists():

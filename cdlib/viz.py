@@ -48,10 +48,8 @@ def glue(name: str, value, display: bool = False) -> None:
     """
     if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
         value = value.item()
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        value = int(value)
-    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-        value = float(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        value = int(value) if isinstance(value, numbers.Integral) else float(value)
     try:
         from myst_nb import glue as _glue
     except ImportError:
@@ -68,9 +66,7 @@ def _np(x) -> np.ndarray:
 # ------------------------------------------------------------------ channel attention
 
 
-def _pick_samples(labels, samples, per_class: Optional[int], max_samples: int, n: int) -> np.ndarray:
-    if samples is not None:
-        return np.asarray(samples, dtype=int)
+def _pick_samples(labels, per_class: Optional[int], max_samples: int, n: int) -> np.ndarray:
     if labels is None:
         return np.arange(min(max_samples, n))
     labels = _np(labels).astype(int)
@@ -81,31 +77,28 @@ def _pick_samples(labels, samples, per_class: Optional[int], max_samples: int, n
     return idx[np.argsort(labels[idx], kind="stable")]
 
 
-def attention_heatmaps(
-    attentions: Mapping[str, Sequence],
-    labels=None,
-    stages: Optional[Sequence[int]] = None,
-    samples=None,
-    per_class: Optional[int] = None,
-    max_samples: int = 32,
-    class_names: Optional[Sequence[str]] = None,
-    sort_channels: bool = True,
-    cmap: str = "viridis",
-):
+def _order_and_scale(panels: Sequence[np.ndarray]):
+    """Channels by the first panel's mean attention, largest first, and one colour scale for all panels."""
+    order = np.argsort(-panels[0].mean(axis=0), kind="stable")
+    return order, float(np.quantile(np.concatenate([p.ravel() for p in panels]), 0.99)) or 1.0
+
+
+def attention_heatmaps(attentions: Mapping[str, Sequence], labels=None, per_class: Optional[int] = None,
+                       max_samples: int = 32, class_names: Optional[Sequence[str]] = None):
     """Channel attention as heatmaps: one row per source, one column per stage.
 
     ``attentions`` maps a source name (``"teacher"``, ``"student + CD"``...) to its
     per-stage (N, C_k) attention; all sources must share C_k per stage (students
     through connectors). Each panel is samples x channels. Within a stage, every
     row uses the same colour scale and channel order (by the first source's mean
-    attention, largest first, when ``sort_channels``), so rows compare directly.
-    Samples: ``samples`` (indices), else up to ``per_class`` of each class or the
-    first ``max_samples``, sorted by label. Returns the Figure.
+    attention, largest first), so rows compare directly. Samples: up to
+    ``per_class`` of each class or the first ``max_samples``, sorted by label.
+    Returns the Figure.
     """
     names = list(attentions)
     first = attentions[names[0]]
-    stages = list(stages) if stages is not None else list(range(1, len(first) + 1))
-    idx = _pick_samples(labels, samples, per_class, max_samples, len(first[0]))
+    stages = range(1, len(first) + 1)
+    idx = _pick_samples(labels, per_class, max_samples, len(first[0]))
     fig, axes = plt.subplots(
         len(names), len(stages), figsize=(2.4 * len(stages) + 1.0, 1.8 * len(names) + 1.1),
         squeeze=False, constrained_layout=True,
@@ -114,16 +107,15 @@ def attention_heatmaps(
         panels = [_np(attentions[n][stage - 1])[idx] for n in names]
         if any(p.shape[1] != panels[0].shape[1] for p in panels):
             raise ValueError(f"stage {stage}: sources have different channel counts; pass students through connectors.")
-        order = np.argsort(-panels[0].mean(axis=0), kind="stable") if sort_channels else np.arange(panels[0].shape[1])
-        vmax = float(np.quantile(np.concatenate([p.ravel() for p in panels]), 0.99)) or 1.0
+        order, vmax = _order_and_scale(panels)
         for i, (name, panel) in enumerate(zip(names, panels)):
             ax = axes[i, j]
-            im = ax.imshow(panel[:, order], aspect="auto", interpolation="nearest", cmap=cmap, vmin=0.0, vmax=vmax)
+            im = ax.imshow(panel[:, order], aspect="auto", interpolation="nearest", cmap="viridis", vmin=0.0, vmax=vmax)
             ax.grid(False)
             if i == 0:
                 ax.set_title(f"stage {stage} ({panel.shape[1]} channels)")
             if i == len(names) - 1:
-                ax.set_xlabel("channel" + (" (sorted)" if sort_channels else ""))
+                ax.set_xlabel("channel (sorted)")
             else:
                 ax.set_xticks([])
             ax.set_yticks([])
@@ -135,8 +127,8 @@ def attention_heatmaps(
                 for s in starts[1:]:
                     ax.axhline(s - 0.5, color="white", lw=0.8)
                 if j == 0 and len(starts) <= 30:
-                    ax.set_yticks([(s + e - 1) / 2 for s, e in zip(starts, ends)])
-                    ax.set_yticklabels([class_names[lab[s]] if class_names else str(lab[s]) for s in starts], fontsize=7)
+                    ax.set_yticks([(s + e - 1) / 2 for s, e in zip(starts, ends)],
+                                  [class_names[lab[s]] if class_names else str(lab[s]) for s in starts], fontsize=7)
             if j == 0:
                 ax.set_ylabel(f"{name}\n" + ("samples by class" if labels is not None else "samples"), fontsize="small")
         fig.colorbar(im, ax=axes[:, j], orientation="horizontal", fraction=0.05, pad=0.02, aspect=25, label="attention")
@@ -155,12 +147,9 @@ def attention_profile(attentions: Mapping[str, Sequence], stage: int, sample: in
     names = list(attentions)
     ref = _np(attentions[names[0]][stage - 1])[sample]
     order = np.argsort(-ref, kind="stable")
-    for k, name in enumerate(names):
-        vec = _np(attentions[name][stage - 1])[sample, order]
-        if k == 0:
-            ax.plot(np.arange(len(vec)), vec, lw=2.5, color="0.2", label=name, zorder=3)
-        else:
-            ax.plot(np.arange(len(vec)), vec, ls="", marker="o", ms=3.5, alpha=0.75, label=name)
+    ax.plot(ref[order], lw=2.5, color="0.2", label=names[0], zorder=3)
+    for name in names[1:]:
+        ax.plot(_np(attentions[name][stage - 1])[sample, order], ls="", marker="o", ms=3.5, alpha=0.75, label=name)
     title = f"stage {stage}, test image {sample}"
     if labels is not None:
         c = int(_np(labels)[sample])
@@ -216,11 +205,10 @@ def attention_explorer(attentions: Mapping[str, Sequence], labels, class_names: 
         left, right = fig.subfigures(1, 2, width_ratios=[1, 1.3])
         shown = pool[:32]
         axes = left.subplots(len(attentions), 1, squeeze=False)[:, 0]
-        ref = _np(next(iter(attentions.values()))[stage - 1])
-        order = np.argsort(-ref[shown].mean(axis=0), kind="stable")
-        vmax = float(np.quantile(np.concatenate([_np(a[stage - 1])[shown].ravel() for a in attentions.values()]), 0.99)) or 1.0
-        for ax, (name, att) in zip(axes, attentions.items()):
-            ax.imshow(_np(att[stage - 1])[shown][:, order], aspect="auto", cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
+        panels = [_np(att[stage - 1])[shown] for att in attentions.values()]
+        order, vmax = _order_and_scale(panels)
+        for ax, name, panel in zip(axes, attentions, panels):
+            ax.imshow(panel[:, order], aspect="auto", cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
             ax.set_ylabel(name, fontsize="small")
             ax.set_xticks([]), ax.grid(False)
         axes[0].set_title(f"stage {stage}: {len(shown)} samples x channels")
@@ -266,25 +254,21 @@ def _legend_below(fig, ax, ncol: int) -> None:
 # ------------------------------------------------------------------ schedules
 
 
-def schedule_plot(
-    schedules: Mapping[str, object],
-    epochs: Union[int, Mapping[str, int]],
-    terms: Sequence[str] = ("ce", "cd", "gkd"),
-    points_per_epoch: int = 20,
-):
+def schedule_plot(schedules: Mapping[str, object], epochs: Union[int, Mapping[str, int]],
+                  terms: Sequence[str] = ("ce", "cd", "gkd")):
     """Loss weight against epoch, one panel per term, one line per schedule.
 
     ``schedules`` maps a label to a schedule (``schedule(epoch) -> {term: weight}``);
     ``epochs`` is the length of every schedule, or a mapping label -> length.
-    Staircases show their steps because each curve is sampled ``points_per_epoch``
-    times an epoch. Returns the Figure.
+    Staircases show their steps because each curve is sampled 20 times an epoch.
+    Returns the Figure.
     """
-    fig, axes = plt.subplots(1, len(terms), figsize=(4.0 * len(terms), 3.4), sharex=True, constrained_layout=True, squeeze=False)
-    axes = axes[0]
+    fig, (axes,) = plt.subplots(1, len(terms), figsize=(4.0 * len(terms), 3.4), sharex=True, constrained_layout=True,
+                                squeeze=False)
     styles = ["-", "--", "-.", ":", (0, (5, 1, 1, 1))]
     for i, (label, sched) in enumerate(schedules.items()):
         n = epochs[label] if isinstance(epochs, Mapping) else epochs
-        x = np.linspace(1, n + 1, int(n * points_per_epoch) + 1)[:-1]
+        x = np.linspace(1, n + 1, int(n * 20) + 1)[:-1]
         values = [sched(float(e)) for e in x]
         for ax, term in zip(axes, terms):
             ax.plot(x, [v.get(term, np.nan) for v in values], lw=2, ls=styles[i % len(styles)], label=label)
@@ -322,7 +306,7 @@ def schedule_explorer(names: Optional[Sequence[str]] = None, epochs: int = 200, 
 # ------------------------------------------------------------------ training runs
 
 
-def learning_curves(frame, y: Union[str, Sequence[str]] = "test_top1", hue: str = "run", ylabels: Optional[Mapping[str, str]] = None,
+def learning_curves(frame, y: Union[str, Sequence[str]] = "test_top1", hue: str = "run",
                     ylims: Optional[Mapping[str, tuple]] = None, logy: Sequence[str] = ()):
     """Per-epoch metrics of several runs (a :func:`cdlib.analysis.metrics_frame`), one panel per metric.
 
@@ -335,9 +319,7 @@ def learning_curves(frame, y: Union[str, Sequence[str]] = "test_top1", hue: str 
     names = {"test_top1": "test top-1 accuracy (%)", "test_top5": "test top-5 (%)", "train_top1": "train top-1 (%)",
              "test_loss": "test cross-entropy", "train_loss": "training loss (weighted sum)",
              "w_cd": r"$\lambda_{\mathrm{CD}}$", "raw_cd": "CD loss (unweighted)", "lr": "learning rate"}
-    names.update(ylabels or {})
-    fig, axes = plt.subplots(1, len(ys), figsize=(5.2 * len(ys), 4.2), sharex=True, layout="constrained", squeeze=False)
-    axes = axes[0]
+    fig, (axes,) = plt.subplots(1, len(ys), figsize=(5.2 * len(ys), 4.2), sharex=True, layout="constrained", squeeze=False)
     for k, (ax, col) in enumerate(zip(axes, ys)):
         sns.lineplot(data=frame, x="epoch", y=col, hue=hue, style=hue, markers=True, dashes=False, markersize=5, ax=ax, legend=k == 0)
         ax.set(ylabel=names.get(col, col))
@@ -366,8 +348,7 @@ def ablation_chart(table, value: str = "top-1 %", teacher: Optional[float] = Non
     ax.errorbar(series.values, ypos, xerr=error, fmt="o", ms=8, capsize=4, color="C0", zorder=3)
     for yv, v in zip(ypos, series.values):
         ax.annotate(f"{v:.2f}", (v, yv), xytext=(8, 6), textcoords="offset points", fontsize="small")
-    ax.set_yticks(ypos)
-    ax.set_yticklabels(series.index)
+    ax.set_yticks(ypos, series.index)
     if teacher is not None:
         ax.axvline(teacher, ls="--", color="0.3", lw=1.2)
         ax.annotate(f"teacher {teacher:.2f}", (teacher, ypos.max() + 0.45), ha="center", fontsize="small", color="0.3")
@@ -377,9 +358,7 @@ def ablation_chart(table, value: str = "top-1 %", teacher: Optional[float] = Non
     right = hi + 2 * pad
     if value.endswith("%") and hi <= 100:
         right = min(right, 100.0 + 0.25 * pad)  # an accuracy axis need not run far past 100 %
-    ax.set_xlim(lo - pad, right)
-    ax.set_ylim(-0.7, len(series) - 0.2)
-    ax.set_xlabel(value)
+    ax.set(xlim=(lo - pad, right), ylim=(-0.7, len(series) - 0.2), xlabel=value)
     return ax
 
 
@@ -418,11 +397,10 @@ def seed_comparison(per_seed, summary, ax=None, value: str = "top1", baseline: O
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 0.5 * len(order) + 1.3), constrained_layout=True)
     sns.stripplot(data=frame, x=value, y="method", order=order, color="0.55", size=5, jitter=0.12, ax=ax, zorder=2)
-    ypos = np.arange(len(order))
     mean = summary["top1_mean"].to_numpy(float)
     low, high = summary["top1_ci_low"].to_numpy(float), summary["top1_ci_high"].to_numpy(float)
     err = np.vstack([mean - low, high - mean])
-    ax.errorbar(mean, ypos, xerr=np.nan_to_num(err), fmt="D", ms=7, capsize=5, color="C3", zorder=3,
+    ax.errorbar(mean, np.arange(len(order)), xerr=np.nan_to_num(err), fmt="D", ms=7, capsize=5, color="C3", zorder=3,
                 label="mean, 95 % t-interval")
     if baseline is not None and baseline in order:
         ax.axvline(mean[order.index(baseline)], ls=":", color="0.3", lw=1.2)

@@ -367,7 +367,7 @@ def test_digits_refuse_nonsense_options(options, message):
 
 
 @pytest.mark.parametrize("name, options, listed", [
-    ("digits", {"num_classes": 3}, "test_fraction, train_per_class, seed, canvas, clutter, clutter_size, pad_mode"),
+    ("digits", {"num_classes": 3}, "test_fraction, train_per_class, seed, canvas, clutter, clutter_size, test_draws, pad_mode"),
     ("synthetic", {"test_fraction": 0.5}, "num_classes, train_per_class, test_per_class, seed, pad_mode"),
     ("cifar100", {"train_per_class": 5}, "pad_mode"),
     ("imagenet", {"pad_mode": "zeros"}, "none"),

@@ -3,24 +3,21 @@
 ``load(name, root=...)`` returns a :class:`DataBundle` (train and test sets plus
 what a model needs to know: classes, image size, normalisation), and
 ``make_loader(dataset, ...)`` turns a set into batches of normalised float
-images and integer labels.
+images and integer labels. The sets (their options: :func:`load`):
 
 * ``cifar100``: the CIFAR-100 "python version" archive, read directly (so a
   small archive in the same format loads through the same code); the reference
   code's augmentation: reflect-pad 4, random 32x32 crop, horizontal flip.
-* ``imagenet``: an ImageFolder tree ``root/train/<class>/*.JPEG`` and
-  ``root/val/<class>/*.JPEG`` with the paper's PIL transforms.
+* ``imagenet``: an ImageFolder tree with the paper's PIL transforms.
 * ``digits``: scikit-learn's 1,797 real 8x8 handwritten digits (shipped inside
   the scikit-learn wheel, so it works offline), upscaled; the bundled default.
-  ``canvas=`` and ``clutter=`` make a harder version: each digit placed at a
-  random spot of a larger dark canvas strewn with fragments of other digits, as
-  in the cluttered MNIST of the Spatial Transformer paper (Jaderberg et al. 2015).
-* ``synthetic``: a class-structured random set (class prototypes plus noise
-  and shifts) of any size, for tests and quick experiments.
+  Cluttered (``canvas=``, ``clutter=``) as the cluttered MNIST of the Spatial
+  Transformer paper (Jaderberg et al. 2015).
+* ``synthetic``: class prototypes plus noise, of any size, for tests.
 
-Small sets (CIFAR-100, digits, synthetic) are kept in memory as uint8 tensors;
-their loader can keep them on the GPU and augment whole batches there
-(:class:`DeviceLoader`), which is what keeps a GPU fed on a 2-core Colab VM.
+Small sets are kept in memory as uint8 tensors; their loader can keep them on
+the GPU and augment whole batches there (:class:`DeviceLoader`), which is what
+keeps a GPU fed on a 2-core Colab VM.
 """
 
 from __future__ import annotations

@@ -69,10 +69,6 @@ class DeviceLoader:
             n = n // self.world_size if self.train else math.ceil(n / self.world_size)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    @property
-    def num_samples(self) -> int:
-        return min(len(self) * self.batch_size, len(self._indices()))
-
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         order = self._indices()
         g = torch.Generator(device=self.device).manual_seed(self.seed * 7919 + self.epoch + 1) if self.train else None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -14,6 +14,17 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
 from .sets import CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD, DataBundle, TensorImageSet
+
+Split = Tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, C, H, W), labels (N,)
+
+
+def _in_memory(name: str, train: Split, test: Split, mean: Sequence[float], std: Sequence[float], num_classes: int,
+               pad: int, flip: bool, class_names: List[str]) -> DataBundle:
+    """A bundle of two in-memory splits normalised alike; the training split is augmented (pad-and-crop, ``flip``)."""
+    return DataBundle(name=name, train=TensorImageSet(*train, mean, std, augment=True, pad=pad, flip=flip),
+                      test=TensorImageSet(*test, mean, std), num_classes=num_classes, image_size=train[0].shape[-1],
+                      mean=mean, std=std, class_names=class_names)
+
 
 # ---------------------------------------------------------------- CIFAR-100
 
@@ -41,8 +52,7 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def _read_cifar_batch(path: Path) -> dict:
-    with open(path, "rb") as f:
-        raw = f.read()
+    raw = path.read_bytes()
     try:
         batch = _ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
     except Exception as exc:  # corrupt bytes raise anything from UnpicklingError to OverflowError / MemoryError
@@ -103,23 +113,9 @@ def _load_cifar100(root: Optional[str], download: bool) -> DataBundle:
             "(cifar-100-python/train, test, meta) under the data root — pass download=True (CLI: --download) "
             "or point root at the folder that contains cifar-100-python."
         )
-    meta = _read_cifar_batch(folder / "meta")
-    class_names = list(meta.get("fine_label_names", [])) if isinstance(meta, dict) else []
-    train_x, train_y = _cifar100_split(folder, "train")
-    test_x, test_y = _cifar100_split(folder, "test")
-    return DataBundle(
-        name="cifar100",
-        train=TensorImageSet(train_x, train_y, CIFAR100_MEAN, CIFAR100_STD, augment=True, pad=4, flip=True),
-        test=TensorImageSet(test_x, test_y, CIFAR100_MEAN, CIFAR100_STD),
-        num_classes=100,
-        image_size=32,
-        mean=CIFAR100_MEAN,
-        std=CIFAR100_STD,
-        class_names=class_names or [str(i) for i in range(100)],
-    )
-
-
-# ----------------------------------------------------------------- ImageNet
+    class_names = list(_read_cifar_batch(folder / "meta").get("fine_label_names", []))
+    return _in_memory("cifar100", _cifar100_split(folder, "train"), _cifar100_split(folder, "test"), CIFAR100_MEAN,
+                      CIFAR100_STD, 100, pad=4, flip=True, class_names=class_names or [str(i) for i in range(100)])
 
 
 def _load_imagenet(root: Optional[str], image_size: Optional[int]) -> DataBundle:
@@ -153,16 +149,8 @@ def _load_imagenet(root: Optional[str], image_size: Optional[int]) -> DataBundle
             f"{root_path}/train has {len(sets['train'].classes)} classes but {root_path}/val has "
             f"{len(sets['val'].classes)} (or different names); both splits need the same class folders."
         )
-    return DataBundle(
-        name="imagenet",
-        train=sets["train"],
-        test=sets["val"],
-        num_classes=len(sets["train"].classes),
-        image_size=size,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        class_names=list(sets["train"].classes),
-    )
+    return DataBundle(name="imagenet", train=sets["train"], test=sets["val"], num_classes=len(sets["train"].classes),
+                      image_size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD, class_names=list(sets["train"].classes))
 
 
 # ------------------------------------------------------------------- digits
@@ -197,23 +185,13 @@ def _load_digits(
         extra = [_cluttered(images[test_idx], canvas, clutter, frag,
                             torch.Generator().manual_seed(seed * 1_000_003 + 100 + d)) for d in range(1, test_draws)]
         splits["test"] = torch.cat([splits["test"], *extra])
-    side = canvas or size
     train_x, test_x = ((v * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous() for v in splits.values())
-    pad = max(1, side // 8)
     # Normalisation statistics of the training split itself, grey replicated to RGB.
     mean = (train_x.float().mean().item() / 255,) * 3
     std = (train_x.float().std().item() / 255,) * 3
-    return DataBundle(
-        name="digits",
-        # Flipping a digit changes what it is, so only the pad-and-crop jitter applies.
-        train=TensorImageSet(train_x, labels[train_idx], mean, std, augment=True, pad=pad, flip=False),
-        test=TensorImageSet(test_x, labels[test_idx].repeat(test_draws), mean, std),
-        num_classes=10,
-        image_size=side,
-        mean=mean,
-        std=std,
-        class_names=[str(d) for d in range(10)],
-    )
+    # Flipping a digit changes what it is, so only the pad-and-crop jitter applies.
+    return _in_memory("digits", (train_x, labels[train_idx]), (test_x, labels[test_idx].repeat(test_draws)), mean, std,
+                      10, pad=max(1, (canvas or size) // 8), flip=False, class_names=[str(d) for d in range(10)])
 
 
 def _check_digits_options(labels, size, test_fraction, train_per_class, canvas, clutter, clutter_size,
@@ -284,9 +262,6 @@ def _stratified_split(
     return torch.cat(train).sort().values, torch.cat(test).sort().values
 
 
-# ---------------------------------------------------------------- synthetic
-
-
 def _load_synthetic(
     image_size: Optional[int], num_classes: int = 10, train_per_class: int = 100, test_per_class: int = 20, seed: int = 0
 ) -> DataBundle:
@@ -306,18 +281,7 @@ def _load_synthetic(
         images = (prototypes[labels] + noise).clamp(0, 1)
         return (images * 255).round().to(torch.uint8), labels
 
-    train_x, train_y = sample(train_per_class)
-    test_x, test_y = sample(test_per_class)
-    mean, std = (0.5, 0.5, 0.5), (0.3, 0.3, 0.3)
-    return DataBundle(
-        name="synthetic",
-        train=TensorImageSet(train_x, train_y, mean, std, augment=True, pad=max(1, size // 8), flip=True),
-        test=TensorImageSet(test_x, test_y, mean, std),
-        num_classes=num_classes,
-        image_size=size,
-        mean=mean,
-        std=std,
-        class_names=[f"class {i}" for i in range(num_classes)],
-    )
+    return _in_memory("synthetic", sample(train_per_class), sample(test_per_class), (0.5,) * 3, (0.3,) * 3, num_classes,
+                      pad=max(1, size // 8), flip=True, class_names=[f"class {i}" for i in range(num_classes)])
 
 

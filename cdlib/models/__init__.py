@@ -36,13 +36,9 @@ def names() -> list:
     return MODELS.names()
 
 
-def _check_name(name: str) -> None:
-    MODELS.get(name)
-
-
 def create(name: str, num_classes: int = 100, pretrained: bool = False, in_channels: int = 3) -> nn.Module:
     """Build a model by name. ``pretrained`` applies to the ImageNet ResNets only."""
-    _check_name(name)
+    MODELS.get(name)
     for setting, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ConfigError(f"{setting} must be a positive whole number, got {value!r}; "
@@ -58,7 +54,7 @@ def create(name: str, num_classes: int = 100, pretrained: bool = False, in_chann
 
 def stage_channels(name: str) -> Tuple[int, ...]:
     """Channel counts of the four stage features of model ``name``, without building it."""
-    _check_name(name)
+    MODELS.get(name)
     if name in cifar_resnet.CIFAR_ARCHITECTURES:
         block, _, width = cifar_resnet.CIFAR_ARCHITECTURES[name]
         return tuple(width * 2**i * block.expansion for i in range(4))

@@ -13,8 +13,6 @@ from typing import List, Sequence, Tuple, Type, Union
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-
 
 class BasicBlock(nn.Module):
     expansion = 1
@@ -73,8 +71,6 @@ class CifarResNet(nn.Module):
         in_channels: int = 3,
     ) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ConfigError(f"num_classes must be at least 1, got {num_classes}; pass the data set's number of classes.")
         widths = [base_width * 2**i for i in range(4)]
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, base_width, 3, 1, 1, bias=False),

@@ -34,9 +34,7 @@ class TorchvisionResNet(nn.Module):
         super().__init__()
         from torchvision.models.feature_extraction import create_feature_extractor
 
-        nodes = {stage: stage for stage in _STAGES}
-        nodes["fc"] = "logits"
-        self.body = create_feature_extractor(net, return_nodes=nodes)
+        self.body = create_feature_extractor(net, return_nodes=dict(zip(_STAGES, _STAGES), fc="logits"))
         self.stage_channels = stage_channels
         self.num_classes = num_classes
 
