@@ -106,7 +106,7 @@ def ce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def per_sample_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(softmax(t/T) || softmax(s/T)) for each sample, in float32."""
     if not (temperature > 0 and math.isfinite(temperature)):
-        raise ConfigError(f"temperature must be a positive, finite number, got {temperature}; the paper uses 4 for KD, 1 for GKD.")
+        raise ConfigError(f"temperature must be a positive, finite number, got {temperature}; e.g. 4 (a common choice for KD, cdlib's default) or 1 (GKD in the authors' code).")
     log_p_student = F.log_softmax(_acc(student_logits) / temperature, dim=1)
     log_p_teacher = F.log_softmax(_acc(teacher_logits) / temperature, dim=1)
     return (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1)
