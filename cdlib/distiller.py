@@ -123,8 +123,12 @@ class Distiller(nn.Module):
         w = {t: float(weights.get(t, 0.0)) for t in self.terms}
         return w if self.keep_zero_weight_terms else {t: v for t, v in w.items() if v != 0.0}
 
-    def forward(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None,
-                weights: Optional[Mapping[str, float]] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def forward(
+        self,
+        images: torch.Tensor,
+        targets: Optional[torch.Tensor] = None,
+        weights: Optional[Mapping[str, float]] = None,
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         if targets is None:
             return self.student(images), {}
         w = self.active_terms(weights)
@@ -133,23 +137,27 @@ class Distiller(nn.Module):
         else:
             logits = self.student(images)
         if term_table.needs_teacher(w):
-            with torch.no_grad():  # the teacher is frozen and in eval mode (see train())
+            with torch.no_grad():  # frozen, in eval mode (see train())
                 t_logits, t_feats = self.teacher(images, return_features=True)
 
         out: Dict[str, torch.Tensor] = {}
         if "ce" in w:
             out["ce"] = w["ce"] * losses.ce_loss(logits, targets)
         if "kd" in w:
-            out["kd"] = w["kd"] * losses.kd_loss(logits, t_logits, self.kd_temperature)
+            out["kd"] = w["kd"] * losses.kd_loss(
+                logits, t_logits, self.kd_temperature)
         if "gkd" in w:
-            out["gkd"] = w["gkd"] * losses.gkd_loss(logits, t_logits, targets, self.gkd_temperature,
-                                                    nan_on_all_wrong=self.gkd_nan_on_all_wrong)
+            out["gkd"] = w["gkd"] * losses.gkd_loss(
+                logits, t_logits, targets, self.gkd_temperature,
+                nan_on_all_wrong=self.gkd_nan_on_all_wrong)
         if "cd" in w:
-            connected = [connector(f) for connector, f in zip(self.connectors, feats)]
+            connected = [g(f) for g, f in zip(self.connectors, feats)]
             out["cd"] = w["cd"] * losses.cd_loss(connected, t_feats)
         if "at" in w:
             out["at"] = w["at"] * losses.at_loss(feats, t_feats)
         if "fitnets" in w:
-            hint = self.hint_regressor[0](feats[FITNETS_HINT_STAGE])
-            out["fitnets"] = w["fitnets"] * losses.fitnets_loss([hint], [t_feats[FITNETS_HINT_STAGE]])
+            k = FITNETS_HINT_STAGE
+            hint = self.hint_regressor[0](feats[k])
+            out["fitnets"] = w["fitnets"] * losses.fitnets_loss(
+                [hint], [t_feats[k]])
         return logits, out
