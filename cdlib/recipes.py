@@ -92,7 +92,8 @@ class RunConfig:
     max_steps_per_epoch: Optional[int] = None  # cap for smoke tests and CI
 
     def replace(self, **changes) -> "RunConfig":
-        """A copy with ``changes``, checked by :func:`validate`; ``weights`` names only the weights that change."""
+        """A copy with ``changes``, checked by :func:`validate`; ``weights`` names only the weights that change,
+        and so does ``data_options`` while ``data`` stays the same."""
         known = {f.name for f in dataclasses.fields(RunConfig)}
         unknown = sorted(set(changes) - known)
         if unknown:
@@ -113,6 +114,10 @@ class RunConfig:
                                   f"got {changes['weights']!r}.")
             # Only the named terms change; the recipe's other weights stay.
             changes["weights"] = {**self.weights, **changes["weights"]}
+        same_data = changes.get("data", self.data) == self.data
+        if same_data and isinstance(changes.get("data_options"), dict):
+            # Like weights: only the named options change (another data set's options would not apply).
+            changes["data_options"] = {**self.data_options, **changes["data_options"]}
         if changes.get("reference_compat") is True:
             # One switch for every reference behaviour; one named False as well is a contradiction validate() reports.
             changes = {**{name: True for name in REFERENCE_SWITCHES}, **changes}

@@ -93,9 +93,9 @@ def test_evaluate_takes_the_settings_of_the_run_that_wrote_the_file(capsys, tmp_
         result = json.loads(capsys.readouterr().out)
         assert (result["top1"], result["loss"]) == (reported["test_top1"], reported["test_loss"]), argv
         assert result["data"] == "digits" and result["settings_from"] == str(model.parent / "config.json")
-    # An option given on the command line still wins over the run's.
+    # An option given on the command line still wins over the run's; the run's other options stay (they merge).
     assert cli.main(["evaluate", "--data-options", "train_per_class=40", str(model)]) == 0
-    assert json.loads(capsys.readouterr().out)["data_options"] == {"train_per_class": 40}
+    assert json.loads(capsys.readouterr().out)["data_options"] == {"test_fraction": 0.5, "train_per_class": 40}
 
 
 def test_list(capsys):

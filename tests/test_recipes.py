@@ -117,3 +117,15 @@ def test_every_term_list_comes_from_the_table():
     assert cli.HELP["method"].count(",") >= len(terms.methods()) - 1
     for name in terms.methods():
         assert name in cli.HELP["method"]
+
+
+def test_data_options_merge_like_weights_while_the_data_set_stays():
+    """`--data-options pad_mode=zeros` on cpu-study changes the padding only: canvas, clutter, the
+    split and the test draws stay (they used to vanish: plain digits, another split)."""
+    base = recipes.get("cpu-study")
+    cfg = recipes.get("cpu-study", data_options={"pad_mode": "zeros"})
+    assert cfg.data_options == {**base.data_options, "pad_mode": "zeros"}
+    assert cfg.replace(data_options={"clutter": 2}).data_options == {**cfg.data_options, "clutter": 2}
+    # Another data set: the recipe's options are its own data set's and do not carry over.
+    assert recipes.get("cpu-study", data="synthetic", data_options={"num_classes": 3}).data_options == {"num_classes": 3}
+    assert recipes.get("cpu-study", data="synthetic").data_options == {}
