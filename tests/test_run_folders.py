@@ -119,8 +119,16 @@ def test_leftover_temporary_files_of_cut_short_saves_are_removed_at_the_next_sta
 # --------------------------------------------------------------------------- signals
 
 
+def _terminal_signals() -> None:
+    """Child processes start with Ctrl-C at its default, as in a terminal: a job a shell put in the
+    background inherits SIGINT *ignored* (POSIX), and a signal sent before cdlib installs its own
+    handler would then be lost - that is the shell's wish, not what these tests are about."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _stop_after_first_epoch(command: list, signals: list, gap: float = 0.0):
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                               preexec_fn=_terminal_signals)
     lines = []
     for line in process.stdout:
         lines.append(line)
@@ -173,7 +181,8 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path):
     # `distill` prints this line before the teacher's fit() loads data and builds models: the signal lands there.
     command = [sys.executable, "-m", "cdlib", "distill", "--recipe", "demo", "--method", "kd", "--epochs", "1",
                "--image-size", "8", "--no-progress", "--device", "cpu", "--run-dir", str(tmp_path / "exp")]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                               preexec_fn=_terminal_signals)
     for line in process.stdout:
         if "training the teacher" in line:
             process.send_signal(signal.SIGINT)

@@ -349,7 +349,9 @@ def test_sigint_saves_a_resumable_checkpoint_and_exits_130(tmp_path):
                "--image-size", "8", "--batch-size", "8", "--epochs", "4", "--lr-milestones", "--device", "cpu",
                "--no-progress", "--run-dir", str(run_dir)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    # Ctrl-C at its default, as in a terminal (a backgrounded shell job inherits it ignored).
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     for line in process.stdout:
         lines.append(line)
