@@ -78,9 +78,6 @@ def _family():
     ]
 
 
-
-
-
 def _git_commit() -> str:
     if os.environ.get("CDLIB_GIT_COMMIT"):  # a study run from an exported tree (git archive) has no .git
         return os.environ["CDLIB_GIT_COMMIT"]

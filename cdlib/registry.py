@@ -10,7 +10,7 @@ ConfigError: unknown schedule 'cosin'; known: constant, cosine, ...; did you mea
 from __future__ import annotations
 
 import difflib
-from typing import Dict, Generic, Iterator, Optional, TypeVar
+from typing import Dict, Generic, Optional, TypeVar
 
 from .errors import ConfigError
 
@@ -49,9 +49,9 @@ class Registry(Generic[T]):
         ``role`` words the error for where the name was given ("student model", "EDT schedule")."""
         if isinstance(name, str) and name in self._entries:
             return self._entries[name]
-        raise ConfigError(self.unknown_message(name, role))
+        raise ConfigError(self._unknown_message(name, role))
 
-    def unknown_message(self, name, role: Optional[str] = None) -> str:
+    def _unknown_message(self, name, role: Optional[str] = None) -> str:
         text = f"unknown {role or self.kind} {name!r}; known: {', '.join(self.names())}"
         close = difflib.get_close_matches(name, self.names(), n=1) if isinstance(name, str) else []
         return text + (f"; did you mean {close[0]!r}?" if close else ".")
@@ -61,11 +61,3 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self._entries
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
-
-    def items(self):
-        return self._entries.items()
-
-
