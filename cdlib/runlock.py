@@ -59,6 +59,17 @@ def holder(folder: str | os.PathLike) -> Optional[dict]:
     return info if isinstance(info, dict) else None
 
 
+def _holder_once_written(folder: Path, wait: float = 2.0) -> Optional[dict]:
+    """The holder of a lock taken a moment ago: it locks the file before it writes its PID."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        info = holder(folder)
+        if info:
+            return info
+    return None
+
+
 def _describe_holder(info: Optional[dict]) -> str:
     if not info:
         return "another process"
@@ -98,7 +109,7 @@ def _acquire(folder: Path) -> int:
         previous = holder(folder)
         if locked is False:
             os.close(fd)
-            raise _in_use(folder, previous)
+            raise _in_use(folder, previous or _holder_once_written(folder))
         if locked is None and previous and previous.get("pid") != me["pid"]:
             if previous.get("host") != me["host"] or _pid_alive(int(previous.get("pid", 0))):
                 os.close(fd)

@@ -100,6 +100,29 @@ def test_two_runs_started_together_in_one_folder_one_trains_the_other_is_one_lin
     assert [r["epoch"] for r in runfolder.read_metrics(folder)] == [1, 2]
 
 
+def test_a_lock_taken_a_moment_ago_is_named_by_its_holder_once_it_has_written_its_pid(tmp_path):
+    """The race CI met: the winner holds the flock but has not yet written its PID."""
+    import fcntl
+    import json
+    import socket
+    import threading
+
+    folder = tmp_path / "busy"
+    folder.mkdir()
+    winner = os.open(folder / runlock.LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(winner, fcntl.LOCK_EX | fcntl.LOCK_NB)  # locked, file still empty
+    info = {"pid": 424242, "host": socket.gethostname(), "since": time.time()}
+    writer = threading.Timer(0.3, lambda: os.write(winner, json.dumps(info).encode()))
+    writer.start()
+    try:
+        with pytest.raises(ConfigError, match=r"in use by process 424242 on host "):
+            with runlock.held(folder):
+                pass
+    finally:
+        writer.join()
+        os.close(winner)
+
+
 def test_leftover_temporary_files_of_cut_short_saves_are_removed_at_the_next_start(tmp_path, capsys):
     cfg = tiny(tmp_path, epochs=1)
     folder = Path(cfg.run_dir)
