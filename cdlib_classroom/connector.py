@@ -123,6 +123,25 @@ def _attention_problem(result: Call, x: torch.Tensor, case: MapCase) -> Optional
             f"over H and W, x.mean(dim=(2, 3)).\n(on {case.label})")
 
 
+def _attention_gradient_problem(got: torch.Tensor, x: torch.Tensor, case: MapCase) -> Optional[str]:
+    """Whether a real gradient flows from the attention back to the map: a weighted sum of the result is
+    differentiated with respect to ``x`` and compared with the spatial mean's gradient (``requires_grad`` alone
+    is not enough: a tensor rebuilt from ``.item()`` values with ``requires_grad=True`` has it)."""
+    weights = torch.randn(got.shape, generator=generator(case.seed + 1000), dtype=got.dtype)
+    n, c, h, w = x.shape
+    want = (weights.double() / (h * w))[:, :, None, None].expand(n, c, h, w)
+    try:
+        grad = torch.autograd.grad((got * weights).sum(), [x], allow_unused=True)[0]
+    except RuntimeError:
+        grad = None
+    if grad is None or not tensors_close(grad, want):
+        return ("the values are right but gradients don't flow back to the feature map: the result is not computed "
+                "from it in the graph (.detach(), .item(), torch.tensor(...), a new tensor with requires_grad=True, "
+                "or torch.no_grad()?). The CD loss trains the student through its channel attention."
+                f"\n(on {case.label})")
+    return None
+
+
 def check_channel_attention(fn: Callable, verbose: bool = True) -> None:
     """Check ``fn(feature_map) -> (N, C)`` against :func:`cdlib.losses.channel_attention` (the spatial mean)."""
     name = function_name(fn)
@@ -135,10 +154,8 @@ def _check_attention(fn: Callable, name: str, verbose: bool) -> None:
         before = snapshot([x])
         result = call(fn, x)
         problem = _attention_problem(result, before[0], case)
-        if problem is None and not result.value.requires_grad:
-            problem = ("the values are right but gradients don't flow: the result is not connected to the feature "
-                       "map (.detach(), .item(), torch.tensor(...) or torch.no_grad()?). The CD loss trains the "
-                       "student through its channel attention.")
+        if problem is None:
+            problem = _attention_gradient_problem(result.value, x, case)
         if problem is None and modified(before, [x]):
             problem = "modified the feature map in place: channel attention must leave its input unchanged."
         if problem:
@@ -199,7 +216,7 @@ def _conv_of(module: nn.Module, in_channels: int, out_channels: int):
     if (conv.in_channels, conv.out_channels) != (in_channels, out_channels):
         return None, (f"its convolution maps {conv.in_channels} -> {conv.out_channels} channels, asked for "
                       f"{in_channels} -> {out_channels}: nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False).")
-    if conv.stride != (1, 1) or conv.groups != 1 or conv.padding not in ((0, 0), "valid"):
+    if conv.stride != (1, 1) or conv.groups != 1 or conv.padding not in ((0, 0), "valid", "same"):
         return None, "its convolution changes the map's size or groups the channels: use the defaults (stride 1, " \
                      "no padding, groups 1)."
     if conv.bias is not None:
@@ -313,33 +330,72 @@ def _attention_grads(case: dict, outcome: dict, _all=None) -> Optional[str]:
     return tensor_problem(outcome, case["want"]) or grads_problem(outcome, case["want_grads"], scalar=False)
 
 
+def _the_conv(module: dict, c_in: int, c_out: int):
+    """(the connector's 1x1 convolution, None) or (None, what is wrong), judged on what the layers do."""
+    convs = module["convs"]
+    if len(convs) != 1:
+        return None, (f"it has {len(convs)} nn.Conv2d layers; a connector has exactly one, a 1x1 convolution "
+                      f"from {c_in} to {c_out} channels.")
+    conv = convs[0]
+    if conv["kernel_size"] != [1, 1] or conv["stride"] != [1, 1] or conv["groups"] != 1:
+        return None, (f"the convolution is {conv['kernel_size']} with stride {conv['stride']} and groups "
+                      f"{conv['groups']}; a connector's is 1x1, stride 1, groups 1.")
+    if conv["padding"] not in ([0, 0], "valid", "same"):  # padding="same" adds nothing to a 1x1 convolution
+        return None, f"the 1x1 convolution pads the map by {conv['padding']}, which changes its size: use no padding."
+    if (conv["in"], conv["out"]) != (c_in, c_out):
+        return None, f"the convolution maps {conv['in']} -> {conv['out']} channels; expected {c_in} -> {c_out}."
+    return conv, None
+
+
 def _layers(case: dict, outcome: dict, _all=None) -> Optional[str]:
     if "error" in outcome:
         return tensor_problem(outcome, torch.zeros(0))
     module = outcome.get("module")
     if module is None:
         return "MyConnector(...) is not an nn.Module."
-    if module["layers"] != CONNECTOR_LAYERS:
-        return f"its layers are {module['layers']}; a connector is {CONNECTOR_LAYERS}, in that order."
-    conv, (c_in, c_out) = module["conv"], case["args"]
-    if conv["bias"]:
+    c_in, c_out = case["args"]
+    conv, problem = _the_conv(module, c_in, c_out)
+    if problem:
+        return problem
+    if conv["bias"] is not None:
         return "the convolution has a bias: BatchNorm right after it makes a bias useless (bias=False)."
-    if conv["kernel_size"] != [1, 1] or conv["stride"] != [1, 1] or conv["padding"] != [0, 0]:
-        return f"the convolution is {conv['kernel_size']} with stride {conv['stride']} and padding {conv['padding']}; " \
-               "a connector's is 1x1, stride 1, no padding."
-    if (conv["in"], conv["out"], module["bn"]["features"]) != (c_in, c_out, c_out):
-        return f"maps {conv['in']} -> {conv['out']} channels (BatchNorm over {module['bn']['features']}); " \
-               f"expected {c_in} -> {c_out}."
+    bns = module["bns"]
+    if len(bns) != 1 or bns[0]["type"] != "BatchNorm2d" or bns[0]["features"] != c_out:
+        found = ", ".join(f"{b['type']}({b['features']})" for b in bns) or "none"
+        return f"a connector has one BatchNorm2d({c_out}) after its convolution; found {found}."
     return None
 
 
+def connector_reference(case: dict, module: dict) -> Optional[torch.Tensor]:
+    """relu(batchnorm(conv1x1(x))) in training mode from the student's own convolution (bias included: BatchNorm
+    cancels it), or None when the module has no single right-sized 1x1 convolution."""
+    c_in, c_out = case["args"]
+    conv, _ = _the_conv(module, c_in, c_out)
+    if conv is None:
+        return None
+    eps = module["bns"][0]["eps"] if len(module["bns"]) == 1 else references.BATCHNORM_EPS
+    x = case["input"].double()
+    if conv["bias"] is not None:
+        x_conv = F.conv2d(x, conv["weight"], conv["bias"])
+        return F.relu(F.batch_norm(x_conv, None, None, training=True, eps=eps))
+    return references.connector_output(x, conv["weight"], eps)
+
+
 def _output(case: dict, outcome: dict, _all=None) -> Optional[str]:
-    problem = _layers(case, outcome)
-    if problem:
-        return f"its output cannot be checked: {problem}"
-    module = outcome["module"]
-    want = references.connector_output(case["input"].double(), module["conv"]["weight"], module["bn"]["eps"])
+    if "error" in outcome:
+        return tensor_problem(outcome, torch.zeros(0))
+    module = outcome.get("module")
+    if module is None:
+        return "MyConnector(...) is not an nn.Module."
+    want = connector_reference(case, module)
+    if want is None:
+        return f"its output cannot be checked: {_the_conv(module, *case['args'])[1]}"
     problem = tensor_problem(outcome, want)
+    if problem and outcome.get("tensor") is not None and tuple(outcome["tensor"].shape) == tuple(want.shape):
+        conv = _the_conv(module, *case["args"])[0]
+        for mistake in CONNECTOR_MISTAKES:
+            if tensors_close(outcome["tensor"], mistake.wrong(case["input"].double(), conv["weight"])):
+                return f"in training mode, {mistake.diagnosis}"
     return f"in training mode, {problem}" if problem else None
 
 
@@ -357,11 +413,13 @@ EXERCISE = Exercise(
                  ("ca-1", "ca-2", "ca-3"), _attention_value),
         Question("attention_gradient", 1, "gradients flow through my_channel_attention", ("ca-1", "ca-3"),
                  _attention_grads),
-        Question("connector_layers", 3, "MyConnector is a 1x1 convolution without bias, BatchNorm2d, ReLU",
+        Question("connector_layers", 3, "MyConnector has one 1x1 convolution without bias and one BatchNorm2d",
                  ("cn-1", "cn-2", "cn-3"), _layers),
-        Question("connector_output", 3, "MyConnector's output in training mode, from its own weights",
+        Question("connector_output", 3, "MyConnector's output in training mode (conv -> BatchNorm -> ReLU), from "
+                 "its own weights",
                  ("cn-1", "cn-2", "cn-3"), _output),
     ),
     hidden_cases=hidden_cases,
-    forbidden_modules=("cdlib.losses", "cdlib.connectors", CLASSROOM),
+    forbidden_modules=("cdlib.losses", "cdlib.connectors", "cdlib_bench.steps", CLASSROOM),
+    extra_checks=(("MyConnector", check_connector),),
 )

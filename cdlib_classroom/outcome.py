@@ -191,12 +191,24 @@ def loss_grads(case: dict, outcome: dict, _all=None) -> Optional[str]:
     return grads_problem(outcome, case["want_grads"])
 
 
-def loss_stable(case: dict, outcome: dict, _all=None) -> Optional[str]:
-    """Right (to 1e-3) and with finite gradients on very large logits."""
+def loss_stable(case: dict, outcome: dict, answers=None) -> Optional[str]:
+    """Right (to 1e-3) and with finite gradients on very large logits.
+
+    A mistake in the formula costs the questions about the formula, not this one: when the answer is wrong
+    on the ordinary hidden cases too (``answers``: every case and outcome), only finiteness is judged here,
+    and the diagnosis names log(softmax) only when the result is not finite."""
+    if "error" in outcome or "value" not in outcome:
+        return output_problem(outcome, need_graph=False) or "returned no number."
+    finite = math.isfinite(outcome["value"]) and all(bool(torch.isfinite(g).all()) for g in outcome.get("grads", []))
+    if not finite:
+        return (f"returned {fmt(outcome['value'])} (or a gradient that is not finite) for large logits: "
+                "log(softmax(x)) underflows to log(0) = -inf there; use F.log_softmax(x, dim=1).")
+    ordinary = [c for c in (answers.cases if answers is not None else ())
+                if c["id"] != case["id"] and isinstance(c.get("want"), float)]
+    if any(value_problem(answers.outcomes.get(c["id"], {"error": "no outcome"}), c["want"]) for c in ordinary):
+        return None  # wrong on ordinary logits too: the formula's questions say so; it is finite here
     problem = value_problem(outcome, case["want"], rtol=1e-3)
     if problem:
-        return problem + " Use F.log_softmax: log(softmax(x)) underflows for large logits."
-    for g in outcome.get("grads", []):
-        if not bool(torch.isfinite(g).all()):
-            return "the gradient is not finite for large logits: use F.log_softmax rather than log(softmax)."
+        return problem + " It is right on ordinary logits, so the computation loses precision on large ones: " \
+                         "compute in float32 or higher, with F.log_softmax rather than log(softmax)."
     return None

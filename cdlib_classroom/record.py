@@ -79,6 +79,8 @@ class Exercise:
     extra_names: Tuple[str, ...] = ()  # other functions or classes graded (a hidden case's "function" names which)
     # How the grader runs the public check on the graded function (default: check(fn, verbose=False)).
     check_submission: Optional[Callable[[Callable], None]] = None
+    # Public checks of the extra names, (name, check): exercise 5 checks MyConnector too.
+    extra_checks: Tuple[Tuple[str, Callable], ...] = ()
 
     @property
     def names(self) -> Tuple[str, ...]:
@@ -94,6 +96,11 @@ class Exercise:
             self.check_submission(fn)
         else:
             self.check(fn, verbose=False)
+
+    def public_checks(self) -> List[Tuple[str, Callable[[Callable], None]]]:
+        """(graded name, its public check, quiet) for every public check the notebook runs."""
+        return [(self.function, self.run_check)] + [(name, lambda fn, c=check: c(fn, verbose=False))
+                                                   for name, check in self.extra_checks]
 
     def with_points(self, points: Mapping[str, float]) -> "Exercise":
         """The same exercise with the points of some questions replaced."""

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the executable book from scratch:
-#   1. set up .venv (ci/setup_env.sh: creates it and installs ".[book,test]" if needed),
+#   1. set up .venv (ci/setup_env.sh: creates it and installs ".[book,test,classroom]" if needed),
 #   2. execute every notebook in _toc.yml with papermill into _build/stage/
 #      (ci/execute_notebooks.py, small CI parameters from ci/notebook_params.json),
 #   3. jupyter-book build _build/stage with warnings as errors (-W -n --keep-going),

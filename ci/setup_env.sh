@@ -5,7 +5,7 @@
 #
 # On a fresh machine with Python 3.10+ it creates a virtual environment in the
 # repository (.venv/, gitignored) and installs the package with its book and test
-# extras (`pip install -e ".[book,test]"`). The install is skipped when the marker
+# extras (`pip install -e ".[book,test,classroom]"`). The install is skipped when the marker
 # .venv/.installed-<hash of pyproject.toml> exists, so re-runs cost nothing; editing
 # pyproject.toml triggers a re-install. Afterwards the venv's bin/ is first on PATH.
 #
@@ -44,13 +44,13 @@ _cd_setup_env() {
     if [[ -f "$marker" && "${CD_FORCE_INSTALL:-0}" != "1" ]]; then
         _cd_log "environment up to date ($VENV)"
     else
-        _cd_log "installing channel-distillation[book,test] into $VENV (first time takes a few minutes)"
+        _cd_log "installing channel-distillation[book,test,classroom] into $VENV (first time takes a few minutes)"
         rm -f "$VENV"/.installed-*
         # This machine's pip config names local wheel folders that may be absent; pip then
         # prints one "Location ... is ignored" warning per package. That noise is dropped.
         local log noise="^WARNING: Location '.*' is ignored: it is neither a file nor a directory"
         log="$(mktemp)"
-        if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$REPO_ROOT[book,test]" >"$log" 2>&1; then
+        if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$REPO_ROOT[book,test,classroom]" >"$log" 2>&1; then
             grep -v -e "$noise" "$log" >&2 || true
             rm -f "$log"
             _cd_log "error: pip install failed (see above)"

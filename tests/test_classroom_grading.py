@@ -172,9 +172,9 @@ def test_grades_seven_kinds_of_cd_submission(tmp_path):
 
     by_name = {g.submission: g for g in grades}
     assert by_name["right"].points == 10 and by_name["wrong_sum"].points == 2
-    feedback = (tmp_path / "feedback" / "wrong_sum.md").read_text(encoding="utf8")
+    feedback = (tmp_path / "feedback" / "exercise1_cd_loss" / "wrong_sum.md").read_text(encoding="utf8")
     assert "2 / 10 points" in feedback and "check_cd_loss found" in feedback
-    assert "undefined_name" in (tmp_path / "feedback" / "crashes.md").read_text(encoding="utf8")
+    assert "undefined_name" in (tmp_path / "feedback" / "exercise1_cd_loss" / "crashes.md").read_text(encoding="utf8")
 
 
 GKD_NO_T2 = '''import torch.nn.functional as F
@@ -299,7 +299,7 @@ def test_scores_common_loss_mistakes():
 
     assert _score_in_process(KD, kd)[0] == {"value_t1": 2, "temperature": 3, "gradient": 3, "stability": 2}
     assert _score_in_process(KD, lambda s, t, T: kd(s, t, T, factor=False))[0] == {
-        "value_t1": 2, "temperature": 0, "gradient": 0, "stability": 0}
+        "value_t1": 2, "temperature": 0, "gradient": 0, "stability": 2}  # a formula mistake costs no stability
 
     def exits(s, t, y, temperature=1.0):
         raise SystemExit(1)
@@ -385,7 +385,7 @@ def test_unreadable_and_empty_notebooks_score_zero_without_running(tmp_path):
     grades = {g.submission: g for g in grade("exercise2_gkd_loss", tmp_path, out=tmp_path / "g.csv", timeout=5)}
     assert grades["garbage"].points == 0 and "not a readable notebook" in grades["garbage"].verdicts[0].diagnosis
     assert grades["empty"].points == 0 and "empty" in grades["empty"].verdicts[0].diagnosis
-    assert os.path.isfile(tmp_path / "feedback" / "empty.md")
+    assert os.path.isfile(tmp_path / "feedback" / "exercise2_gkd_loss" / "empty.md")
 
 
 def test_cli_grade_writes_the_csv_and_reports_bad_input(tmp_path, capsys):
@@ -395,9 +395,9 @@ def test_cli_grade_writes_the_csv_and_reports_bad_input(tmp_path, capsys):
     assert main(["grade", "exercise3_edt_schedule", str(tmp_path), "--out", str(tmp_path / "out" / "g.csv")]) == 0
     rows = _rows(tmp_path / "out" / "g.csv")
     assert list(rows["s1"]) == ["answers", "starts_at_6", "decays", "labels_on"]
-    assert (tmp_path / "out" / "feedback" / "s1.md").is_file()
+    assert (tmp_path / "out" / "feedback" / "exercise3_edt_schedule" / "s1.md").is_file()
     assert (tmp_path / "out" / "g_totals.csv").read_text(encoding="utf8").splitlines() == [
-        "submission,points,max_points", "s1,0,10"]
+        "submission,points,max_points,review", "s1,0,10,"]
     assert "1 notebook graded in" in capsys.readouterr().out
     assert main(["grade", "exercise3_edt_schedule", str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.count("\n") == 1  # one sentence, no traceback
@@ -427,9 +427,11 @@ def test_scores_channel_attention_and_connectors():
     full = {"attention_value": 3, "attention_gradient": 1, "connector_layers": 3, "connector_output": 3}
     assert _score_in_process(CONNECTOR, attention, MyConnector=Right) == (full, set())
     points, _ = _score_in_process(CONNECTOR, lambda x: x.mean(dim=(2, 3), keepdim=True), MyConnector=WithBias)
-    assert points == {"attention_value": 0, "attention_gradient": 0, "connector_layers": 0, "connector_output": 0}
+    # a bias costs the layers question only: BatchNorm cancels it, so the output is right
+    assert points == {"attention_value": 0, "attention_gradient": 0, "connector_layers": 0, "connector_output": 3}
     points, _ = _score_in_process(CONNECTOR, lambda x: x.amax(dim=(2, 3)), MyConnector=ReluFirst)
-    assert points == {"attention_value": 0, "attention_gradient": 0, "connector_layers": 0, "connector_output": 0}
+    # the right layers in the wrong order: judged by what the module computes, the output is what is wrong
+    assert points == {"attention_value": 0, "attention_gradient": 0, "connector_layers": 3, "connector_output": 0}
     assert _score_in_process(CONNECTOR, attention, MyConnector=Library)[1] == {"cdlib.connectors.Connector.__init__"}
     assert notebook.static_uses(_cells("from cdlib import connectors", "class MyConnector(connectors.Connector):\n    pass"),
                                 CONNECTOR.names, CONNECTOR.forbidden_modules) == ["cdlib.connectors.Connector"]
@@ -476,6 +478,7 @@ def test_the_public_check_runs_on_the_graded_function_as_the_notebook_calls_it()
         return {"ce": 1.0, "cd": 6.0 * 0.9 ** math.floor((epoch - 1) / epochs * 4), "gkd": 0.1}
 
     SCHEDULE.run_check(my_weights)  # wrapped as lambda epoch: my_weights(epoch, 30), checked for 30 epochs
-    assert run_submission.run_public_check(my_weights, SCHEDULE.name) == {"status": "passed", "message": ""}
-    failed = run_submission.run_public_check(lambda s, t: losses.cd_loss(s, t) * 2, CD.name)
+    assert run_submission.run_public_check({"my_weights": my_weights}, SCHEDULE.name) == {"status": "passed",
+                                                                                           "message": ""}
+    failed = run_submission.run_public_check({"my_cd_loss": lambda s, t: losses.cd_loss(s, t) * 2}, CD.name)
     assert failed["status"] == "failed" and "check_cd_loss found" in failed["message"]

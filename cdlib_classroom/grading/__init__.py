@@ -16,6 +16,7 @@ classroom's) gets 0 too. Running notebooks needs IPython, a dependency of cdlib.
 from .grader import (
     CSV_COLUMNS,
     GradingError,
+    GradingStopped,
     SubmissionGrade,
     grade,
     grade_submission,
@@ -25,6 +26,7 @@ from .grader import (
 __all__ = [
     "CSV_COLUMNS",
     "GradingError",
+    "GradingStopped",
     "SubmissionGrade",
     "grade",
     "grade_submission",

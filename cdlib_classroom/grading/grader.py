@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import random
+import re
 import shutil
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,11 +19,15 @@ from typing import List, Optional, Sequence
 from cdlib.errors import CDLibError, ConfigError, DataError
 
 from ..exercises import exercise
+from ..outcome import close, tensors_close
 from ..record import Exercise, Verdict
-from . import notebook
+from . import notebook, poison
 from .sandbox import RunResult, run_in_sandbox
 
 CSV_COLUMNS = ("submission", "question", "points", "max_points", "diagnosis")
+TOTALS_COLUMNS = ("submission", "points", "max_points", "review")
+DEFAULT_MAX_MEMORY_GB = 4.0  # per submission, all its processes together; a normal one needs about 0.5 GB
+DEFAULT_MAX_OUTPUT_MB = 20.0  # printed by a submission; a normal one prints a few kilobytes
 SUBMISSION_NEEDS = ("IPython", "torch")  # what the child process imports besides cdlib and the classroom
 
 
@@ -35,6 +42,9 @@ class SubmissionGrade:
     public_check: str  # what the notebook's own check says ("" if it did not run)
     notes: List[str]  # how the run went, for the feedback file
     seconds: float
+    review: List[str] = ()  # why an instructor should read this notebook ("" none): see notebook.review_flags
+    file: str = ""  # the submitted file, relative to the submissions folder
+    written: List[str] = ()  # the markdown cells the student added or changed (written answers)
 
     @property
     def points(self) -> float:
@@ -79,7 +89,7 @@ def case_inputs(case: dict) -> dict:
     return {k: case[k] for k in ("id", "function", "kind", "args", "kwargs", "grad", "input") if k in case}
 
 
-def _write_job(job: Path, task: Exercise, cells, cases) -> None:
+def _write_job(job: Path, task: Exercise, cells, cases, factor: float) -> None:
     import torch
 
     spec = {
@@ -87,13 +97,25 @@ def _write_job(job: Path, task: Exercise, cells, cases) -> None:
         "function": task.function,
         "cells": [{"index": c.index, "source": c.source} for c in cells],
         "forbidden_modules": list(task.forbidden_modules),
+        "factor": factor,
     }
     (job / "job.json").write_text(json.dumps(spec), encoding="utf8")
     torch.save([case_inputs(c) for c in cases], job / "cases.pt")
 
 
-def _stopped_diagnosis(task: Exercise, run: RunResult, status: Optional[dict], timeout: float) -> str:
+def _stopped_diagnosis(task: Exercise, run: RunResult, status: Optional[dict], timeout: float,
+                       limits: tuple = (None, None)) -> str:
     fn = task.function
+    if run.limit == "memory":
+        return (f"used more than {limits[0] / 2**30:.3g} GB of memory (killed while {run.stage}): the exercise needs "
+                "well under 1 GB; look for very large tensors or lists that keep growing.")
+    if run.limit == "output":
+        return (f"printed more than {limits[1] / 2**20:.3g} MB (killed while {run.stage}): a print in a loop "
+                "that never ends? Only the end of the output is shown below.")
+    if run.limit == "stopped":
+        return "not graded: grading was stopped (Ctrl-C) while this notebook ran; grade it again."
+    if run.returncode == -25:  # SIGXFSZ: a file grew past the backstop limit
+        return f"wrote a file larger than the grader allows (killed while {run.stage})."
     if run.timed_out and run.stage == "starting Python":
         return ("the grader could not start Python with torch and cdlib in time (an overloaded machine?), "
                 "so this notebook was not graded: grade it again.")
@@ -111,11 +133,38 @@ def _stopped_diagnosis(task: Exercise, run: RunResult, status: Optional[dict], t
     return f"the notebook could not be graded ({status})."
 
 
-def _cheat_diagnosis(fn: str, static: Sequence[str], seen: Sequence[str]) -> str:
+def _cheat_diagnosis(fn: str, static: Sequence[str], seen: Sequence[str], carried: Sequence[str] = ()) -> str:
     names = sorted(set(static) | set(seen))
-    how = " and ".join(x for x, found in (("in its source", static), ("when it ran", seen)) if found)
-    return (f"{fn} calls cdlib's own implementation ({', '.join(names)}; found {how}): the exercise is to "
+    how = [x for x, found in (("in its source", static), ("when it ran", seen)) if found]
+    if carried:
+        how.append(f"its answers carry the mark the grader puts on cdlib's own results ({', '.join(carried[:3])})")
+    what = f" ({', '.join(names)})" if names else ""
+    return (f"{fn} uses cdlib's own implementation{what}; found {' and '.join(how)}: the exercise is to "
             "write it yourself, so it scores 0.")
+
+
+def marked_cases(cases: Sequence[dict], outcomes: Sequence[dict], factor: float) -> List[str]:
+    """Ids of the hidden cases whose returned value is the right answer times ``factor``: computed by cdlib's
+    implementation inside the submission's process, where it is marked (see :mod:`.poison`). Judged here, in
+    the grader's process, from the returned values."""
+    by_id = {o.get("id"): o for o in outcomes}
+    found = []
+    for case in cases:
+        out, want = by_id.get(case["id"], {}), case.get("want")
+        if isinstance(want, float) and isinstance(out.get("value"), float):
+            hit = poison.marked(out["value"], want, factor, lambda a, b: close(a, b, rtol=1e-4, atol=1e-9))
+        elif hasattr(want, "shape") and out.get("tensor") is not None:
+            hit = poison.marked(out["tensor"], want, factor, tensors_close)
+        elif case.get("kind") == "module" and out.get("module") and out.get("tensor") is not None:
+            from ..connector import connector_reference
+
+            ref = connector_reference(case, out["module"])
+            hit = ref is not None and poison.marked(out["tensor"], ref, factor, tensors_close)
+        else:
+            hit = False
+        if hit:
+            found.append(case["id"])
+    return found
 
 
 def _load_json(path: Path) -> Optional[dict]:
@@ -137,14 +186,23 @@ def _read_results(job: Path) -> tuple:
 
 
 def grade_submission(task: Exercise, path: Path, timeout: float = 60.0,
-                     cases: Optional[List[dict]] = None) -> SubmissionGrade:
-    """Grade one notebook: run it in its own process and folder, then judge its function."""
+                     cases: Optional[List[dict]] = None, name: Optional[str] = None,
+                     max_memory: Optional[int] = int(DEFAULT_MAX_MEMORY_GB * 2**30),
+                     max_output: Optional[int] = int(DEFAULT_MAX_OUTPUT_MB * 2**20),
+                     stop: Optional[threading.Event] = None, handed_out: Sequence[str] = ()) -> SubmissionGrade:
+    """Grade one notebook: run it in its own process and folder, then judge its function in this process."""
     start = time.perf_counter()
-    name, fn = Path(path).stem, task.function
+    name, fn = name or Path(path).stem, task.function
     cases = task.hidden_cases() if cases is None else cases
+    review: List[str] = []
+    try:
+        written = notebook.written_answers(Path(path), handed_out)
+    except notebook.UnreadableNotebook:
+        written = []
 
     def done(verdicts, public="", notes=()):
-        return SubmissionGrade(name, verdicts, public, list(notes), time.perf_counter() - start)
+        return SubmissionGrade(name, verdicts, public, list(notes), time.perf_counter() - start, review,
+                               str(path), written)
 
     try:
         cells = notebook.read_code_cells(Path(path))
@@ -156,14 +214,16 @@ def grade_submission(task: Exercise, path: Path, timeout: float = 60.0,
         blank = "the notebook is empty" if not any(c.source.strip() for c in cells) else f"no cell defines {names}"
         return done(task.zero(f"{blank}: write {task.signature} in the notebook."))
     static = notebook.static_uses(selected, task.names, task.forbidden_modules)
+    review.extend(notebook.review_flags(selected))
+    factor = 1.0 + random.uniform(0.01, 0.03)  # this submission's secret mark on cdlib's answers (see .poison)
 
     root = Path(tempfile.mkdtemp(prefix=f"cdlib-grade-{name}-"))
     try:
         job, work = root / "job", root / "work"
         job.mkdir()
         work.mkdir()
-        _write_job(job, task, selected, cases)
-        run = run_in_sandbox(job, work, timeout)
+        _write_job(job, task, selected, cases, factor)
+        run = run_in_sandbox(job, work, timeout, max_memory=max_memory, max_output=max_output, stop=stop)
         status = _load_json(job / "status.json")
         notes = [f"cells run: {', '.join(str(c.index + 1) for c in selected)} (counting every cell from 1); "
                  f"the notebook ran for {run.seconds:.1f} s"]
@@ -171,7 +231,8 @@ def grade_submission(task: Exercise, path: Path, timeout: float = 60.0,
         if not outcomes_file.is_file():
             if run.log_tail:
                 notes.append("the notebook's last output:\n" + run.log_tail)
-            return done(task.zero(_stopped_diagnosis(task, run, status, timeout)), notes=notes)
+            return done(task.zero(_stopped_diagnosis(task, run, status, timeout, (max_memory, max_output))),
+                        notes=notes)
         try:
             saved, public = _read_results(job)
         except Exception as exc:  # noqa: BLE001 - whatever the student's process left there
@@ -181,9 +242,10 @@ def grade_submission(task: Exercise, path: Path, timeout: float = 60.0,
         shutil.rmtree(root, ignore_errors=True)
     if run.timed_out:
         notes.append(f"the public check did not finish within the {timeout:g} s limit.")
-    if static or saved["forbidden_calls"]:
-        return done(task.zero(_cheat_diagnosis(fn, static, saved["forbidden_calls"])), notes=notes)
     outcomes = saved["outcomes"]
+    carried = marked_cases(cases, outcomes, factor)
+    if static or saved["forbidden_calls"] or carried:
+        return done(task.zero(_cheat_diagnosis(fn, static, saved["forbidden_calls"], carried)), notes=notes)
     if outcomes and all(o.get("not_implemented") for o in outcomes):
         what = " and ".join(task.names) + (" are" if task.extra_names else " is")
         return done(task.zero(f"{what} not implemented yet (raises NotImplementedError)."), notes=notes)
@@ -206,32 +268,133 @@ def _with_hint(verdicts: List[Verdict], public: str) -> List[Verdict]:
 # ---------------------------------------------------------------------------- a folder
 
 
+class GradingStopped(CDLibError):
+    """Grading was stopped (Ctrl-C, SIGTERM); ``grades`` holds the notebooks graded before, already written."""
+
+    def __init__(self, message: str, grades: List["SubmissionGrade"]):
+        super().__init__(message)
+        self.grades = grades
+
+
+def find_submissions(folder: Path, id_regex: Optional[str] = None) -> List[tuple]:
+    """(student id, path) of every ``.ipynb`` under ``folder`` (sub-folders included, hidden ones and
+    ``.ipynb_checkpoints`` left out), sorted by id. The id is the file stem, or with ``id_regex`` the
+    regex's group ``id`` (else its first group) searched in the path relative to ``folder``: an LMS's bulk
+    download names files ``smithjane_12345_67890_exercise2.ipynb`` (Canvas) or ``submission_123/x.ipynb``
+    (Gradescope)."""
+    folder = Path(folder)
+    if folder.is_file():
+        raise DataError(f"{folder} is a file; cdlib grade takes a FOLDER of submitted notebooks (one .ipynb per "
+                        "student): put the notebooks in a folder and pass that folder.")
+    if not folder.is_dir():
+        raise DataError(f"the submissions folder {folder} does not exist; pass the folder holding the .ipynb files.")
+    paths = sorted(p for p in folder.rglob("*.ipynb")
+                   if not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    if not paths:
+        raise DataError(f"{folder} holds no .ipynb file; put one notebook per student there (file name = student id).")
+    pattern = None
+    if id_regex:
+        try:
+            pattern = re.compile(id_regex)
+        except re.error as exc:
+            raise ConfigError(f"--id-regex {id_regex!r} is not a regular expression ({exc}).") from None
+    found, unmatched = [], []
+    for path in paths:
+        rel = path.relative_to(folder).as_posix()
+        if pattern is None:
+            found.append((path.stem, path))
+            continue
+        m = pattern.search(rel)
+        if not m or not (m.groupdict().get("id") or (m.groups() and m.group(1))):
+            unmatched.append(rel)
+            continue
+        found.append((m.groupdict().get("id") or m.group(1), path))
+    if unmatched:
+        raise DataError(f"--id-regex {id_regex!r} finds no student id in {len(unmatched)} file(s): "
+                        f"{', '.join(unmatched[:5])}; fix the regex (its group 'id' is the student id).")
+    ids = [i for i, _ in found]
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:
+        raise DataError(f"{len(twice)} student id(s) name more than one notebook: {', '.join(twice[:5])}; keep one "
+                        "notebook per student (or pass --id-regex to read the ids from the file names).")
+    return sorted(found)
+
+
+def handed_out_markdown(name: str, instructor_notebook: Optional[Path] = None) -> List[str]:
+    """The markdown cells of the notebook handed out (instructor and student copies), to tell the
+    student's written answers from the task's text."""
+    out: List[str] = []
+    base = Path(__file__).resolve().parents[2]
+    for path in (instructor_notebook or default_instructor_notebook(name),
+                 base / "exercises" / "student" / f"{name}.ipynb"):
+        if path is not None and Path(path).is_file():
+            out += notebook.markdown_cells(Path(path))
+    return out
+
+
 def grade(assignment: str, submissions: Path, out: Path = Path("grades.csv"), timeout: float = 60.0,
           feedback_dir: Optional[Path] = None, instructor_notebook: Optional[Path] = None,
-          jobs: int = 1) -> List[SubmissionGrade]:
-    """Grade every ``*.ipynb`` in ``submissions`` (file stem = student id) for ``assignment``.
+          jobs: int = 1, id_regex: Optional[str] = None, max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
+          max_output_mb: float = DEFAULT_MAX_OUTPUT_MB) -> List[SubmissionGrade]:
+    """Grade every ``*.ipynb`` in ``submissions`` (file stem = student id, or see ``id_regex``) for
+    ``assignment``.
 
     Writes ``out`` (one row per submission and question), ``<out>_totals.csv`` (one row per
-    submission) and one markdown feedback file per submission into ``feedback_dir``
-    (default: ``feedback/`` beside ``out``).
+    submission, with the reasons to review it), one markdown feedback file per submission into
+    ``<feedback_dir>/<assignment>/`` (default: ``feedback/<assignment>/`` beside ``out``) and the
+    students' written answers into ``written/<assignment>.md`` beside ``out``. On Ctrl-C the running
+    notebooks are killed, what was graded is written, and :class:`GradingStopped` is raised.
     """
     require_submission_packages()
     task = graded_exercise(assignment, instructor_notebook)
-    folder = Path(submissions)
-    if not folder.is_dir():
-        raise DataError(f"the submissions folder {folder} does not exist; pass the folder holding the .ipynb files.")
-    paths = sorted(p for p in folder.glob("*.ipynb") if not p.name.startswith("."))
-    if not paths:
-        raise DataError(f"{folder} holds no .ipynb file; put one notebook per student there (file name = student id).")
-    if not timeout > 0 or jobs < 1:
-        raise ConfigError(f"--timeout must be > 0 seconds and --jobs >= 1 (got {timeout!r} and {jobs!r}).")
+    if not timeout > 0 or jobs < 1 or not max_memory_gb > 0 or not max_output_mb > 0:
+        raise ConfigError(f"--timeout, --max-memory-gb and --max-output-mb must be > 0 and --jobs >= 1 (got "
+                          f"{timeout!r}, {max_memory_gb!r}, {max_output_mb!r} and {jobs!r}).")
+    found = find_submissions(Path(submissions), id_regex)
     cases = task.hidden_cases()
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        grades = list(pool.map(lambda p: grade_submission(task, p, timeout, cases), paths))
+    handed_out = handed_out_markdown(assignment, instructor_notebook)
+    stop = threading.Event()
+    limits = dict(max_memory=int(max_memory_gb * 2**30), max_output=int(max_output_mb * 2**20))
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    futures = [pool.submit(grade_submission, task, path, timeout, cases, sid, stop=stop, handed_out=handed_out,
+                           **limits) for sid, path in found]
+    interrupted = False
+    try:
+        for future in futures:
+            while not future.done():
+                time.sleep(0.1)  # wakes for Ctrl-C, which a blocking wait would not
+    except KeyboardInterrupt:
+        interrupted = True
+        stop.set()
+        for future in futures:
+            future.cancel()
+    finally:
+        pool.shutdown(wait=True)
+    grades = [f.result() for f in futures if f.done() and not f.cancelled() and f.exception() is None]
+    if interrupted:
+        grades = [g for g in grades if not any("grading was stopped" in v.diagnosis for v in g.verdicts)]
     out = Path(out)
     write_csv(grades, out)
-    write_feedback(task, grades, Path(feedback_dir) if feedback_dir else out.parent / "feedback")
+    write_feedback(task, grades, feedback_folder(out, feedback_dir, task.name))
+    write_written_answers(task, grades, written_path(out, task.name))
+    errors = [f.exception() for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
+    if errors:
+        raise errors[0]
+    if interrupted:
+        raise GradingStopped(f"stopped by Ctrl-C: {len(grades)} of {len(found)} notebooks were graded and written to "
+                             f"{out}; the running ones were killed. Run the same command again to grade them all.",
+                             grades)
     return grades
+
+
+def feedback_folder(out: Path, feedback_dir: Optional[Path], assignment: str) -> Path:
+    """``<feedback_dir or feedback/ beside out>/<assignment>/``: one folder per assignment, so grading one
+    assignment never overwrites another's feedback."""
+    return (Path(feedback_dir) if feedback_dir else Path(out).parent / "feedback") / assignment
+
+
+def written_path(out: Path, assignment: str) -> Path:
+    return Path(out).parent / "written" / f"{assignment}.md"
 
 
 def totals_path(out: Path) -> Path:
@@ -250,9 +413,9 @@ def write_csv(grades: Sequence[SubmissionGrade], out: Path) -> None:
                 writer.writerow([g.submission, v.question, f"{v.points:g}", f"{v.max_points:g}", v.diagnosis])
     with open(totals_path(out), "w", newline="", encoding="utf8") as f:
         writer = csv.writer(f)
-        writer.writerow(("submission", "points", "max_points"))
+        writer.writerow(TOTALS_COLUMNS)
         for g in grades:
-            writer.writerow([g.submission, f"{g.points:g}", f"{g.max_points:g}"])
+            writer.writerow([g.submission, f"{g.points:g}", f"{g.max_points:g}", "; ".join(g.review)])
 
 
 def write_feedback(task: Exercise, grades: Sequence[SubmissionGrade], folder: Path) -> None:
@@ -266,7 +429,21 @@ def write_feedback(task: Exercise, grades: Sequence[SubmissionGrade], folder: Pa
             cell = v.diagnosis.replace("|", "\\|").replace("\n", " ")
             lines.append(f"| {v.question} | {what[v.question]} | {v.points:g} / {v.max_points:g} | {cell} |")
         if g.public_check:
-            lines += ["", "## The notebook's own check", "", "```", g.public_check, "```"]
+            title = "The notebook's own checks" if len(task.public_checks()) > 1 else "The notebook's own check"
+            lines += ["", f"## {title}", "", "```", g.public_check, "```"]
         if g.notes:
             lines += ["", "## How the run went", ""] + [f"```\n{n}\n```" if "\n" in n else f"- {n}" for n in g.notes]
         (folder / f"{g.submission}.md").write_text("\n".join(lines) + "\n", encoding="utf8")
+
+
+def write_written_answers(task: Exercise, grades: Sequence[SubmissionGrade], path: Path) -> None:
+    """One markdown file with every student's written answers (the markdown cells they added or changed),
+    for grading by hand."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {task.name}: written answers", "",
+             "The markdown cells each student added or changed (the handed-out text left out), for grading by "
+             "hand.", ""]
+    for g in grades:
+        lines += [f"## {g.submission}", "", f"*{g.file}*", ""]
+        lines += ["\n\n---\n\n".join(g.written) if g.written else "(no written answer)", ""]
+    path.write_text("\n".join(lines), encoding="utf8")

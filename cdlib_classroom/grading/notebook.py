@@ -66,6 +66,32 @@ def read_code_cells(path: Path) -> List[Cell]:
     return out
 
 
+def _cells_of(path: Path) -> list:
+    try:
+        nb = json.loads(Path(path).read_text(encoding="utf8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, OSError) as exc:
+        raise UnreadableNotebook(f"not a readable notebook ({type(exc).__name__}: {exc})") from None
+    cells = nb.get("cells") if isinstance(nb, dict) else None
+    return [c for c in cells if isinstance(c, dict)] if isinstance(cells, list) else []
+
+
+def markdown_cells(path: Path) -> List[str]:
+    """The sources of a notebook's markdown cells, stripped."""
+    out = []
+    for cell in _cells_of(path):
+        if cell.get("cell_type") == "markdown":
+            source = cell.get("source", "")
+            out.append(("".join(source) if isinstance(source, list) else str(source)).strip())
+    return out
+
+
+def written_answers(path: Path, handed_out: Sequence[str]) -> List[str]:
+    """The markdown cells of a submission that are not in the handed-out notebook: the student's written
+    answers (a new cell, or a handed-out cell the student wrote into)."""
+    given = {" ".join(text.split()) for text in handed_out}
+    return [text for text in markdown_cells(path) if text and " ".join(text.split()) not in given]
+
+
 def notebook_points(path: Path) -> Optional[Dict[str, float]]:
     """The points per question in an instructor notebook's metadata, or None if it gives none."""
     try:
@@ -252,3 +278,49 @@ def _outermost(paths: set) -> set:
     """Drop ``a.b`` when ``a.b.c`` is also there (an attribute chain is seen once per prefix)."""
     return {p for p in paths if not any(q != p and q.startswith(p + ".") for q in paths)}
 
+
+
+# ---------------------------------------------------------------------------- flags for review
+
+# Names that reach around the grader: running text as code, reading code objects or source, another thread,
+# the profile hook, the garbage collector's list of objects, the interpreter's module table, other processes.
+# Legitimate answers to these exercises need none of them; a notebook that uses one is graded as usual and
+# FLAGGED, so that the instructor reads it.
+REVIEW_NAMES = {
+    "exec": "runs text as code", "eval": "runs text as code", "compile": "compiles text as code",
+    "__import__": "imports by name at run time", "importlib": "imports by name at run time",
+    "getsource": "reads source code", "inspect": "reads code and frames", "linecache": "reads source code",
+    "gc": "walks the interpreter's objects", "setprofile": "changes the profile hook",
+    "settrace": "changes the trace hook", "threading": "starts threads", "_thread": "starts threads",
+    "ctypes": "calls C directly", "__code__": "reads or swaps code objects", "__globals__": "reads module globals",
+    "__closure__": "reads closures", "f_back": "reads the caller's frame", "f_globals": "reads frames",
+    "f_locals": "reads frames", "modules": "reads the module table (sys.modules)", "marshal": "loads code objects",
+    "multiprocessing": "starts processes", "subprocess": "starts processes", "system": "starts processes",
+    "__file__": "reads a module's file",
+}
+
+
+def review_flags(cells: Sequence[Cell]) -> List[str]:
+    """What in the run cells an instructor should look at (``"cell 5, line 3: exec (runs text as code)"``),
+    in order; [] when nothing. Read from the source, in the grader's process."""
+    flags: List[str] = []
+    for cell in cells:
+        tree = _parse(cell.source)
+        if tree is None:
+            continue
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Name):
+                names = [node.id]
+            elif isinstance(node, ast.Attribute):
+                names = [node.attr]
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name.split(".")[0] for a in node.names] + ([(node.module or "").split(".")[0]]
+                                                                     if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                if name in REVIEW_NAMES:
+                    flag = f"cell {cell.index + 1}, line {getattr(node, 'lineno', '?')}: {name} " \
+                           f"({REVIEW_NAMES[name]})"
+                    if flag not in flags:
+                        flags.append(flag)
+    return flags

@@ -9,14 +9,14 @@ values, gradients, errors — to ``JOB_DIR/outcomes.pt``. It judges nothing: the
 grader compares the outcomes with its own reference computations in its own
 process, where the student's code cannot reach them.
 
-While the student's function runs, a profile hook records every call into
-cdlib's implementation of the exercise or into the classroom (any code object
-from the forbidden modules' files, however it was reached: an alias,
-``getattr``, a copied function object, cdlib's loss table). What it cannot
-see: code copied as text, code run in another process or in a C extension, and
-a hook the student removes with ``sys.setprofile(None)`` inside the function.
-The classroom's own frames (this module calling the student's function) are
-never recorded: only a call from outside the forbidden files into them is.
+Two things watch for cdlib's own implementation while the student's function runs. Before any cell
+runs, every function of the formula modules is MARKED (:mod:`.poison`): it returns its numbers times a
+secret factor, so an answer that used it — by any route, from any thread — carries the factor, which the
+grader finds by comparing the values in its own process. And a profile hook records the calls into the
+forbidden modules (an alias, ``getattr``, a copied function object, cdlib's loss table), as does the
+marking itself; that record is kept in this process, so it is evidence, not proof — the values are.
+The classroom's own frames (this module calling the student's function) are never recorded: only a call
+from outside the forbidden files into them is.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from ..outcome import describe_result, error_text
+from .poison import Marks
 from .sandbox import READY
 
 PRELOAD = ("torch", "matplotlib.pyplot", "cdlib", "cdlib_classroom.checks", "cdlib.data", "cdlib.models",
@@ -180,20 +181,24 @@ def _leaves(value):
 
 
 def describe_module(module) -> dict:
-    """The layers of an nn.Module (leaf modules in order) and its first convolution's settings."""
+    """An nn.Module as data: its leaf modules' names (for the feedback), every convolution and BatchNorm with
+    their settings and weights (the output is judged from the student's own weights, the layers by what they
+    do: a ReLU may be a module or F.relu in forward)."""
     from torch import nn
 
     leaves = [m for m in module.modules() if not list(m.children())]
-    out = {"layers": [type(m).__name__ for m in leaves]}
-    conv = next((m for m in leaves if isinstance(m, nn.Conv2d)), None)
-    if conv is not None:
-        out["conv"] = {"weight": conv.weight.detach().double().clone(), "bias": conv.bias is not None,
-                       "kernel_size": list(conv.kernel_size), "stride": list(conv.stride),
-                       "padding": [int(p) for p in conv.padding] if isinstance(conv.padding, tuple) else [-1],
-                       "in": conv.in_channels, "out": conv.out_channels}
-    bn = next((m for m in leaves if isinstance(m, nn.BatchNorm2d)), None)
-    if bn is not None:
-        out["bn"] = {"eps": float(bn.eps), "affine": bool(bn.affine), "features": bn.num_features}
+    out = {"layers": [type(m).__name__ for m in leaves], "convs": [], "bns": []}
+    for conv in (m for m in module.modules() if isinstance(m, nn.Conv2d)):
+        padding = conv.padding if isinstance(conv.padding, str) else [int(p) for p in conv.padding]
+        out["convs"].append({
+            "weight": conv.weight.detach().double().clone(),
+            "bias": None if conv.bias is None else conv.bias.detach().double().clone(),
+            "kernel_size": list(conv.kernel_size), "stride": list(conv.stride), "padding": padding,
+            "dilation": list(conv.dilation), "groups": int(conv.groups), "in": conv.in_channels,
+            "out": conv.out_channels})
+    for bn in (m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+        out["bns"].append({"type": type(bn).__name__, "eps": float(bn.eps), "affine": bool(bn.affine),
+                           "features": bn.num_features})
     return out
 
 
@@ -246,20 +251,28 @@ def call_case(fn, case, watch: CallWatch) -> dict:
     return out
 
 
-def run_public_check(fn, exercise_name: str) -> dict:
-    """The exercise's public check on the graded function, for the feedback: "passed" or its message."""
+def run_public_check(namespace: dict, exercise_name: str) -> dict:
+    """The exercise's public checks (exercise 5 has two) on the graded functions, for the feedback:
+    "passed" or their messages."""
     from ..checking import CheckFailed
     from ..exercises import exercise
 
-    if not callable(fn):
-        return {"status": "error", "message": "not run: the graded function is not defined"}
-    try:
-        exercise(exercise_name).run_check(fn)
-    except CheckFailed as exc:
-        return {"status": "failed", "message": str(exc)}
-    except Exception as exc:  # noqa: BLE001
-        return {"status": "error", "message": error_text(exc)}
-    return {"status": "passed", "message": ""}
+    messages, status = [], "passed"
+    for name, check in exercise(exercise_name).public_checks():
+        fn = namespace.get(name)
+        if not callable(fn):
+            messages.append(f"{name}: not checked, the notebook does not define it")
+            status = "error"
+            continue
+        try:
+            check(fn)
+        except CheckFailed as exc:
+            messages.append(str(exc))
+            status = "failed" if status == "passed" else status
+        except Exception as exc:  # noqa: BLE001
+            messages.append(f"{name}: {error_text(exc)}")
+            status = "error"
+    return {"status": status, "message": "\n".join(messages)}
 
 
 def main(job_dir: str) -> int:
@@ -270,6 +283,8 @@ def main(job_dir: str) -> int:
     cases = torch.load(job / "cases.pt", weights_only=True)
     preload()
     watch = CallWatch(spec["forbidden_modules"])  # files known before any student code runs
+    marks = Marks(spec["factor"])  # before any student code runs, see .poison
+    (job / "job.json").unlink()  # the factor is the grader's secret: no cell needs to read it
     shell = _shell()
     _stage(job, READY)
     status = run_cells(shell, spec["cells"], job)
@@ -284,11 +299,15 @@ def main(job_dir: str) -> int:
             outcomes.append({"id": case["id"], "error": f"{name} is not defined by the notebook (found {type(fn).__name__})"})
             continue
         _stage(job, f"calling {name} on hidden case {case['id']}")
-        outcomes.append(call_case(fn, case, watch))
-    fn = shell.user_ns.get(spec["function"])
-    _save({"outcomes": outcomes, "forbidden_calls": sorted(watch.seen)}, job / "outcomes.pt")
+        marks.grading = True
+        try:
+            outcomes.append(call_case(fn, case, watch))
+        finally:
+            marks.grading = False
+    _save({"outcomes": outcomes, "forbidden_calls": sorted(watch.seen | marks.entered)}, job / "outcomes.pt")
+    marks.remove()  # the public check compares with cdlib's real answers
     _stage(job, "running the public check")
-    public = run_public_check(fn, spec["exercise"])
+    public = run_public_check(shell.user_ns, spec["exercise"])
     (job / "public.json").write_text(json.dumps(public), encoding="utf8")
     (job / "status.json").write_text(json.dumps(status), encoding="utf8")
     return 0
