@@ -59,6 +59,7 @@ HELP = {
     "data_on_device": "keep in-memory data sets on the device and augment there",
     "run_dir": "experiment folder: the teacher trains in <run-dir>/teacher, each method in <run-dir>/<method>",
     "resume": "continue from the run folder's checkpoint",
+    "overwrite": "start afresh in a run folder that holds a finished model or an earlier run's files, replacing them",
     "progress": "show a progress bar",
     "max_steps_per_epoch": "cap the steps of each epoch (smoke tests)",
 }
@@ -89,9 +90,13 @@ def _weights(items: List[str]) -> Dict[str, float]:
     weights = {}
     for term, value in _key_values(items, "--weights").items():
         try:
+            # float(True) is 1.0 and float([1]) a TypeError: only a number (or text that reads as one) is a weight.
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise TypeError
             weights[term] = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"--weights {term}={value!r}: a weight must be a number, e.g. {term}=0.5.") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"--weights {term}={value!r}: a weight must be a number, "
+                              f"e.g. {term}=0.5.") from None
     return weights
 
 
@@ -149,13 +154,21 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     from . import train
     from .distributed import is_main_process
 
+    cfg = _config_from_args(args)
+    if cfg.teacher_checkpoint is not None and not Path(cfg.teacher_checkpoint).is_file():
+        # Checked before the first method trains: a method without a teacher (student) would train first,
+        # then the first one that needs the teacher would fail, and the comparison table would be lost.
+        kind = "is a folder, not a file" if Path(cfg.teacher_checkpoint).is_dir() else "does not exist"
+        raise ConfigError(f"teacher checkpoint {cfg.teacher_checkpoint} {kind}; pass the teacher's model.pt (e.g. "
+                          f"{Path(cfg.run_dir) / 'teacher' / 'model.pt'}), or leave --teacher-checkpoint out to train "
+                          "one first.")
     if args.seeds is not None:
         from . import seeds
 
         # The table, per_seed.csv and summary.csv are the report; seeds.run prints the table.
-        seeds.run(_config_from_args(args), seeds.parse_seeds(args.seeds), baseline=args.baseline)
+        seeds.run(cfg, seeds.parse_seeds(args.seeds), baseline=args.baseline)
         return 0
-    results = train.run(_config_from_args(args))
+    results = train.run(cfg)
     if is_main_process():
         for method, result in results.items():
             print(f"{method}: test top-1 {result.final['top1']:.2f}%, top-5 {result.final['top5']:.2f}%; "
@@ -172,10 +185,15 @@ def _run_config_of(checkpoint_path: Path) -> tuple:
     beside = checkpoint_path.parent / CONFIG_FILE
     if beside.is_file():
         try:
-            return json.loads(beside.read_text()), beside
+            saved = json.loads(beside.read_text())
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{beside} (the settings of the run that wrote {checkpoint_path}) cannot be read ({exc}); "
                               "pass --recipe and the run's data options instead.") from None
+        if not isinstance(saved, dict):
+            raise ConfigError(f"{beside} holds a {type(saved).__name__}, not the settings of the run that wrote "
+                              f"{checkpoint_path} (a JSON object of them); pass --recipe and the run's data options "
+                              "instead, or restore the file.")
+        return saved, beside
     saved = checkpoint.safe_load(checkpoint_path, "checkpoint") if checkpoint_path.is_file() else {}
     if saved.get("format") == checkpoint.TRAINING_FORMAT and isinstance(saved.get("config"), dict):
         return saved["config"], checkpoint_path
@@ -204,9 +222,25 @@ def _evaluation_config(args: argparse.Namespace) -> tuple:
                           "the run's data options instead.") from None
 
 
+def _check_file_to_evaluate(path: Path) -> None:
+    """Before anything else (without --recipe the defaults would look for CIFAR-100 first): the argument
+    must be a file; a run folder names the file inside it to pass."""
+    from .runfolder import CHECKPOINT_FILE, MODEL_FILE
+
+    if path.is_dir():
+        inside = [path / name for name in (MODEL_FILE, CHECKPOINT_FILE) if (path / name).is_file()]
+        raise ConfigError(f"{path} is a folder; pass the model file " + (
+            f"inside it: cdlib evaluate {inside[0]}." if inside else
+            f"(a {MODEL_FILE} or {CHECKPOINT_FILE} written by cdlib), e.g. cdlib evaluate runs/demo/kd/{MODEL_FILE}."))
+    if not path.exists():
+        raise ConfigError(f"checkpoint {path} does not exist; check the path (cdlib evaluate takes a {MODEL_FILE} or "
+                          f"{CHECKPOINT_FILE} written by cdlib).")
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .parts import evaluate_model_file
 
+    _check_file_to_evaluate(Path(args.checkpoint))
     cfg, source = _evaluation_config(args)
     metrics, _ = evaluate_model_file(args.checkpoint, cfg, args.model, channels_last=cfg.channels_last)
     report = {"checkpoint": args.checkpoint, "data": cfg.data, "data_options": cfg.data_options,
@@ -218,9 +252,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_estimate(args: argparse.Namespace) -> int:
     from . import estimate
 
+    if args.steps is not None and not args.measure:
+        raise ConfigError(f"--steps {args.steps} sets how many training steps --measure times; add --measure.")
+    if args.steps is not None and args.steps < 1:
+        raise ConfigError(f"--steps must be at least 1 (steps timed per teacher and method), got {args.steps}.")
     cfg = _config_from_args(args)
-    for gpu in [g.strip() for g in args.gpu.split(",") if g.strip()] or ["T4"]:
-        print(estimate.format_estimate(estimate.recipe_time(cfg, gpu), args.recipe))
+    gpus = [g.strip() for g in args.gpu.split(",") if g.strip()] or ["T4"]
+    estimates = [estimate.recipe_time(cfg, gpu) for gpu in gpus]
+    for e in estimates:
+        print(estimate.format_estimate(e, args.recipe))
+    if args.measure:
+        print(estimate.measured_report(cfg, args.recipe, args.steps, estimates))
     return 0
 
 
@@ -263,9 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model name, if the file does not say")
     _add_recipe_options(p)
     p.set_defaults(func=_cmd_evaluate, recipe=None)  # without --recipe, the run's own settings (_evaluation_config)
-    p = sub.add_parser("estimate", help="projected GPU wall time of a recipe's teacher and students (from counted FLOPs)")
+    p = sub.add_parser("estimate", help="projected wall time of a recipe's teacher and students: from counted FLOPs "
+                                        "on a GPU, and with --measure from steps timed here")
     _add_recipe_options(p)
     p.add_argument("--gpu", default="T4", help="T4, L4, A100 or H100; several with commas, e.g. T4,H100 (default: T4)")
+    p.add_argument("--measure", action="store_true",
+                   help="also time real training steps on this machine's --device (CPU or GPU) and project from them")
+    p.add_argument("--steps", type=int, default=None,
+                   help="with --measure: training steps timed per teacher and method (default: 10 on a GPU, 3 on a CPU)")
     p.set_defaults(func=_cmd_estimate)
     # Commands of other packages (`cdlib grade`: cdlib_classroom), registered as entry points in group cdlib.commands.
     for command in entry_points(group="cdlib.commands"):
@@ -300,6 +347,8 @@ def _positionals_first(argv: List[str]) -> List[str]:
 def main(argv: Optional[List[str]] = None) -> int:
     from . import interrupt
 
+    if argv is None:  # the command itself: a SIGTERM outside training is a one-line stop too, not a silent kill
+        interrupt.raise_on_stop_signals()
     parser = build_parser()
     args = parser.parse_args(_positionals_first(list(sys.argv[1:] if argv is None else argv)))
     try:
@@ -319,7 +368,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         if argv is None:  # the command itself: a further Ctrl-C while Python exits would print a traceback
             for signum in interrupt.STOP_SIGNALS:
                 signal.signal(signum, signal.SIG_IGN)
-        print(f"cdlib: stopped by {name}; rerun the same command with --resume to continue.", file=sys.stderr)
+        # Only training saves a state to continue from; evaluate, estimate and list have nothing to resume.
+        advice = ("rerun the same command with --resume to continue" if args.command in ("train", "distill")
+                  else "nothing was saved or changed; rerun the same command to start it again")
+        print(f"cdlib: stopped by {name}; {advice}.", file=sys.stderr)
         return interrupt.exit_status()
     finally:
         import torch.distributed as dist

@@ -43,6 +43,9 @@ class Distiller(nn.Module):
         gkd_nan_on_all_wrong: bool = False,
     ) -> None:
         super().__init__()
+        terms = terms if isinstance(terms, str) or not isinstance(terms, Iterable) else tuple(terms)
+        self._check_arguments(student, teacher, terms, kd_temperature=kd_temperature,
+                              gkd_temperature=gkd_temperature)
         known = term_table.loss_terms()
         unknown = [t for t in terms if t not in known]
         if unknown:
@@ -69,6 +72,22 @@ class Distiller(nn.Module):
         self.teacher_bn_train = teacher_bn_train
         self.keep_zero_weight_terms = keep_zero_weight_terms
         self.gkd_nan_on_all_wrong = gkd_nan_on_all_wrong
+
+    @staticmethod
+    def _check_arguments(student, teacher, terms, **temperatures) -> None:
+        """Types and values a Distiller is made of, checked here rather than at its first step."""
+        for name, model in (("student", student), ("teacher", teacher)):
+            if not isinstance(model, nn.Module) and not (name == "teacher" and model is None):
+                raise ConfigError(f"the {name} must be a model (an nn.Module, e.g. cdlib.models.create(...)), "
+                                  f"got {type(model).__name__}.")
+        if not isinstance(terms, tuple) or not all(isinstance(t, str) for t in terms):
+            raise ConfigError(f"terms must be a list of loss term names such as ('ce', 'kd'), got {terms!r}.")
+        for name, value in temperatures.items():
+            try:
+                losses._check_temperature(value)
+            except ConfigError:
+                raise ConfigError(f"{name} must be a positive, finite number, got {value!r}; e.g. 4 "
+                                  "(KD) or 1 (GKD).") from None
 
     @staticmethod
     def _check_pair(student: nn.Module, teacher: nn.Module) -> None:
@@ -120,7 +139,13 @@ class Distiller(nn.Module):
         is not 0 (all of them with ``keep_zero_weight_terms``). ``weights=None``: every term at 1."""
         if weights is None:
             return {t: 1.0 for t in self.terms}
-        w = {t: float(weights.get(t, 0.0)) for t in self.terms}
+        if not isinstance(weights, Mapping):
+            raise ConfigError(f"weights must be a dict of loss term -> weight, e.g. {{'ce': 1.0}}, "
+                              f"got {type(weights).__name__}.")
+        try:
+            w = {t: float(weights.get(t, 0.0)) for t in self.terms}
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"each loss weight must be a number, got {dict(weights)!r}.") from None
         return w if self.keep_zero_weight_terms else {t: v for t, v in w.items() if v != 0.0}
 
     def forward(

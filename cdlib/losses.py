@@ -9,6 +9,7 @@ by gradient checks) stay float64. The result lives on the inputs' device.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
 import torch
@@ -35,23 +36,118 @@ __all__ = [
 ]
 
 
+# --------------------------------------------------------------------------- input checks
+# Every loss checks its inputs first, so a wrong type, shape or dtype is one ConfigError sentence instead
+# of a torch traceback, and an empty batch is refused instead of becoming a NaN steps later. The checks
+# read shapes, dtypes and devices only: no value, so they never make a GPU step wait.
+
+_EMPTY_BATCH = "the batch is empty (0 samples); pass at least one sample (check the data loader)."
+
+
+def _check_tensor(value, what: str, floating: bool = True) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise ConfigError(f"{what} must be a torch tensor, got {type(value).__name__}; "
+                          "convert it with torch.as_tensor(...).")
+    if floating and not value.is_floating_point():
+        raise ConfigError(f"{what} must be a floating-point tensor (activations or logits), got {value.dtype}; "
+                          "convert it with .float().")
+
+
+def _check_map(feature_map, what: str) -> None:
+    """A (N, C, H, W) floating feature map with at least one pixel."""
+    _check_tensor(feature_map, what)
+    if feature_map.dim() != 4:
+        raise ConfigError(f"{what} expects a 4-D (N, C, H, W) feature map, got shape {tuple(feature_map.shape)}.")
+    if feature_map.shape[2] * feature_map.shape[3] == 0:
+        raise ConfigError(f"{what}: a feature map of 0x0 pixels has no mean, got shape {tuple(feature_map.shape)}; "
+                          "pass maps with at least one pixel (is the input image too small for the model?).")
+
+
+def _check_stages(student_feats, teacher_feats, who: str, four_d: bool = True) -> None:
+    """Two equally long, non-empty lists of stage maps on one device, for a batch of at least one."""
+    for name, feats in (("student", student_feats), ("teacher", teacher_feats)):
+        if isinstance(feats, (torch.Tensor, str)) or not isinstance(feats, Sequence):
+            raise ConfigError(f"{who} takes a list of feature maps, one per stage, for the {name}, got "
+                              f"{type(feats).__name__}; wrap a single map as [feature_map].")
+    if len(student_feats) != len(teacher_feats):
+        raise ConfigError(
+            f"{who}: student has {len(student_feats)} feature stages but teacher has {len(teacher_feats)}; "
+            "pass one feature map per stage for both."
+        )
+    if len(student_feats) == 0:
+        raise ConfigError(f"{who} needs at least one feature stage, got empty lists.")
+    for stage, (s, t) in enumerate(zip(student_feats, teacher_feats), start=1):
+        for name, f in (("student", s), ("teacher", t)):
+            what = f"{who}: stage {stage} of the {name}"
+            if four_d:
+                _check_map(f, what)
+            else:
+                _check_tensor(f, what)
+            if f.dim() == 0 or f.shape[0] == 0:
+                raise ConfigError(_EMPTY_BATCH)
+        if s.device != t.device:
+            raise ConfigError(f"{who}: stage {stage} of the student is on {s.device} but the teacher's is on "
+                              f"{t.device}; move both to the same device.")
+
+
+def _check_temperature(temperature) -> None:
+    value = float(temperature) if isinstance(temperature, torch.Tensor) and temperature.numel() == 1 else temperature
+    fits = isinstance(value, numbers.Real) and not isinstance(value, bool) and abs(value) < math.inf
+    try:
+        fits = fits and float(value) > 0
+    except OverflowError:  # an int too large for a float: 10**400
+        fits = False
+    if not fits:
+        shown = repr(temperature) if len(repr(temperature)) <= 40 else repr(temperature)[:16] + "..."
+        raise ConfigError(f"temperature must be a positive, finite number, got {shown}; e.g. 4 (a common choice "
+                          "for KD, cdlib's default) or 1 (GKD in the authors' code).")
+
+
+def _check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
+    _check_tensor(student_logits, "student logits")
+    _check_tensor(teacher_logits, "teacher logits")
+    if student_logits.shape != teacher_logits.shape or student_logits.dim() != 2:
+        raise ConfigError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
+            "must both be (batch, classes) with the same number of classes."
+        )
+    if student_logits.shape[0] == 0:
+        # The batch mean of nothing is NaN: a silent NaN loss would only surface steps later.
+        raise ConfigError(_EMPTY_BATCH)
+    if student_logits.device != teacher_logits.device:
+        raise ConfigError(f"student logits are on {student_logits.device} but teacher logits on "
+                          f"{teacher_logits.device}; move both to the same device.")
+
+
+def _check_kl_inputs(student_logits, teacher_logits, temperature) -> None:
+    _check_logits(student_logits, teacher_logits)
+    _check_temperature(temperature)
+
+
+def _check_labels(logits: torch.Tensor, targets) -> None:
+    """``targets`` is a (batch,) integer tensor beside (batch, classes) ``logits``."""
+    _check_tensor(targets, "targets", floating=False)
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise ConfigError(f"targets must be integer class indices (torch.long), got {targets.dtype}; "
+                          "convert them with .long().")
+    if targets.shape != logits.shape[:1]:
+        raise ConfigError(
+            f"targets must be a (batch,) tensor of class indices, got shape {tuple(targets.shape)} "
+            f"for {logits.shape[0]} logits."
+        )
+    if targets.device != logits.device:
+        raise ConfigError(f"targets are on {targets.device} but the logits on {logits.device}; "
+                          "move both to the same device.")
+
+
 def channel_attention(feature_map: torch.Tensor) -> torch.Tensor:
     """Channel-wise attention of a (N, C, H, W) map: the spatial mean, (N, C)."""
-    if feature_map.dim() != 4:
-        raise ConfigError(
-            f"channel_attention expects a 4-D (N, C, H, W) feature map, got shape {tuple(feature_map.shape)}."
-        )
+    _check_map(feature_map, "channel_attention")
     return _acc(feature_map).mean(dim=(2, 3))
 
 
 def _check_stage_lists(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]) -> None:
-    if len(student_feats) != len(teacher_feats):
-        raise ConfigError(
-            f"student has {len(student_feats)} feature stages but teacher has {len(teacher_feats)}; "
-            "pass one feature map per stage for both."
-        )
-    if len(student_feats) == 0:
-        raise ConfigError("cd_loss needs at least one feature stage, got empty lists.")
+    _check_stages(student_feats, teacher_feats, "cd_loss")
     for stage, (s, t) in enumerate(zip(student_feats, teacher_feats), start=1):
         if s.shape[:2] != t.shape[:2]:
             raise ConfigError(
@@ -74,20 +170,12 @@ def cd_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch
     return total
 
 
-def _check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
-    if student_logits.shape != teacher_logits.shape or student_logits.dim() != 2:
-        raise ConfigError(
-            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
-            "must both be (batch, classes) with the same number of classes."
-        )
-    if student_logits.shape[0] == 0:
-        # The batch mean of nothing is NaN: a silent NaN loss would only surface steps later.
-        raise ConfigError("the batch is empty (0 samples); pass at least one sample (check the data loader).")
-
-
-def _check_targets(targets: torch.Tensor, num_classes: int) -> None:
-    """Labels must index a class. Checked on the CPU only: on a GPU the check would make every
-    training step wait for the device (cross-entropy there fails on such labels by itself)."""
+def _check_targets(logits: torch.Tensor, targets: torch.Tensor) -> None:
+    """(batch,) integer labels that index a class. Their values are checked on the CPU only: on a GPU
+    the check would make every training step wait for the device (cross-entropy there fails on such
+    labels by itself)."""
+    _check_labels(logits, targets)
+    num_classes = logits.shape[1]
     if targets.device.type != "cpu" or targets.numel() == 0:
         return
     low, high = int(targets.min()), int(targets.max())
@@ -100,13 +188,17 @@ def _check_targets(targets: torch.Tensor, num_classes: int) -> None:
 
 def ce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy with the labels, batch mean, in at least float32."""
+    _check_tensor(logits, "logits")
+    if logits.dim() != 2 or logits.shape[0] == 0:
+        raise ConfigError(_EMPTY_BATCH if logits.dim() == 2 else
+                          f"logits must be (batch, classes), got shape {tuple(logits.shape)}.")
+    _check_targets(logits, targets)
     return F.cross_entropy(_acc(logits), targets)
 
 
 def per_sample_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(softmax(t/T) || softmax(s/T)) for each sample, in float32."""
-    if not (temperature > 0 and math.isfinite(temperature)):
-        raise ConfigError(f"temperature must be a positive, finite number, got {temperature}; e.g. 4 (a common choice for KD, cdlib's default) or 1 (GKD in the authors' code).")
+    _check_kl_inputs(student_logits, teacher_logits, temperature)
     log_p_student = F.log_softmax(_acc(student_logits) / temperature, dim=1)
     log_p_teacher = F.log_softmax(_acc(teacher_logits) / temperature, dim=1)
     return (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1)
@@ -114,12 +206,12 @@ def per_sample_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
     """Hinton knowledge distillation: T^2 * KL(teacher || student), batch mean."""
-    _check_logits(student_logits, teacher_logits)
     return per_sample_kl(student_logits, teacher_logits, temperature).mean() * temperature**2
 
 
 def teacher_correct_mask(teacher_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Boolean (N,) mask of the samples whose teacher argmax equals the label."""
+    _check_labels(teacher_logits, targets)
     return teacher_logits.argmax(dim=1) == targets
 
 
@@ -139,12 +231,7 @@ def gkd_loss(
     ``nan_on_all_wrong=True`` reproduces that NaN (for demonstration).
     """
     _check_logits(student_logits, teacher_logits)
-    if targets.shape != student_logits.shape[:1]:
-        raise ConfigError(
-            f"targets must be a (batch,) tensor of class indices, got shape {tuple(targets.shape)} "
-            f"for {student_logits.shape[0]} logits."
-        )
-    _check_targets(targets, student_logits.shape[1])
+    _check_targets(student_logits, targets)  # (N,) class indices
     kept = teacher_correct_mask(teacher_logits, targets)
     per_sample = per_sample_kl(student_logits, teacher_logits, temperature)
     # Multiplying by the mask (instead of indexing) keeps the graph shape fixed,
@@ -167,8 +254,14 @@ def at_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch
     normalised spatial attention maps. Spatial sizes must match per stage;
     channel counts may differ (attention averages channels away).
     """
-    if len(student_feats) != len(teacher_feats) or not student_feats:
-        raise ConfigError("at_loss needs the same, non-zero number of stages for student and teacher.")
+    _check_stages(student_feats, teacher_feats, "at_loss")
+    try:
+        fits = not isinstance(p, bool) and isinstance(p, numbers.Real) and 0 < float(p) < math.inf
+    except OverflowError:  # 10**400
+        fits = False
+    if not fits:
+        raise ConfigError(f"at_loss: p must be a positive, finite number (the power of |F|; 2 in the paper), "
+                          f"got {p!r:.40}.")
     total = _acc(student_feats[0]).new_zeros(())
     for stage, (s, t) in enumerate(zip(student_feats, teacher_feats), start=1):
         if s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
@@ -186,8 +279,7 @@ def fitnets_loss(student_hints: Sequence[torch.Tensor], teacher_hints: Sequence[
     The student's features must already pass through a regressor (a connector)
     so shapes match the teacher's. Summed over the given stages.
     """
-    if len(student_hints) != len(teacher_hints) or not student_hints:
-        raise ConfigError("fitnets_loss needs the same, non-zero number of stages for student and teacher.")
+    _check_stages(student_hints, teacher_hints, "fitnets_loss", four_d=False)
     total = _acc(student_hints[0]).new_zeros(())
     for stage, (s, t) in enumerate(zip(student_hints, teacher_hints), start=1):
         if s.shape != t.shape:

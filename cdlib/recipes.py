@@ -23,10 +23,19 @@ from . import terms
 from .errors import ConfigError
 from .registry import Registry
 
-__all__ = ["RunConfig", "RECIPES", "get", "names", "parse_method", "scale_milestones", "REFERENCE_SWITCHES"]
+__all__ = ["RunConfig", "RECIPES", "get", "names", "parse_method", "scale_milestones", "REFERENCE_SWITCHES",
+           "MAX_EPOCHS", "MAX_IMAGE_SIZE"]
 
 # The RunConfig switches that reproduce a behaviour of the reference code; reference_compat=True sets them all.
 REFERENCE_SWITCHES = ("teacher_bn_train", "keep_zero_weight_terms", "gkd_nan_on_all_wrong", "report_best_epoch")
+
+# Upper bounds, checked before anything is allocated: past them a value is a typo (an extra zero), and
+# failing at once beats an OverflowError in the LR arithmetic or a many-terabyte allocation later.
+MAX_EPOCHS = 100_000  # the paper trains 200
+MAX_BATCH_SIZE = 65_536  # per process; the largest published ImageNet batches are split over many GPUs
+MAX_WORKERS = 256
+MAX_IMAGE_SIZE = 1024  # pixels a side (CIFAR 32, ImageNet 224); also the largest digits canvas
+MAX_IN_MEMORY_BYTES = 16 * 2**30  # digits / synthetic are built in memory; a larger set is a typo
 
 
 @dataclass
@@ -91,9 +100,13 @@ class RunConfig:
     progress: bool = True
     max_steps_per_epoch: Optional[int] = None  # cap for smoke tests and CI
 
-    def replace(self, **changes) -> "RunConfig":
+    def replace(self, *positional, **changes) -> "RunConfig":
         """A copy with ``changes``, checked by :func:`validate`; ``weights`` names only the weights that change,
-        and so does ``data_options`` while ``data`` stays the same."""
+        and so does ``data_options`` while ``data`` stays the same. ``method`` is stored in its one spelling
+        (lower case, no spaces: ``"KD, cd + gkd"`` -> ``"kd,cd+gkd"``), so one method has one run folder."""
+        if positional:
+            raise ConfigError(f"replace() takes settings as keywords, e.g. cfg.replace(epochs=3), got "
+                              f"{_show(positional[0])}; a dict of settings goes in as cfg.replace(**settings).")
         known = {f.name for f in dataclasses.fields(RunConfig)}
         unknown = sorted(set(changes) - known)
         if unknown:
@@ -118,6 +131,8 @@ class RunConfig:
         if same_data and isinstance(changes.get("data_options"), dict):
             # Like weights: only the named options change (another data set's options would not apply).
             changes["data_options"] = {**self.data_options, **changes["data_options"]}
+        if isinstance(changes.get("method"), str):
+            changes["method"] = _canonical_methods(changes["method"])
         if changes.get("reference_compat") is True:
             # One switch for every reference behaviour; one named False as well is a contradiction validate() reports.
             changes = {**{name: True for name in REFERENCE_SWITCHES}, **changes}
@@ -126,8 +141,14 @@ class RunConfig:
         return new
 
 
+def _canonical_methods(method: str) -> str:
+    """'KD, cd + gkd' -> 'kd,cd+gkd': one spelling per method (its run folder is named after it)."""
+    methods = (m.split("+") for m in method.split(","))
+    return ",".join(s for s in ("+".join(t.strip().lower() for t in m if t.strip()) for m in methods) if s)
+
+
 def parse_method(method: str) -> Tuple[str, ...]:
-    """'cd+gkd+edt' -> ('ce', 'cd', 'gkd', 'edt'); unknown terms raise ConfigError."""
+    """'cd+gkd+edt' -> ('ce', 'cd', 'gkd', 'edt'); unknown terms, and 'edt' without 'cd', raise ConfigError."""
     if not isinstance(method, str):
         raise ConfigError(f"a method is a string such as 'kd' or 'cd+gkd+edt', got {method!r}.")
     names = [t.strip().lower() for t in method.split("+") if t.strip()]
@@ -139,6 +160,13 @@ def parse_method(method: str) -> Tuple[str, ...]:
         raise ConfigError(
             f"unknown method term(s) {unknown or [method]!r} in {method!r}; combine {', '.join(known)} with '+', "
             "e.g. 'kd' or 'cd+gkd+edt' ('student' trains with cross-entropy only)."
+        )
+    if terms.EDT in names and "cd" not in names:
+        # EDT only sets the weights of ce, cd and gkd: without cd it switches cross-entropy (and GKD) off for the
+        # warm-up and nothing trains (loss 0), then changes nothing.
+        raise ConfigError(
+            f"EDT is a schedule of the CD weight (a CD-only warm-up, then a decaying CD weight), not a loss, so "
+            f"{method!r} has nothing for it to schedule; combine it with cd, e.g. 'cd+edt' or 'cd+gkd+edt'."
         )
     if "ce" not in names:
         names.insert(0, "ce")
@@ -238,13 +266,26 @@ def _is_whole(value) -> bool:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    """A real number a float can hold: 10**400 is an int, but float arithmetic on it overflows."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
+def _show(value) -> str:
+    """``repr(value)``, shortened for a one-line message (10**400 would print 401 digits)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:16]}...{text[-8:]} ({len(text)} characters)"
 
 
 _KIND_CHECKS = {
     "int": (_is_whole, "a whole number"),
     "Optional[int]": (lambda v: v is None or _is_whole(v), "a whole number or None"),
-    "float": (_is_number, "a number"),
+    "float": (_is_number, "a number a float can hold"),
     "bool": (lambda v: isinstance(v, bool), "True or False"),
     "str": (lambda v: isinstance(v, str), "a string"),
     "Optional[str]": (lambda v: v is None or isinstance(v, str), "a string or None"),
@@ -261,7 +302,7 @@ def _check_types(cfg: RunConfig) -> None:
         value = getattr(cfg, name)
         check, wanted = _KIND_CHECKS[kind]
         if not check(value):
-            raise ConfigError(f"{name} must be {wanted}, got {value!r} ({type(value).__name__}); "
+            raise ConfigError(f"{name} must be {wanted}, got {_show(value)} ({type(value).__name__}); "
                               f"e.g. {name}={getattr(RunConfig(), name)!r}.")
 
 
@@ -280,11 +321,16 @@ def validate(cfg: RunConfig) -> None:
     methods = [m for m in cfg.method.split(",") if m.strip()]
     if not methods:
         raise ConfigError(f"method {cfg.method!r} names no method; e.g. 'kd' or 'student,kd,cd+gkd+edt'.")
-    for method in methods:
-        parse_method(method)
+    _check_methods(cfg.method, methods)
     for name in ("epochs", "batch_size"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(cfg, name)}.")
+    for name, most in (("epochs", MAX_EPOCHS), ("batch_size", MAX_BATCH_SIZE), ("num_workers", MAX_WORKERS),
+                       ("image_size", MAX_IMAGE_SIZE)):
+        value = getattr(cfg, name)
+        if value is not None and value > most:
+            raise ConfigError(f"{name} must be at most {most}, got {_show(value)}; e.g. {name}="
+                              f"{getattr(RunConfig(), name) or 32}.")
     _check_range(cfg, ("lr", "lr_gamma", "kd_temperature", "gkd_temperature"), positive=True)
     _check_range(cfg, ("momentum", "weight_decay"), positive=False)
     _check_milestones(cfg)
@@ -296,9 +342,101 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"image_size must be a positive number of pixels, got {cfg.image_size}.")
     if cfg.amp not in ("auto", "bf16", "fp16", "off"):
         raise ConfigError(f"amp must be one of auto, bf16, fp16, off; got {cfg.amp!r}.")
+    if not cfg.run_dir.strip():
+        raise ConfigError(f"run_dir must name a folder, got {cfg.run_dir!r} (that would write into the current "
+                          "folder); e.g. run_dir='runs/demo'.")
+    _check_seed_and_device(cfg)
     _check_names(cfg)
+    _check_data_options(cfg)
     _check_weights(cfg.weights)
     _check_reference_switches(cfg)
+
+
+def _check_methods(method: str, methods: list) -> None:
+    """Each method parses, and none comes twice: train.run would train the first, then refuse the
+    second (its folder holds a checkpoint) and the comparison table would be lost."""
+    seen: Dict[frozenset, str] = {}
+    for one in methods:
+        key = frozenset(parse_method(one))
+        if key in seen:
+            raise ConfigError(f"method {method!r} names the same method more than once ({seen[key].strip()!r} and "
+                              f"{one.strip()!r}); list each method once.")
+        seen[key] = one
+
+
+def _check_seed_and_device(cfg: RunConfig) -> None:
+    import torch
+
+    from .resume import check_seed
+
+    check_seed(cfg.seed)
+    # Only the spelling: whether this machine has the device is for the run to find out (a config may be
+    # written on a laptop for a GPU machine).
+    try:
+        kind = "auto" if cfg.device == "auto" else torch.device(cfg.device).type
+    except (RuntimeError, ValueError):
+        kind = None
+    if kind not in ("auto", "cpu", "cuda", "mps"):
+        raise ConfigError(f"unknown device {cfg.device!r}; use auto, cpu, cuda, cuda:N or mps.")
+
+
+# The numeric options of the in-memory data sets: (whole number?, least, most or None). Checked here, before
+# any image is made: digits and synthetic build their sets in memory, and a wrong type or size there fails
+# as a RuntimeError in torch, or asks for terabytes.
+_SEED_RANGE = (True, 0, 2**32 - 1)
+_DATA_OPTION_RANGES = {
+    "digits": {"test_fraction": (False, 0.0, 1.0), "train_per_class": (True, 1, None), "seed": _SEED_RANGE,
+               "canvas": (True, 1, MAX_IMAGE_SIZE), "clutter": (True, 0, 1000), "clutter_size": (True, 1, None),
+               "test_draws": (True, 1, 100)},
+    "synthetic": {"num_classes": (True, 2, 100_000), "train_per_class": (True, 1, 100_000),
+                  "test_per_class": (True, 1, 100_000), "seed": _SEED_RANGE},
+}
+_DIGITS = 1797  # images in scikit-learn's digits
+
+
+def _check_data_options(cfg: RunConfig) -> None:
+    from . import data
+
+    options = cfg.data_options
+    odd = [name for name in options if not isinstance(name, str)]
+    if odd:
+        raise ConfigError(f"data_options option names must be strings such as 'seed', got {_show(odd[0])}.")
+    valid = data.options(cfg.data)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigError(f"data set {cfg.data!r} does not take the option(s) {', '.join(unknown)}; "
+                          f"its options are {', '.join(valid) if valid else 'none'}.")
+    for name, (whole, least, most) in _DATA_OPTION_RANGES.get(cfg.data, {}).items():
+        if name not in options:
+            continue
+        value = options[name]
+        fits = (_is_whole(value) if whole else _is_number(value) and math.isfinite(value))
+        if not fits or value < least or (most is not None and value > most):
+            kind = "a whole number" if whole else "a number"
+            span = f"from {least} to {most}" if most is not None else f"of at least {least}"
+            raise ConfigError(f"data_options {name} must be {kind} {span}, got {_show(value)}; e.g. "
+                              f"--data-options {name}={least if whole else 0.2}.")
+    estimate = _in_memory_bytes(cfg)
+    if estimate > MAX_IN_MEMORY_BYTES:
+        raise ConfigError(
+            f"{cfg.data} with image_size={cfg.image_size} and data_options {cfg.data_options} would build an "
+            f"in-memory data set of about {estimate / 2**30:,.0f} GiB (at most {MAX_IN_MEMORY_BYTES // 2**30} GiB); "
+            "use smaller images (image_size, canvas) or fewer of them."
+        )
+
+
+def _in_memory_bytes(cfg: RunConfig) -> float:
+    """About the peak bytes of building a digits or synthetic set (float images while resizing and
+    cluttering, the uint8 RGB set, a float copy for its statistics): ~20 bytes per pixel of each image."""
+    o, size = cfg.data_options, cfg.image_size or 16
+    if cfg.data == "digits":
+        side = o.get("canvas") or size
+        test = o.get("test_fraction", 0.2) if o.get("train_per_class") is None else 0.9
+        return _DIGITS * (1 + test * (o.get("test_draws", 1) - 1)) * side**2 * 20
+    if cfg.data == "synthetic":
+        images = o.get("num_classes", 10) * (o.get("train_per_class", 100) + o.get("test_per_class", 20))
+        return images * 3 * size**2 * 10
+    return 0.0
 
 
 def _check_reference_switches(cfg: RunConfig) -> None:
@@ -325,7 +463,7 @@ def _check_milestones(cfg: RunConfig) -> None:
     late = [m for m in cfg.lr_milestones if m > cfg.epochs]
     if late:
         raise ConfigError(
-            f"lr_milestones {late} lie after the last of {cfg.epochs} epochs, so the learning rate would never decay "
+            f"lr_milestones {_show(late)} lie after the last of {cfg.epochs} epochs, so the learning rate would never decay "
             f"there; pass milestones up to {cfg.epochs}, or change epochs through recipes.get(name, epochs=...) "
             f"(CLI: --epochs alone), which moves the recipe's milestones with it."
         )
@@ -345,14 +483,18 @@ def _check_weights(weights: Dict[str, float]) -> None:
     unknown_weights = sorted(set(weights) - set(known))
     if unknown_weights:
         raise ConfigError(f"unknown loss weight(s) {unknown_weights}; weights exist for {', '.join(known)}.")
-    bad_weights = {t: w for t, w in weights.items() if not (_is_number(w) and math.isfinite(w) and w >= 0)}
-    if bad_weights:
-        raise ConfigError(f"loss weights must be finite numbers >= 0, got {bad_weights}.")
+    bad = [f"{t}={_show(w)}" for t, w in weights.items() if not (_is_number(w) and math.isfinite(w) and w >= 0)]
+    if bad:
+        raise ConfigError(f"loss weights must be finite numbers >= 0, got {', '.join(bad)}; e.g. cd=6.0.")
 
 
 def scale_milestones(milestones: Tuple[int, ...], from_epochs: int, to_epochs: int) -> Tuple[int, ...]:
     """LR milestones at the same fractions of a run of ``to_epochs`` as of ``from_epochs``:
     (60, 120, 160) of 200 epochs -> (15, 30, 40) of 50. Never earlier than epoch 1."""
+    for name, value in (("from_epochs", from_epochs), ("to_epochs", to_epochs)):
+        if not _is_whole(value) or not 1 <= value <= MAX_EPOCHS:
+            raise ConfigError(f"scale_milestones: {name} must be a whole number from 1 to {MAX_EPOCHS}, "
+                              f"got {_show(value)}.")
     return tuple(max(1, round(m * to_epochs / from_epochs)) for m in milestones)
 
 
@@ -362,7 +504,8 @@ def get(name: str, **overrides) -> RunConfig:
     another ``data`` without ``data_options`` drops the recipe's data options (they are its data set's)."""
     base = RECIPES.get(name)
     epochs = overrides.get("epochs")
-    if _is_whole(epochs) and epochs >= 1 and overrides.get("lr_milestones") is None:
+    # Out of range, validate() says so; scaling first would overflow (10**400 epochs) or divide by 0.
+    if _is_whole(epochs) and 1 <= epochs <= MAX_EPOCHS and overrides.get("lr_milestones") is None:
         overrides["lr_milestones"] = scale_milestones(base.lr_milestones, base.epochs, epochs)
     if overrides.get("data", base.data) != base.data and "data_options" not in overrides:
         overrides["data_options"] = {}

@@ -52,6 +52,9 @@ class Registry(Generic[T]):
         raise ConfigError(self._unknown_message(name, role))
 
     def _unknown_message(self, name, role: Optional[str] = None) -> str:
+        if not isinstance(name, str):
+            return (f"a {role or self.kind} name is a string, got {type(name).__name__} {str(name)[:40]!r}; "
+                    f"known: {', '.join(self.names())}.")
         text = f"unknown {role or self.kind} {name!r}; known: {', '.join(self.names())}"
         close = difflib.get_close_matches(name, self.names(), n=1) if isinstance(name, str) else []
         return text + (f"; did you mean {close[0]!r}?" if close else ".")

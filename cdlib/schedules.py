@@ -22,7 +22,8 @@ Presets:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import numbers
+from dataclasses import MISSING, dataclass, fields
 from typing import Callable, Dict
 
 from .errors import ConfigError
@@ -39,9 +40,39 @@ CD_DECAY = 0.9  # factor applied at each staircase step.
 CIFAR_GKD_WEIGHT = 0.1
 
 
+def _is_finite(value) -> bool:
+    """A real number, not a bool, and finite (10**400 is an int no float holds)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _check_epoch(epoch: float) -> None:
-    if not epoch >= 0:  # also rejects NaN
-        raise ConfigError(f"epoch must be a non-negative number (1-indexed), got {epoch!r}.")
+    if not (_is_finite(epoch) and epoch >= 0):  # also rejects NaN, infinity and strings
+        raise ConfigError(f"epoch must be a number, non-negative and finite (1-indexed), got {epoch!r}.")
+
+
+def _check_fields(schedule) -> None:
+    """The numbers a staircase or smooth schedule is made of: finite and >= 0 (epochs > 0), so a
+    string or a NaN fails where it is given, not as a TypeError or a NaN weight mid-training."""
+    for f in fields(schedule):
+        value = getattr(schedule, f.name)
+        if f.name == "shape":
+            continue
+        if f.name == "milestones":
+            if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or not all(
+                    _is_finite(m) and m >= 0 for m in value):
+                raise ConfigError(f"milestones must be a tuple of epoch numbers, e.g. (60, 160), got {value!r}.")
+            continue
+        positive = f.name == "epochs"  # a run has a positive length; weights and warm-ups may be 0
+        if not (_is_finite(value) and (value > 0 if positive else value >= 0)):
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:16] + "..."
+            example = f.default if f.default is not MISSING else 1
+            raise ConfigError(f"a schedule's {f.name} must be a {'positive' if positive else 'non-negative'}, "
+                              f"finite number, got {shown}; e.g. {f.name}={example}.")
 
 
 @dataclass(frozen=True)
@@ -59,6 +90,9 @@ class staircase:
     decay: float = CD_DECAY
     ce: float = 1.0
     gkd: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
 
     def __call__(self, epoch: float) -> Weights:
         _check_epoch(epoch)
@@ -93,8 +127,7 @@ class smooth:
     def __post_init__(self) -> None:
         if self.shape not in SHAPES:
             raise ConfigError(f"unknown decay shape {self.shape!r}; choose one of {sorted(SHAPES)}.")
-        if self.epochs <= 0:
-            raise ConfigError(f"a schedule needs a positive number of epochs (the run's length), got {self.epochs}.")
+        _check_fields(self)
         if self.shape == "exponential" and (self.cd0 <= 0 or self.cd_final <= 0):
             raise ConfigError("an exponential decay needs positive initial and final CD weights.")
 
@@ -189,13 +222,21 @@ def get(name: str, epochs: int | None = None, **overrides) -> Schedule:
     a cosine decay over 30 epochs from lambda_CD = 6 to 6 * 0.9^2. Keyword
     overrides (``cd0=``, ``gkd=``, ``ce=``...) change the weights.
     """
+    from .recipes import MAX_EPOCHS
+
     factory = SCHEDULES.get(name)
-    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
-        raise ConfigError(f"a schedule's epochs must be a whole number >= 1 (the run's length), got {epochs!r}.")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= MAX_EPOCHS):
+        shown = repr(epochs) if len(repr(epochs)) <= 40 else repr(epochs)[:16] + "..."
+        raise ConfigError(f"a schedule's epochs must be a whole number from 1 to {MAX_EPOCHS} (the run's length), "
+                          f"got {shown}.")
     try:
-        return factory(**overrides) if epochs is None else factory(epochs=epochs, **overrides)
+        schedule = factory(**overrides) if epochs is None else factory(epochs=epochs, **overrides)
     except TypeError as exc:
         raise ConfigError(
             f"schedule {name!r} does not accept {sorted(overrides)} ({exc}); override only its weights, "
             "e.g. cd0=, ce= or gkd=."
         ) from None
+    if not callable(schedule):
+        raise ConfigError(f"the factory registered as schedule {name!r} returned a {type(schedule).__name__}, "
+                          "not a schedule (a function epoch -> weights); make it return one, e.g. a staircase(...).")
+    return schedule

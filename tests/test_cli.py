@@ -172,7 +172,7 @@ def test_bad_configuration_is_one_line(capsys, tmp_path):
         (["train", "--recipe", "demo", "--data-options", "bogus=1", *SMALL, *run], "data set 'digits' does not take the option\\(s\\) bogus"),
         (["train", "--recipe", "demo", "--epochs", "abc"], "argument --epochs: invalid int value: 'abc'"),
         (["train", "--recipe", "demo", "--epochs", "0"], "epochs must be at least 1"),
-        (["train", "--recipe", "demo", "--batch-size", "100000", *SMALL, *run], "batch size 100000 is larger than the"),
+        (["train", "--recipe", "demo", "--batch-size", "5000", *SMALL, *run], "batch size 5000 is larger than the"),
         (["train", "--recipe", "demo", "--data", "cifar100", "--data-root", "/nonexistent", *SMALL, *run], "CIFAR-100 not found"),
         (["train", "--recipe", "imagenet", "--data-root", str(tmp_path / "nothing"), *SMALL, *run], "ImageNet split folder"),
         (["train", "--recipe", "demo", "--amp", "fp16", "--device", "cpu", *run], "fp16 autocast is for GPUs"),
@@ -256,3 +256,24 @@ def test_errors_in_a_real_process_are_one_line_without_traceback(tmp_path, evil_
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("cdlib: error: "), done.stderr
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "estimate", "distill"])
+def test_ctrl_c_advises_resume_only_where_there_is_something_to_resume(command, capsys, monkeypatch, small_model):
+    """Issue 24 item 10: evaluate and estimate save nothing, so `--resume` is no advice for them."""
+    from cdlib import estimate, interrupt, parts
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(parts, "evaluate_model_file", stopped)
+    monkeypatch.setattr(estimate, "recipe_time", stopped)
+    monkeypatch.setattr(train, "run", stopped)
+    monkeypatch.setattr(interrupt, "last_signal", lambda: None)  # an earlier test's SIGTERM must not name this stop
+    monkeypatch.setattr(interrupt, "exit_status", lambda: 130)
+    argv = {"evaluate": ["evaluate", str(small_model)], "estimate": ["estimate", "--recipe", "demo"],
+            "distill": ["distill", "--recipe", "demo", "--method", "student"]}[command]
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("cdlib: stopped by Ctrl-C; "), err
+    assert ("--resume" in err) == (command == "distill"), err

@@ -48,7 +48,7 @@ CASES = {
     # schedules
     "schedules.get name": (ConfigError, "unknown schedule .nope.; known:", lambda: schedules.get("nope")),
     "schedules.get override": (ConfigError, "does not accept", lambda: schedules.get("paper-cifar100", bogus=1)),
-    "schedules.get epochs": (ConfigError, "whole number >= 1", lambda: schedules.get("cosine", epochs=0)),
+    "schedules.get epochs": (ConfigError, "whole number from 1 to", lambda: schedules.get("cosine", epochs=0)),
     "schedule epoch": (ConfigError, "non-negative", lambda: schedules.get("cosine")(-1)),
     "smooth shape": (ConfigError, "decay shape", lambda: schedules.smooth("zigzag", 10)),
     "register name": (ConfigError, "non-empty string", lambda: schedules.register(3, lambda epochs=1: None)),

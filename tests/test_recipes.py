@@ -1,5 +1,6 @@
 """Recipes: a shortened run keeps its learning-rate decay, on the API and on the command line."""
 
+import math
 import shlex
 
 import pytest
@@ -129,3 +130,45 @@ def test_data_options_merge_like_weights_while_the_data_set_stays():
     # Another data set: the recipe's options are its own data set's and do not carry over.
     assert recipes.get("cpu-study", data="synthetic", data_options={"num_classes": 3}).data_options == {"num_classes": 3}
     assert recipes.get("cpu-study", data="synthetic").data_options == {}
+
+
+def test_a_method_has_one_spelling_so_one_run_folder():
+    """Issue 24 item 11: 'KD' and 'kd' trained into two folders; 'cd + gkd' into 'cd _ gkd'."""
+    assert recipes.get("demo", method="KD, cd + gkd").method == "kd,cd+gkd"
+    assert recipes.get("demo", method="Student,CD+GKD+EDT,").method == "student,cd+gkd+edt"
+    # The same method twice, however spelt or ordered, is refused before anything trains.
+    for twice in ("kd,KD", "student,student", "student,baseline", "kd+cd,cd+kd"):
+        with pytest.raises(ConfigError, match="more than once"):
+            recipes.get("demo", method=twice)
+
+
+@pytest.mark.parametrize("method", ["edt", "gkd+edt", "kd+edt", "ce+edt"])
+def test_edt_needs_cd_to_schedule(method):
+    """EDT weights ce, cd and gkd; without cd its warm-up switches cross-entropy off and the loss is 0."""
+    with pytest.raises(ConfigError, match=r"^EDT is a schedule .* e\.g\. 'cd\+edt' or 'cd\+gkd\+edt'\.$"):
+        recipes.get("demo", method=method)
+    assert recipes.parse_method("cd+edt") == ("ce", "cd", "edt")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"epochs": 10**400}, r"^epochs must be at most 100000, got 1000000000000000\.\.\..*\(401 characters\)"),
+    ({"lr": 10**400}, r"^lr must be a number a float can hold"),
+    ({"image_size": 1025}, r"^image_size must be at most 1024"),
+    ({"run_dir": ""}, r"^run_dir must name a folder"),
+    ({"seed": -1}, r"^seed -1 is not a whole number from 0"),
+    ({"device": "cuda:x"}, r"^unknown device 'cuda:x'"),
+    ({"data_options": {"seed": 1.5}}, r"^data_options seed must be a whole number from 0 to 4294967295, got 1\.5"),
+    ({"data_options": {"test_fraction": math.inf}}, r"^data_options test_fraction must be a number from 0\.0 to 1\.0"),
+    ({"data_options": {"canvas": 1000}}, r"^digits with .* about 33 GiB \(at most 16 GiB\)"),
+    ({"data": "synthetic", "data_options": {"num_classes": 10**6}}, r"^data_options num_classes must be a whole number "
+                                                                      r"from 2 to 100000"),
+])
+def test_numbers_are_bounded_before_anything_is_allocated(overrides, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        recipes.get("demo", **overrides)
+    assert "\n" not in str(caught.value)
+
+
+def test_sizes_within_the_bounds_pass():
+    assert recipes.get("demo", data_options={"canvas": 256, "clutter": 3}).data_options["canvas"] == 256
+    assert recipes.get("imagenet", epochs=100_000, image_size=1024, device="cuda:1").epochs == 100_000

@@ -24,6 +24,11 @@ from . import cifar_resnet, imagenet
 
 __all__ = ["create", "names", "stage_channels", "MODELS"]
 
+# Checked before a layer is built: 10**12 classes would ask for a 128 TB classifier. ImageNet-21k has
+# 21,841 classes; images have 1 to a few channels (hyperspectral ones some hundreds).
+MAX_CLASSES = 100_000
+MAX_CHANNELS = 1024
+
 # Model name -> the module that builds it (cifar_resnet or imagenet).
 MODELS: Registry = Registry("model")
 for _family in (cifar_resnet, imagenet):
@@ -39,10 +44,13 @@ def names() -> list:
 def create(name: str, num_classes: int = 100, pretrained: bool = False, in_channels: int = 3) -> nn.Module:
     """Build a model by name. ``pretrained`` applies to the ImageNet ResNets only."""
     MODELS.get(name)
-    for setting, value in (("num_classes", num_classes), ("in_channels", in_channels)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ConfigError(f"{setting} must be a positive whole number, got {value!r}; "
+    for setting, value, most in (("num_classes", num_classes, MAX_CLASSES), ("in_channels", in_channels, MAX_CHANNELS)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= most:
+            shown = repr(value) if len(repr(value)) <= 40 else f"a {len(str(value))}-digit number"
+            raise ConfigError(f"{setting} must be a whole number from 1 to {most}, got {shown}; "
                               "pass the data set's classes and image channels (bundle.num_classes).")
+    if not isinstance(pretrained, bool):
+        raise ConfigError(f"pretrained must be True or False, got {pretrained!r}.")
     if name in cifar_resnet.CIFAR_ARCHITECTURES:
         if pretrained:
             raise ConfigError(f"no pretrained weights ship for {name}; train it with `cdlib train` or pass pretrained=False.")

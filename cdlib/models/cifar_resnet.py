@@ -13,6 +13,8 @@ from typing import List, Sequence, Tuple, Type, Union
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 
 class BasicBlock(nn.Module):
     expansion = 1
@@ -59,6 +61,16 @@ def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride, bias=False), nn.BatchNorm2d(out_planes))
 
 
+def check_images(x, channels: int) -> None:
+    """A model's input is a (N, channels, H, W) floating batch: otherwise one sentence, not a convolution's
+    RuntimeError. Shapes only, so no GPU step waits for it."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels or not x.is_floating_point():
+        got = f"shape {tuple(x.shape)}, {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ConfigError(f"the model takes a (batch, {channels}, height, width) floating-point tensor of "
+                          f"{channels}-channel images, got {got}; build the model with the data set's channels "
+                          "(models.create(..., in_channels=...)) and normalise the images to floats.")
+
+
 class CifarResNet(nn.Module):
     """A four-stage ResNet for small images: stages at strides 1, 2, 4, 8."""
 
@@ -100,6 +112,7 @@ class CifarResNet(nn.Module):
     def forward(
         self, x: torch.Tensor, return_features: bool = False
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, List[torch.Tensor]]]:
+        check_images(x, self.stem[0].in_channels)
         out = self.stem(x)
         features = []
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):

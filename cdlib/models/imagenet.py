@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .cifar_resnet import check_images
 
 # torchvision is imported where it is used: importing it costs seconds, and most
 # runs (CIFAR, digits) never touch an ImageNet model.
@@ -41,6 +42,7 @@ class TorchvisionResNet(nn.Module):
     def forward(
         self, x: torch.Tensor, return_features: bool = False
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, List[torch.Tensor]]]:
+        check_images(x, 3)
         out = self.body(x)
         if return_features:
             return out["logits"], [out[stage] for stage in _STAGES]
