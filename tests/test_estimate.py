@@ -289,3 +289,88 @@ def test_a_run_shows_its_eta_and_a_resumed_run_what_was_saved(tmp_path, capsys):
     assert "run ETA " in first.err  # the bar's postfix, at the epoch's last step (the 20-step log point)
     train.fit(cfg.replace(resume=True))
     assert "resuming at epoch 2 step 3 of 2 epochs: 1.3 epochs were already trained." in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ measured (cdlib estimate --measure)
+
+
+def test_measured_time_is_images_over_measured_speed():
+    cfg = recipes.get("demo", **TINY, batch_size=16, device="cpu")
+    measured = estimate.measured_time(cfg, "student,kd", steps=1, warmup=0, eval_batches=1)
+    m = measured["measurement"]
+    assert m["label"].startswith("measured on CPU") and m["precision"] == "fp32" and m["steps"] == 1
+    assert "DeviceLoader" in m["loader"]
+    test_speed = m["test_images_per_s"]
+    teacher = measured["teacher"]
+    assert teacher["trained"] and teacher["seconds"] == pytest.approx(
+        3 * (TRAIN_IMAGES / m["teacher_row"]["train_images_per_s"] + TEST_IMAGES / test_speed[TINY["teacher"]]))
+    for row in measured["students"]:
+        timed = m["methods"][row["method"]]
+        assert timed["timed_images"] == 16 and timed["losses_finite"]
+        expected = 3 * (TRAIN_IMAGES / timed["train_images_per_s"] + TEST_IMAGES / test_speed[TINY["student"]])
+        if row["method"] == "kd":
+            expected += TEST_IMAGES / test_speed[TINY["teacher"]]
+        assert row["seconds"] == pytest.approx(expected), row["method"]
+    students = sum(r["seconds"] for r in measured["students"])
+    assert measured["total_seconds"] == pytest.approx(teacher["seconds"] + students)
+    text = estimate.format_measured(measured, [estimate.recipe_time(cfg, "T4", "student,kd")])
+    assert "Projected wall time, measured on CPU" in text and "FLOP est. T4" in text
+    assert f"~{estimate.duration(measured['total_seconds'])}" in text
+    # A measurement of other models projects nothing.
+    with pytest.raises(ConfigError, match="cannot project"):
+        estimate.measured_time(cfg.replace(student="cifar_resnet10_w8"), "student,kd", measurement=m)
+
+
+def test_cli_measure_prints_both_and_rejects_bad_input(capsys):
+    tiny = ["--data", "synthetic", "--image-size", "16", "--data-options", "num_classes=10", "train_per_class=20",
+            "test_per_class=5", "--student", "cifar_resnet10_w4", "--teacher", "cifar_resnet10_w8",
+            "--method", "student", "--epochs", "3", "--batch-size", "16", "--device", "cpu"]
+    assert cli.main(["estimate", "--recipe", "demo", *tiny, "--measure", "--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "estimate: counted FLOPs at 15 % of dense peak, not a measurement" in out
+    assert "Projected wall time, measured on CPU" in out and "1 timed training steps per row" in out
+    assert "Chapters" not in out  # the chapters run cifar100-colab, not this recipe
+    for bad, fragment in ((["--measure", "--steps", "0"], "--steps must be at least 1"),
+                          (["--steps", "2"], "add --measure"),
+                          (["--measure", "--device", "tpu9"], "unknown device 'tpu9'")):
+        assert cli.main(["estimate", "--recipe", "demo", *tiny[:-2], *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("cdlib: error: ") and fragment in err and err.count("\n") == 1, err
+
+
+def test_chapter_line_measures_only_when_asked_or_on_a_gpu():
+    flop_line = estimate.chapter_line("demo", "student", paper_recipe="demo", measure=False)
+    if not torch.cuda.is_available():
+        assert estimate.chapter_line("demo", "student", paper_recipe="demo") == flop_line
+    measured = estimate.chapter_line("demo", "student", paper_recipe="demo", measure=True, steps=1)
+    assert "measured on CPU" in measured or "measured on" in measured
+    assert "1 training steps of each timed just now" in measured and "(estimate)." in measured
+    with pytest.raises(ConfigError):
+        estimate.chapter_line("demo", "student", measure="sometimes")
+
+
+def test_chapters_match_their_notebooks():
+    import json
+    import re
+    from pathlib import Path
+
+    notebooks = Path(__file__).resolve().parent.parent / "notebooks"
+    for chapter, (recipe, methods) in estimate.CHAPTERS.items():
+        cells = json.loads((notebooks / f"{chapter}.ipynb").read_text())["cells"]
+        source = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        assert f'RECIPE = "{recipe}"' in source, chapter
+        call = re.search(r'estimate\.chapter_line\("([^"]+)",\s*(.+?)\)\s*\n', source, re.S)
+        assert call and call.group(1) == recipe, chapter
+        scope = {}
+        for name in ("METHODS", "METHOD", "SCHEDULES"):
+            found = re.search(rf"^{name} = (.+?)(\s+#.*)?$", source, re.M)
+            if found:
+                scope[name] = eval(found.group(1), {}, {})  # a literal from the parameters cell
+        listed = eval(call.group(2), {}, scope)
+        listed = listed.split(",") if isinstance(listed, str) else list(listed)
+        assert tuple(listed) == methods, chapter
+
+
+def test_a_gpu_given_as_a_list_is_one_sentence_not_a_type_error():
+    with pytest.raises(ConfigError, match=r"unknown GPU \['T4'\]"):
+        estimate.recipe_time(recipes.get("demo"), ["T4"])
