@@ -29,6 +29,9 @@ from .errors import CDLibError
 __all__ = ["Source", "SourceError", "source_of", "show"]
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+# The longest line a shown block may have: what fits the book's code column at 1280 px
+# (book/_static/book.css) and PEP 8's limit.
+MAX_LINE = 79
 
 
 class SourceError(CDLibError, LookupError):
@@ -54,6 +57,21 @@ class Source:
 
     def __str__(self) -> str:
         return f"{self.header}\n{self.text.rstrip()}\n"
+
+    def long_lines(self, limit: int = MAX_LINE) -> list[str]:
+        """``file:line (N chars)`` of every shown line longer than ``limit`` characters.
+
+        The book's code blocks fit :data:`MAX_LINE` characters without scrolling at a
+        1280 px wide window; tests/test_source.py checks every object the notebooks
+        show against it. The header line counts too (reported as ``header``).
+        """
+        found = []
+        if len(self.header) > limit:
+            found.append(f"header of {self.name} ({len(self.header)} chars)")
+        for offset, line in enumerate(self.text.rstrip().splitlines()):
+            if len(line) > limit:
+                found.append(f"{self.file}:{self.first_line + offset} ({len(line)} chars)")
+        return found
 
     def _repr_markdown_(self) -> str:
         return f"```python\n{self}```\n"

@@ -30,6 +30,14 @@ A full run starts from an empty ``_build/stage`` (no leftovers from earlier buil
 a notebook cannot silently resume from a stale checkpoint); ``--only`` keeps the
 other staged notebooks and refreshes just the one named.
 
+Plumbing is folded in the book but left alone in the repository (which is what Colab
+opens): in each executed copy the setup cell (the first code cell, ``# Setup: installs
+cdlib ...``, see ci/setup_cell.py) and papermill's ``injected-parameters`` cell get the
+myst-nb tag ``hide-cell``, so the page shows a one-line toggle instead of their code
+(see ``fold_plumbing``). The ``parameters`` cell stays visible: it is what a reader
+may change. A markdown title that sits below the setup cell is moved above it, so every
+page opens with its title and prose, not with a toggle.
+
 Wall times go to ``_build/stage/notebook_times.json`` and are printed as a table. On a
 failure the notebook, the failing cell and the exception are printed on one line
 (``FAILED ...``) and the script exits with status 1; by default it stops at the first
@@ -155,6 +163,64 @@ def select(notebooks: list[str], only: str | None) -> list[str]:
     return hits
 
 
+# ----------------------------------------------------------------------------- folding
+SETUP_MARKER = "# Setup: installs cdlib"  # how ci/setup_cell.py's cell starts
+FOLD_TAG = "hide-cell"  # myst-nb: input and output behind one closed toggle
+FOLD_PROMPTS = {  # the toggle's text (myst-nb's cell-level code_prompt_show/-hide)
+    "setup": ("Show the setup cell (installs cdlib on Colab)", "Hide the setup cell"),
+    "injected": (
+        "Show the values this page was built with (they override the parameters above)",
+        "Hide the values this page was built with",
+    ),
+}
+
+
+def _is_setup_cell(cell) -> bool:
+    return cell.get("cell_type") == "code" and "".join(cell.get("source", "")).startswith(SETUP_MARKER)
+
+
+def _fold(cell, kind: str) -> None:
+    tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+    if FOLD_TAG not in tags:
+        tags.append(FOLD_TAG)
+    show, hide = FOLD_PROMPTS[kind]
+    cell["metadata"].setdefault("mystnb", {}).update(code_prompt_show=show, code_prompt_hide=hide)
+
+
+def fold_plumbing(nb: dict) -> dict:
+    """Fold the setup cell and papermill's injected-parameters cell of an executed notebook.
+
+    ``nb`` is the notebook's JSON (a dict, changed in place and returned). The first
+    code cell is folded only if it is the setup cell; the ``parameters`` cell is left
+    visible. If the setup cell comes before the notebook's first markdown cell and that
+    cell opens with a level-1 heading (the page title), the title cell is moved above the
+    setup cell, which changes nothing that runs.
+    """
+    cells = nb.get("cells", [])
+    first_code = next((i for i, c in enumerate(cells) if c.get("cell_type") == "code"), None)
+    if first_code is not None and _is_setup_cell(cells[first_code]):
+        _fold(cells[first_code], "setup")
+        title = next((i for i, c in enumerate(cells) if c.get("cell_type") == "markdown"), None)
+        heading = title is not None and "".join(cells[title].get("source", "")).lstrip().startswith("# ")
+        if heading and title > first_code and all(
+            _is_setup_cell(c) or c.get("cell_type") != "code" for c in cells[first_code:title]
+        ):
+            cells.insert(first_code, cells.pop(title))
+    for cell in cells:
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            _fold(cell, "injected")
+    return nb
+
+
+def fold_plumbing_file(path: Path) -> None:
+    """fold_plumbing on an .ipynb file, rewritten in place (nbformat's JSON layout)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    fold_plumbing(nb)
+    nbformat.write(nb, path)
+
+
 # ----------------------------------------------------------------------------- failures
 def _one_line(text: str, limit: int = 160) -> str:
     text = " ".join(str(text).split())
@@ -278,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             status = "failed"
             failures.append(describe_failure(nb, exc))
             print(failures[-1], flush=True)
+        if dst.is_file():
+            fold_plumbing_file(dst)
         seconds = round(time.perf_counter() - t0, 2)
         times[nb] = {"seconds": seconds, "status": status, "parameters": nb_params}
         TIMES_FILE.write_text(json.dumps(times, indent=2) + "\n", encoding="utf8")

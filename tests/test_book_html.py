@@ -18,7 +18,16 @@ saved to _build/screenshots/<page>.png). Checks:
   raw TeX delimiter is left in the page text, MathJax reports no TeX error and none of
   its files is missing;
 - no page shows a Python warning or traceback, and no table in a cell output shows
-  ``NaN`` for a missing value.
+  ``NaN`` for a missing value;
+- in a 1280x800 window no code block (``pre``: cell inputs, printed outputs, code in
+  prose) scrolls sideways: ``scrollWidth <= clientWidth`` for every visible one, as
+  measured by OVERFLOW_CHECKER (JavaScript the test server adds to the page; a block
+  folded away is not visible and not measured). A planted code cell shows that the
+  check can fail (a 100-character line is reported) and that the column is wide enough
+  (a 79-character line fits; book/_static/book.css);
+- the plumbing is folded: the setup cell (``# Setup: installs cdlib``) and papermill's
+  ``injected-parameters`` cell sit behind a closed toggle (ci/execute_notebooks.py tags
+  them ``hide-cell``) and the page's title and first paragraph come before them.
 
 Skipped, with the reason, when the book is not built or Chromium is missing
 (Debian: ``apt-get install chromium``; or point $CHROMIUM at a binary). The formula
@@ -32,6 +41,7 @@ _build/html.
 from __future__ import annotations
 
 import functools
+import html
 import http.server
 import importlib.util
 import json
@@ -65,6 +75,89 @@ RAW_TEX = re.compile(
     r"\\\(|\\\)|\\\[|\\\]|\$\$|\\begin\{|\\end\{"
     r"|\\(?:frac|sum|mathcal|mathrm|mathbb|operatorname|left|right|lambda|alpha|beta)(?![a-zA-Z])"
 )
+# Run in the page (the test server adds it to a page requested with ?cd-check-overflow)
+# once it has loaded and its fonts are ready. cdCodeOverflow: the code blocks that scroll
+# sideways; cdPlumbing: where the setup, parameters and injected-parameters cells are and
+# whether their code shows. The reports land in the <html> element's data-cd-overflow and
+# data-cd-plumbing attributes, which Chromium's --dump-dom prints. A block that is not
+# rendered (a folded cell) has no client rects.
+OVERFLOW_CHECKER = """
+function cdShown(el) {
+  // Closed <details> hide their content with content-visibility, which keeps layout boxes.
+  if (!el) return false;
+  if (el.checkVisibility) return el.checkVisibility({visibilityProperty: true});
+  return el.getClientRects().length > 0;
+}
+function cdCodeOverflow(root) {
+  const blocks = Array.from(root.querySelectorAll("pre"));
+  const report = {blocks: blocks.length, measured: 0, hidden: 0, overflowing: []};
+  blocks.forEach((pre, index) => {
+    if (!cdShown(pre)) { report.hidden += 1; return; }
+    report.measured += 1;
+    if (pre.scrollWidth <= pre.clientWidth) return;
+    const lines = pre.textContent.split("\\n");
+    const longest = lines.reduce((a, b) => (b.length > a.length ? b : a), "");
+    const kind = pre.closest(".cell_input") ? "cell input"
+      : pre.closest(".cell_output") ? "cell output" : "code block";
+    const where = pre.closest("div.cell[id], section[id]");
+    report.overflowing.push({index: index, kind: kind, id: where ? where.id : "",
+      scrollWidth: pre.scrollWidth, clientWidth: pre.clientWidth,
+      chars: longest.length, line: longest.slice(0, 100)});
+  });
+  return report;
+}
+function cdPlumbing(root) {
+  const shown = cdShown;
+  const before = (a, b) => !!a && !!(a.compareDocumentPosition(b) & Node.DOCUMENT_POSITION_FOLLOWING);
+  const title = root.querySelector("h1");
+  const prose = Array.from(root.querySelectorAll("p")).find((p) => !p.closest(".cell, details"));
+  const describe = (cell) => {
+    const pre = cell.querySelector(".cell_input pre");
+    return {codeShown: shown(pre), toggle: shown(cell.querySelector("details > summary")),
+            afterTitle: before(title, cell), afterProse: before(prose, cell)};
+  };
+  const cells = Array.from(root.querySelectorAll("div.cell"));
+  const setup = cells.filter((c) => {
+    const pre = c.querySelector(".cell_input pre");
+    return pre && pre.textContent.startsWith("# Setup: installs cdlib");
+  });
+  return {setup: setup.map(describe),
+          injected: cells.filter((c) => c.classList.contains("tag_injected-parameters")).map(describe),
+          parameters: cells.filter((c) => c.classList.contains("tag_parameters")).map(describe)};
+}
+window.addEventListener("load", () => {
+  document.fonts.ready.then(() => setTimeout(() => {
+    const root = document.querySelector(".bd-article") || document.body;
+    document.documentElement.setAttribute("data-cd-overflow", JSON.stringify(cdCodeOverflow(root)));
+    document.documentElement.setAttribute("data-cd-plumbing", JSON.stringify(cdPlumbing(root)));
+  }, 200));
+});
+"""
+OVERFLOW_WINDOW = "--window-size=1280,800"
+# A code cell as myst-nb renders one, planted after the page's <h1> (?cd-plant): one
+# 100-character line that must be reported and one of 79 characters that must fit.
+PLANT_LONG, PLANT_FIT = "cd-planted-long", "cd-planted-fit"
+
+
+def _planted_cell(cell_id: str, chars: int) -> str:
+    line = "x = " + repr("y" * (chars - 6))
+    assert len(line) == chars
+    return (
+        f'<div class="cell docutils container" id="{cell_id}"><div class="cell_input docutils container">'
+        '<div class="highlight-ipython3 notranslate"><div class="highlight"><pre><span></span>'
+        f"{html.escape(line)}\n</pre></div></div></div></div>"
+    )
+
+
+def _instrument(page: str, plant: bool) -> str:
+    """The page with OVERFLOW_CHECKER (and with ?cd-plant, the two planted cells) added."""
+    if plant:  # after the article's title (the print-only header has an <h1> too)
+        at = page.index("</h1>", page.index('<article class="bd-article"')) + len("</h1>")
+        page = page[:at] + _planted_cell(PLANT_LONG, 100) + _planted_cell(PLANT_FIT, 79) + page[at:]
+    at = page.rindex("</body>")
+    return page[:at] + f"<script>{OVERFLOW_CHECKER}</script>" + page[at:]
+
+
 # Tables whose subject IS a NaN result (named by one of their header cells): the reference
 # code's GKD on a batch where the teacher is always wrong, and the model after that step.
 DELIBERATE_NAN = {"notebooks/02_gkd_vs_kd": {"NaN gradients", "after one SGD step"}}
@@ -243,6 +336,19 @@ def site():
             if code == 404:
                 MISSING.append(urllib.parse.urlsplit(self.path).path)
             super().send_error(code, *args, **kwargs)
+
+        def do_GET(self):  # noqa: N802 - the http.server name
+            url = urllib.parse.urlsplit(self.path)
+            query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
+            file = HTML / urllib.parse.unquote(url.path).lstrip("/")
+            if "cd-check-overflow" not in query or file.suffix != ".html" or not file.is_file():
+                return super().do_GET()
+            body = _instrument(file.read_text(encoding="utf8"), plant="cd-plant" in query).encode("utf8")
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(HTML)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -489,3 +595,118 @@ def test_output_tables_show_no_nan(dom, entry):
             " | ".join(text for _, text in row) for row in rows if any(k == "td" and t.lower() == "nan" for k, t in row)
         ]
     assert not rows_with_nan, f"{entry}.html: table rows show NaN (write an empty cell or a dash): {rows_with_nan[:5]}"
+
+
+# ----------------------------------------------------------------------------- code width, folded plumbing
+PROBED: dict = {}
+
+
+def _probe(browser, url: str) -> dict:
+    """The page at ``url`` (which carries ?cd-check-overflow) in a 1280x800 window: OVERFLOW_CHECKER's reports."""
+    if url not in PROBED:
+        dumped = browser(url, OVERFLOW_WINDOW, "--dump-dom")
+        reports = {}
+        for name in ("overflow", "plumbing"):
+            m = re.search(rf'\sdata-cd-{name}="([^"]*)"', dumped)
+            assert m, f"{url}: the page probe left no {name} report (did the page run its scripts?)"
+            reports[name] = json.loads(html.unescape(m.group(1)))
+        PROBED[url] = reports
+    return PROBED[url]
+
+
+def code_overflow(browser, url: str) -> dict:
+    """cdCodeOverflow's report: {blocks, measured, hidden, overflowing: [{kind, chars, line, ...}]}."""
+    return _probe(browser, url)["overflow"]
+
+
+def _describe_overflow(report: dict) -> str:
+    return "; ".join(
+        f"{w['kind']} (pre #{w['index']}{' in #' + w['id'] if w['id'] else ''}): a {w['chars']}-character line, "
+        f"{w['scrollWidth']} px in {w['clientWidth']} px: {w['line']!r}"
+        for w in report["overflowing"]
+    )
+
+
+@pytest.mark.parametrize("entry", ALL_PAGES)
+def test_no_code_block_scrolls_sideways(site, browser, entry):
+    """At 1280x800 every visible code block is as wide as its text: scrollWidth <= clientWidth."""
+    report = code_overflow(browser, f"{site}/{entry}.html?cd-check-overflow")
+    wide = report["overflowing"]
+    assert not wide, (
+        f"{entry}.html at 1280x800: {len(wide)} of {report['measured']} visible code blocks scroll sideways "
+        f"(code lines must be <= 79 characters): {_describe_overflow(report)}"
+    )
+
+
+def test_overflow_check_reports_a_planted_long_line(site, browser):
+    """The same checker on a page with two planted code cells: 100 characters scroll, 79 fit."""
+    entry = NOTEBOOK_PAGES[0] if NOTEBOOK_PAGES else ALL_PAGES[0]
+    report = code_overflow(browser, f"{site}/{entry}.html?cd-check-overflow&cd-plant")
+    ids = [w["id"] for w in report["overflowing"]]
+    assert PLANT_LONG in ids, f"the checker missed the planted 100-character line on {entry}.html: {report}"
+    assert PLANT_FIT not in ids, (
+        f"{entry}.html at 1280x800: a 79-character code line does not fit its cell "
+        f"({_describe_overflow(report)}); widen the content column in book/_static/book.css"
+    )
+
+
+def _notebook_params() -> dict:
+    return json.loads((REPO / "ci" / "notebook_params.json").read_text(encoding="utf8"))
+
+
+@pytest.mark.parametrize("entry", ALL_PAGES)
+def test_plumbing_is_folded(site, browser, entry):
+    """The setup cell and papermill's injected parameters sit behind a closed toggle, after the
+    page's title and first paragraph; the parameters cell, what a reader may change, shows."""
+    plumbing = _probe(browser, f"{site}/{entry}.html?cd-check-overflow")["plumbing"]
+    notebook = (REPO / f"{entry}.ipynb").is_file()
+    if notebook:
+        assert len(plumbing["setup"]) == 1, f"{entry}.html: expected one setup cell, found {len(plumbing['setup'])}"
+    if notebook and _notebook_params().get(f"{entry}.ipynb"):
+        assert plumbing["injected"], f"{entry}.html: papermill's injected-parameters cell is missing"
+    for kind in ("setup", "injected"):
+        for i, cell in enumerate(plumbing[kind]):
+            where = f"{entry}.html: the {kind} cell" + (f" #{i}" if i else "")
+            assert not cell["codeShown"], f"{where} shows its code; it must be folded (ci/execute_notebooks.py)"
+            assert cell["toggle"], f"{where} has no toggle to unfold it"
+            assert cell["afterTitle"] and cell["afterProse"], f"{where} comes before the page's title and prose"
+    for cell in plumbing["parameters"]:
+        assert cell["codeShown"], f"{entry}.html: the parameters cell is hidden; a reader must see what to change"
+
+
+@pytest.mark.parametrize("entry", NOTEBOOK_PAGES)
+def test_repository_notebooks_keep_the_setup_cell_unfolded(entry):
+    """Colab opens the repository's notebook: folding is added to the book's executed copy only."""
+    nb = json.loads((REPO / f"{entry}.ipynb").read_text(encoding="utf8"))
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    tags = set(code[0].get("metadata", {}).get("tags", [])) if code else set()
+    assert not tags & {"hide-input", "hide-cell", "remove-input", "remove-cell"}, (
+        f"{entry}.ipynb: the setup cell is tagged {sorted(tags)} in the repository; Colab must show it"
+    )
+
+
+def test_fold_plumbing_tags_the_executed_copy_only():
+    """ci/execute_notebooks.py's fold_plumbing, without a build: the setup and injected-parameters
+    cells get hide-cell, the parameters cell does not, and a title below the setup cell moves up."""
+    spec = importlib.util.spec_from_file_location("execute_notebooks", REPO / "ci" / "execute_notebooks.py")
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+
+    def cell(kind, source, *tags):
+        return {"cell_type": kind, "source": source, "metadata": {"tags": list(tags)} if tags else {}}
+
+    nb = {"cells": [
+        cell("code", "# Setup: installs cdlib where it is missing\nimport os"),
+        cell("markdown", "# Title\n\nProse."),
+        cell("code", "EPOCHS = None", "parameters"),
+        cell("code", "# Parameters\nEPOCHS = 1\n", "injected-parameters"),
+        cell("code", "print(EPOCHS)"),
+    ]}
+    cells = ex.fold_plumbing(nb)["cells"]
+    assert [c["source"][:7] for c in cells] == ["# Title", "# Setup", "EPOCHS ", "# Param", "print(E"]
+    tags = [c["metadata"].get("tags", []) for c in cells]
+    assert tags == [[], ["hide-cell"], ["parameters"], ["injected-parameters", "hide-cell"], []]
+    assert "setup cell" in cells[1]["metadata"]["mystnb"]["code_prompt_show"]
+    # A notebook whose first code cell is not the setup cell keeps it visible and in place.
+    other = {"cells": [cell("code", "import os"), cell("markdown", "# Title")]}
+    assert ex.fold_plumbing(other)["cells"][0]["metadata"] == {}

@@ -96,3 +96,84 @@ def test_show_refuses_private_names_so_the_book_renders_public_api_only():
         source.show(losses.cd_loss, losses._acc)
     with pytest.raises(source.SourceError, match="public names only"):
         source.show("cdlib.losses._acc")
+
+
+# ----------------------------------------------------------------------------- what the book shows fits its column
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def _shown_in_notebooks() -> list[tuple[str, str, object]]:
+    """(notebook, argument as written, object) for every argument of every ``show(...)`` call
+    in a notebook code cell (``source.show`` or a ``show`` imported from cdlib.source).
+
+    The objects are found as the notebook finds them: its import statements are run in a
+    fresh namespace and each argument is evaluated there."""
+    import ast
+
+    import nbformat
+
+    found = []
+    for path in sorted(NOTEBOOKS.rglob("*.ipynb")):
+        if ".ipynb_checkpoints" in path.parts:
+            continue
+        trees = []
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type == "code":
+                try:
+                    trees.append(ast.parse(cell.source))
+                except SyntaxError:  # IPython magics: not ours to show
+                    continue
+        namespace: dict = {}
+        for tree in trees:
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.Import, ast.ImportFrom)) and (
+                    isinstance(node, ast.Import) or (node.module or "").split(".")[0] == "cdlib"
+                ):
+                    exec(compile(ast.Module([node], []), str(path), "exec"), namespace)  # noqa: S102
+        shows_source = namespace.get("show") is source.show
+        for tree in trees:
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.Call):
+                    continue
+                func = node.func
+                is_show = (isinstance(func, ast.Attribute) and func.attr == "show"
+                           and isinstance(func.value, ast.Name) and namespace.get(func.value.id) is source) or (
+                    isinstance(func, ast.Name) and func.id == "show" and shows_source)
+                for arg in node.args if is_show else []:
+                    written = ast.unparse(arg)
+                    found.append((path.relative_to(NOTEBOOKS.parent).as_posix(), written,
+                                  eval(compile(ast.Expression(arg), str(path), "eval"), namespace)))  # noqa: S307
+    return found
+
+
+def test_the_notebooks_show_cdlib_source():
+    """The collector below finds the book's show() calls (else the width check would pass vacuously)."""
+    shown = {written for _, written, _ in _shown_in_notebooks()}
+    assert {"losses.cd_loss", "Distiller.forward", "'cdlib.schedules.PRESETS'"} <= shown, shown
+
+
+def test_every_line_the_book_shows_fits_79_characters():
+    """The book's code column fits 79 characters at 1280 px (book/_static/book.css); a longer
+    line in a function a notebook shows with cdlib.source.show scrolls sideways. Lists every
+    offending file:line with the notebook that shows it."""
+    offenders: dict[str, set] = {}
+    for notebook, _written, obj in _shown_in_notebooks():
+        for where in source.source_of(obj).long_lines():
+            offenders.setdefault(where, set()).add(notebook)
+    lines = sorted(offenders, key=lambda w: (w.split(":")[0], int(w.split(":")[1].split()[0]) if ":" in w else 0))
+    assert not lines, (
+        f"{len(lines)} line(s) the book shows are longer than {source.MAX_LINE} characters; wrap them:\n"
+        + "\n".join(f"  {w}  (shown by {', '.join(sorted(offenders[w]))})" for w in lines)
+    )
+
+
+def test_long_lines_reports_file_and_line(tmp_path, monkeypatch):
+    module = tmp_path / "h22_wide_module.py"
+    module.write_text("def wide():\n    x = 1\n    return '" + "x" * 80 + "'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module("h22_wide_module")
+    src = source.source_of(mod.wide)
+    wide = src.long_lines()  # the header names a long temporary path: it is reported too
+    assert wide == [f"header of h22_wide_module.wide ({len(src.header)} chars)", f"{src.file}:3 (93 chars)"]
+    assert src.long_lines(limit=max(93, len(src.header))) == []
+    sys.modules.pop("h22_wide_module", None)
