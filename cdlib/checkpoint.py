@@ -20,6 +20,8 @@ import os
 import stat
 import tempfile
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
@@ -88,6 +90,16 @@ def _write_failure(path: Path, exc: RuntimeError) -> OSError:
     return OSError(errno.EIO, f"writing failed ({str(exc).splitlines()[0][:120]})", str(path))
 
 
+def _failed_checksum(path: Path) -> Optional[str]:
+    """The first part of torch's zip file whose CRC-32 does not match its bytes (None: all match, or the file is
+    not a zip Python can read, which torch.load then reports)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError):
+        return None
+
+
 def _kind_of_file(path: Path) -> str:
     """'zip' (torch's format), 'pickle' (a raw pickle or torch's legacy format) or 'other', from the first bytes."""
     with open(path, "rb") as f:
@@ -106,11 +118,18 @@ def safe_load(path: str | os.PathLike, what: str = "checkpoint") -> Dict[str, An
         raise CheckpointError(f"{what} {path} does not exist or is not a file; check the path or train one first.")
     try:
         kind = _kind_of_file(path)
+        damaged = _failed_checksum(path) if kind == "zip" else None
+        if damaged:
+            # torch.load does not check the zip's CRC-32s: flipped bits in a tensor would load as wrong weights.
+            raise CheckpointError(f"{what} {path} is corrupt: its part {damaged!r} fails its checksum (damaged on "
+                                  "disk or in a copy); copy it again, or point to another file written by cdlib.")
         with warnings.catch_warnings():
             # torch warns about the pickle protocol of foreign files before refusing them;
             # the refusal below says everything the user needs.
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except PermissionError:
         raise CheckpointError(
             f"cannot read {what} {path}: permission denied ({_owner_and_mode(path)}); the file may well be fine: ask its "

@@ -155,13 +155,6 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     from .distributed import is_main_process
 
     cfg = _config_from_args(args)
-    if cfg.teacher_checkpoint is not None and not Path(cfg.teacher_checkpoint).is_file():
-        # Checked before the first method trains: a method without a teacher (student) would train first,
-        # then the first one that needs the teacher would fail, and the comparison table would be lost.
-        kind = "is a folder, not a file" if Path(cfg.teacher_checkpoint).is_dir() else "does not exist"
-        raise ConfigError(f"teacher checkpoint {cfg.teacher_checkpoint} {kind}; pass the teacher's model.pt (e.g. "
-                          f"{Path(cfg.run_dir) / 'teacher' / 'model.pt'}), or leave --teacher-checkpoint out to train "
-                          "one first.")
     if args.seeds is not None:
         from . import seeds
 
@@ -347,10 +340,10 @@ def _positionals_first(argv: List[str]) -> List[str]:
 def main(argv: Optional[List[str]] = None) -> int:
     from . import interrupt
 
-    if argv is None:  # the command itself: a SIGTERM outside training is a one-line stop too, not a silent kill
-        interrupt.raise_on_stop_signals()
     parser = build_parser()
     args = parser.parse_args(_positionals_first(list(sys.argv[1:] if argv is None else argv)))
+    if argv is None:  # the command itself: a SIGTERM outside training is a one-line stop too, not a silent kill
+        interrupt.raise_on_stop_signals()
     try:
         return args.func(args)
     except CDLibError as exc:

@@ -97,6 +97,8 @@ class RunConfig:
     data_on_device: bool = True
     run_dir: str = "runs/cifar100"
     resume: bool = False
+    # start afresh in a run folder holding a finished model or an earlier run's files, replacing them
+    overwrite: bool = False
     progress: bool = True
     max_steps_per_epoch: Optional[int] = None  # cap for smoke tests and CI
 

@@ -9,6 +9,7 @@ machinery (device, precision, workers, progress bar, folders) may change.
 
 from __future__ import annotations
 
+import json
 import numbers
 import random
 from pathlib import Path
@@ -18,9 +19,10 @@ import torch
 
 from . import checkpoint as ckpt
 from . import terms as term_table
+from .distributed import is_main_process
 from .errors import CheckpointError, ConfigError
 from .recipes import RunConfig, parse_method
-from .runfolder import config_dict
+from .runfolder import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE, config_dict
 
 __all__ = ["seed_everything", "rng_state", "set_rng_state", "result_settings", "check_resumable",
            "checkpoint_to_resume", "position", "training_state", "restore", "run_facts", "check_facts", "check_seed"]
@@ -98,14 +100,65 @@ def check_resumable(saved_config: dict, cfg: RunConfig, path: Path) -> None:
 _CHECKPOINT_KEYS = ("config", "epoch", "step", "trainable", "optimizer", "lr_scheduler", "scaler", "rng", "metrics")
 
 
+def _overwriting(cfg: RunConfig) -> bool:
+    return bool(getattr(cfg, "overwrite", False))
+
+
+def _not_ours_to_replace(folder: Path) -> Optional[Path]:
+    """The first file of ``folder`` that a fresh run would replace and that holds something: a model, epochs of
+    metrics, or a config.json that is not a cdlib run's (one that is, beside no metrics, is a run that trained
+    nothing before it was stopped, and starting again loses nothing)."""
+    model, metrics, config = folder / MODEL_FILE, folder / METRICS_FILE, folder / CONFIG_FILE
+    if model.exists():
+        return model
+    try:
+        if metrics.exists() and metrics.read_text().strip():
+            return metrics
+    except (OSError, UnicodeDecodeError):
+        return metrics
+    if config.exists():
+        try:
+            saved = json.loads(config.read_text())
+        except (OSError, ValueError):
+            return config
+        if not (isinstance(saved, dict) and {"student", "method", "epochs", "run_dir"} <= set(saved)):
+            return config
+    return None
+
+
+def _start_afresh(folder: Path) -> None:
+    """overwrite=True: the earlier run's checkpoint and model go now, so that no later step (a --resume, a
+    reused teacher) can mistake them for this run's before it has written its own."""
+    from .teacher_check import RECORD_FILE  # the replaced teacher's record, which would misdescribe the new one
+
+    if is_main_process():  # under torchrun rank 0 alone writes, and removes
+        for name in (CHECKPOINT_FILE, MODEL_FILE, RECORD_FILE):
+            (folder / name).unlink(missing_ok=True)
+
+
 def checkpoint_to_resume(cfg: RunConfig, checkpoint_path: Path, world_size: int) -> Optional[dict]:
-    """The run folder's training checkpoint, checked against ``cfg``; None for a fresh folder."""
+    """The run folder's training checkpoint, checked against ``cfg``; None for a fresh start.
+
+    A fresh start never replaces a finished model, recorded epochs or a file cdlib did not write
+    unless ``cfg.overwrite`` says so (a ConfigError names the file otherwise).
+    """
+    folder = checkpoint_path.parent
+    if _overwriting(cfg) and not (cfg.resume and checkpoint_path.exists()):
+        _start_afresh(folder)
+        return None
     if not checkpoint_path.exists():
+        found = _not_ours_to_replace(folder)
+        if found is not None:
+            what = "a finished model" if found.name == MODEL_FILE else "a file this run would replace"
+            raise ConfigError(
+                f"{folder} holds {what}, {found}, and no checkpoint to resume from; choose another run folder, "
+                "or pass overwrite=True (CLI: --overwrite) to train afresh and replace it."
+            )
         return None
     if not cfg.resume:
         raise ConfigError(
             f"{checkpoint_path.parent} already holds a checkpoint from an earlier run; pass resume=True (CLI: --resume) "
-            "to continue it, or choose another run folder."
+            "to continue it, overwrite=True (CLI: --overwrite) to start afresh, or choose another run folder."
         )
     saved = ckpt.safe_load(checkpoint_path, "training checkpoint")
     if (saved.get("format") != ckpt.TRAINING_FORMAT or any(k not in saved for k in _CHECKPOINT_KEYS)

@@ -2,7 +2,9 @@
 
 A run folder holds ``config.json`` (the settings), ``metrics.jsonl`` (one line
 per epoch), ``checkpoint.pt`` (the state to resume from) and, when finished,
-``model.pt`` (the trained student, reusable as a teacher). An experiment folder
+``model.pt`` (the trained student, reusable as a teacher). A fresh run never
+replaces a finished model or another run's files unless asked (``overwrite``,
+:func:`cdlib.resume.checkpoint_to_resume`). An experiment folder
 holds one run folder per method (``cd+gkd+edt`` -> ``cd_gkd_edt``) and the
 teacher's in ``teacher/``.
 """
@@ -19,7 +21,7 @@ from typing import Dict, List, Optional
 
 from torch import nn
 
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .recipes import RunConfig, parse_method
 
 __all__ = ["CONFIG_FILE", "METRICS_FILE", "CHECKPOINT_FILE", "MODEL_FILE", "RunResult", "config_dict", "read_metrics",
@@ -58,7 +60,20 @@ def read_metrics(run_dir: str | os.PathLike) -> List[dict]:
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            # The run's checkpoint.pt holds the same rows: a --resume rewrites this file from it.
+            raise CheckpointError(f"{path} line {number} is not a metrics row ({line[:40]!r}); rerun the run with "
+                                  "--resume (resume=True) to rewrite the file from its checkpoint.pt.")
+        rows.append(row)
+    return rows
 
 
 def write_metrics(run_dir: Path, rows: List[dict]) -> None:

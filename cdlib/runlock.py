@@ -4,9 +4,10 @@ Two runs writing one folder overwrite each other's checkpoint and model (and a
 ``--resume`` started beside a live run trains the same epochs twice), so
 :func:`cdlib.train.fit` holds ``<run_dir>/.lock`` while it runs. The lock is an
 ``fcntl.flock`` on that file: the kernel drops it when the process dies, even
-by SIGKILL, so a lock left by a dead run is simply taken over (with a note).
-Where a file system has no ``flock``, the PID and host written in the file
-decide: a dead PID on this host is stale, anything else is in use.
+by SIGKILL. The PID and host written in the file are checked too, flock or
+not (a shared file system's locks can be per host): a dead PID on this host
+is stale and taken over (with a note); a live one, or any other host's, is in
+use, and the refusal says how to clear a lock whose run is truly gone.
 
 Locks are re-entrant within a process (``ensure_teacher`` holds the teacher
 folder across the ``fit`` that trains it); under ``torchrun`` only rank 0
@@ -32,7 +33,7 @@ try:
 except ImportError:  # Windows: the PID check alone
     fcntl = None
 
-__all__ = ["LOCK_FILE", "held", "holder", "clean_interrupted_saves"]
+__all__ = ["LOCK_FILE", "held", "holder", "lost", "clean_interrupted_saves"]
 
 LOCK_FILE = ".lock"
 # The temporary files of saves cut short (checkpoint.atomic_save, runfolder.write_metrics).
@@ -100,6 +101,47 @@ def _try_flock(fd: int) -> Optional[bool]:
         return None  # ENOLCK, EOPNOTSUPP, EINVAL: no flock here
 
 
+def _started_after(pid: int, since: object) -> bool:
+    """True when process ``pid`` began after ``since`` (so it is a new process under a reused PID); False when it
+    did not or this system cannot say (Linux's /proc can)."""
+    if not isinstance(since, (int, float)):
+        return False
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK") > since + 1.0  # a second for the clocks' rounding
+    except (OSError, ValueError, IndexError, StopIteration):
+        return False
+
+
+def _stale_lock(folder: Path, previous: Optional[dict], me: dict) -> bool:
+    """Whether the lock file's holder (not this process) is gone, so the folder may be taken over; raises
+    ConfigError when it may still be running. Even when the flock was granted: locks of a shared file system
+    can be per host, and a process that holds no lock may still be writing."""
+    if not previous or not previous.get("pid"):
+        return False
+    if (previous.get("pid"), previous.get("host")) == (me["pid"], me["host"]):
+        return False
+    lock_file = folder / LOCK_FILE
+    if previous.get("host") != me["host"]:
+        raise ConfigError(
+            f"run folder {folder} is locked by {_describe_holder(previous)}, which this host cannot check (lock file "
+            f"{lock_file}); wait for that run, or, if it is truly gone, delete {lock_file} and rerun."
+        )
+    try:
+        pid = int(previous["pid"])
+    except (TypeError, ValueError):
+        return True
+    if _pid_alive(pid) and not _started_after(pid, previous.get("since")):
+        raise ConfigError(
+            f"run folder {folder} is in use by {_describe_holder(previous)}, which is still running (lock file "
+            f"{lock_file}); wait for that run or stop it, or, if that process is not a cdlib run, delete {lock_file} "
+            "and rerun."
+        )
+    return True
+
+
 def _acquire(folder: Path) -> int:
     path = folder / LOCK_FILE
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
@@ -110,10 +152,11 @@ def _acquire(folder: Path) -> int:
         if locked is False:
             os.close(fd)
             raise _in_use(folder, previous or _holder_once_written(folder))
-        if locked is None and previous and previous.get("pid") != me["pid"]:
-            if previous.get("host") != me["host"] or _pid_alive(int(previous.get("pid", 0))):
-                os.close(fd)
-                raise _in_use(folder, previous)
+        try:
+            stale = _stale_lock(folder, previous, me)
+        except ConfigError:
+            os.close(fd)
+            raise
         try:
             same_file = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
@@ -121,7 +164,7 @@ def _acquire(folder: Path) -> int:
         if not same_file:  # the previous holder removed the file as we opened it: lock the new one
             os.close(fd)
             continue
-        if previous and previous.get("pid") and not (previous.get("pid") == me["pid"] and previous.get("host") == me["host"]):
+        if stale:
             print(f"note: {folder} was locked by {_describe_holder(previous)}, which is no longer running; "
                   "taking the folder over.", flush=True)
         os.ftruncate(fd, 0)
@@ -161,6 +204,29 @@ def held(folder: str | os.PathLike, take: bool = True) -> Iterator[None]:
         yield
     finally:
         _release(folder, _held.pop(key))
+
+
+def lost(folder: str | os.PathLike) -> bool:
+    """Whether the lock file this process holds for ``folder`` is gone (the folder deleted or moved while the run
+    trains); if so the lock is taken again, on a new file, and True is returned. Raises ConfigError when another
+    process took the folder meanwhile. False for a folder this process does not hold."""
+    folder = Path(folder)
+    key = os.path.realpath(folder)
+    fd = _held.get(key)
+    if fd is None:
+        return False
+    try:
+        if os.fstat(fd).st_ino == os.stat(folder / LOCK_FILE).st_ino:
+            return False
+    except OSError:
+        pass
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _held[key] = _acquire(folder)
+    except OSError as exc:
+        raise describe(exc, "create the run folder", folder) from None
+    os.close(fd)
+    return True
 
 
 def clean_interrupted_saves(folder: str | os.PathLike) -> int:

@@ -19,24 +19,29 @@ gets, and paired differences then compare students of the same teacher). With
 ``teacher_checkpoint`` or pretrained weights in ``cfg``, that one teacher serves
 every seed. A finished run (``model.pt`` present, same settings) is reused, an
 interrupted one resumed, so rerunning the same call only trains what is missing.
+The tables of an experiment folder accumulate: a later study into it keeps the
+rows of other methods and seeds and refreshes its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
 from . import distributed, runfolder, stats, terms
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
+from .interrupt import DeferredInterrupt
 from .recipes import RunConfig, parse_method, validate
 
-__all__ = ["parse_seeds", "run", "summarize", "format_table", "verdicts", "load_summary", "SeedStudy",
+__all__ = ["parse_seeds", "MAX_SEEDS", "run", "summarize", "format_table", "verdicts", "load_summary", "SeedStudy",
            "PER_SEED_COLUMNS", "SUMMARY_COLUMNS", "TEACHER", "Contrast", "contrasts", "CONTRAST_COLUMNS"]
 
 TEACHER = "teacher"
@@ -47,21 +52,29 @@ SUMMARY_COLUMNS = ["method", "n_seeds", "top1_mean", "top1_sd", "top1_ci_low", "
                    "diff_mean", "diff_ci_low", "diff_ci_high", "resolved", "top1_best_mean", "train_seconds_mean"]
 # Settings that do not change what a run computes: a finished run is reused whatever they say.
 _MACHINERY = {"device", "amp", "channels_last", "compile", "num_workers", "data_on_device", "run_dir", "resume",
-              "progress", "download", "data_root", "teacher_checkpoint"}
+              "overwrite", "progress", "download", "data_root", "teacher_checkpoint"}
 
 MethodSpec = Union[str, Mapping[str, Mapping[str, object]]]
 
 
 def parse_seeds(text: Union[str, int, Sequence[int]]) -> List[int]:
-    """'0-4' -> [0, 1, 2, 3, 4]; '0,2,5' -> [0, 2, 5]; '0-2,7' -> [0, 1, 2, 7]; a list passes through (checked)."""
+    """'0-4' -> [0, 1, 2, 3, 4]; '0,2,5' -> [0, 2, 5]; '0-2,7' -> [0, 1, 2, 7]; a list passes through (checked).
+
+    At most :data:`MAX_SEEDS` seeds: each is a training run per method, so more is a typo, refused before any
+    range is expanded.
+    """
     if isinstance(text, int):
         text = [text]
+    if not isinstance(text, (str, Iterable)):
+        raise ConfigError(f"seeds must be a range '0-4', a list '0,2,5' or whole numbers such as [0, 1, 2], "
+                          f"got {text!r}.")
     if not isinstance(text, str):
         seeds = list(text)
-        if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-            raise ConfigError(f"seeds must be whole numbers 0 or more, got {seeds!r}.")
+        if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+            raise ConfigError(f"seeds must be whole numbers 0 or more, got {seeds[:10]!r}.")
+        _check_count(len(seeds), f"seeds {seeds[:3]!r}"[:-1] + ", ...]")
     else:
-        seeds = []
+        ranges = []
         for part in text.replace(" ", "").split(","):
             match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
             if not match or (match.group(2) is not None and int(match.group(2)) < int(match.group(1))):
@@ -69,12 +82,30 @@ def parse_seeds(text: Union[str, int, Sequence[int]]) -> List[int]:
                     f"cannot read seeds {text!r}: write a range '0-4', a list '0,2,5' or both '0-2,7' "
                     "(whole numbers 0 or more, ranges low-high)."
                 )
-            low, high = int(match.group(1)), int(match.group(2) or match.group(1))
-            seeds.extend(range(low, high + 1))
-    duplicates = sorted({s for s in seeds if seeds.count(s) > 1})
+            ranges.append(range(int(match.group(1)), int(match.group(2) or match.group(1)) + 1))
+        _check_count(sum(len(r) for r in ranges), f"seeds {text!r}")
+        seeds = [s for r in ranges for s in r]
+    seen, duplicates = set(), set()
+    for s in seeds:
+        (duplicates if s in seen else seen).add(s)
     if duplicates:
-        raise ConfigError(f"seeds {text!r} name seed(s) {duplicates} more than once; each seed is one run.")
+        raise ConfigError(f"seeds {text!r} name seed(s) {sorted(duplicates)[:10]} more than once; "
+                          "each seed is one run.")
+    too_large = [s for s in seeds if s >= SEED_LIMIT]
+    if too_large:
+        raise ConfigError(f"seed {too_large[0]} is not a whole number from 0 to {SEED_LIMIT - 1}; "
+                          "pick seeds in that range.")
     return seeds
+
+
+MAX_SEEDS = 10_000
+SEED_LIMIT = 2**32  # cdlib.resume.check_seed's bound, checked here so that no run starts before a later seed fails
+
+
+def _check_count(count: int, what: str) -> None:
+    if count > MAX_SEEDS:
+        raise ConfigError(f"{what} name {count:,} seeds, each a training run per method; at most {MAX_SEEDS:,} are "
+                          "taken (a typo?): name fewer, e.g. 0-4.")
 
 
 @dataclass
@@ -292,7 +323,13 @@ def _finished(cfg: RunConfig) -> bool:
     if diffs:
         raise ConfigError(f"{folder} holds a finished run with other settings ({'; '.join(diffs)}); "
                           "use the original settings or another run_dir.")
-    return bool(runfolder.read_metrics(folder))
+    try:
+        return bool(runfolder.read_metrics(folder))
+    except CheckpointError:
+        if (folder / runfolder.CHECKPOINT_FILE).is_file():
+            return False  # resumed at its end, the run rewrites metrics.jsonl from its checkpoint, as --resume does
+        raise ConfigError(f"{folder / runfolder.METRICS_FILE} is damaged and {folder} has no checkpoint.pt to rewrite "
+                          "it from; restore the file, or move the folder away to train that run again.") from None
 
 
 def _train_or_reuse(cfg: RunConfig, teacher: bool = False) -> dict:
@@ -324,41 +361,107 @@ def run(cfg: RunConfig, seeds: Union[str, Sequence[int]] = (0, 1, 2, 3, 4), base
     """
     import pandas as pd
 
+    from . import train
 
     seeds = parse_seeds(seeds)
     validate(cfg)
+    train.check_teacher_checkpoint(cfg)
     variants = _variants(cfg, methods)
     own_teacher = not (cfg.teacher_checkpoint or cfg.teacher_pretrained)
     needs_teacher = any(terms.needs_teacher(parse_method(str(v["method"]))) for v in variants.values())
     labels = ([TEACHER] if own_teacher and needs_teacher else []) + list(variants)
+    if isinstance(baseline, str) and baseline not in labels and baseline.strip().lower() in labels:
+        baseline = baseline.strip().lower()  # methods have one spelling (RunConfig.replace): --baseline KD means kd
     if baseline not in labels:
         raise ConfigError(f"baseline {baseline!r} is not among the methods compared ({', '.join(labels)}); "
                           "add it to the methods or pick one of them.")
     folder = Path(cfg.run_dir)
     rows = []
-    for seed in seeds:
-        seeded = cfg.replace(seed=seed)
-        if own_teacher and needs_teacher:
-            teacher_cfg = seeded.replace(student=cfg.teacher, method="student", run_dir=str(folder / TEACHER / f"seed{seed}"))
-            rows.append({"method": TEACHER, "seed": seed, **_train_or_reuse(teacher_cfg, teacher=True)})
-            if on_run:
-                on_run(TEACHER, seed, rows[-1])
-            seeded = seeded.replace(teacher_checkpoint=str(Path(teacher_cfg.run_dir) / runfolder.MODEL_FILE))
-        for label, changes in variants.items():
-            run_cfg = seeded.replace(**changes, run_dir=str(folder / _slug(label) / f"seed{seed}"))
-            rows.append({"method": label, "seed": seed, **_train_or_reuse(run_cfg)})
-            if on_run:
-                on_run(label, seed, rows[-1])
-    per_seed = pd.DataFrame(rows, columns=PER_SEED_COLUMNS)
-    study = SeedStudy(summary=summarize(per_seed, baseline), per_seed=per_seed, baseline=baseline, folder=folder)
-    if distributed.is_main_process():
-        folder.mkdir(parents=True, exist_ok=True)
-        per_seed.to_csv(folder / PER_SEED_FILE, index=False)
-        study.summary.to_csv(folder / SUMMARY_FILE, index=False)
-        print(study.table(), flush=True)
-        if plot:
-            _save_plot(study, folder / PLOT_FILE)
+    # One set of signal handlers for all the runs: a Ctrl-C between two of them stops the study there.
+    with DeferredInterrupt():
+        for seed in seeds:
+            rows.extend(_runs_of_seed(cfg, seed, variants, own_teacher and needs_teacher, folder, on_run))
+    # Read, merged and written by one study at a time: two finishing together would each drop the other's rows.
+    # (Written atomically, the tables need no held signals: a Ctrl-C here leaves the previous ones whole.)
+    with _tables_locked(folder):
+        per_seed = _merged(folder, pd.DataFrame(rows, columns=PER_SEED_COLUMNS))
+        study = SeedStudy(summary=summarize(per_seed, baseline), per_seed=per_seed, baseline=baseline, folder=folder)
+        if distributed.is_main_process():
+            _write_csv(per_seed, folder / PER_SEED_FILE)
+            _write_csv(study.summary, folder / SUMMARY_FILE)
+            print(study.table(), flush=True)
+            if plot:
+                _save_plot(study, folder / PLOT_FILE)
     return study
+
+
+@contextlib.contextmanager
+def _tables_locked(folder: Path, wait: float = 120.0) -> Iterator[None]:
+    """The experiment folder's lock (:mod:`cdlib.runlock`) while its tables are merged; another study writing its
+    own tables holds it for a moment, so this one waits for it rather than failing."""
+    from . import runlock
+
+    deadline = time.monotonic() + wait
+    with contextlib.ExitStack() as stack:
+        while True:
+            try:
+                stack.enter_context(runlock.held(folder, take=distributed.is_main_process()))
+                break
+            except ConfigError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield
+
+
+def _runs_of_seed(cfg: RunConfig, seed: int, variants: Dict[str, dict], own_teacher: bool, folder: Path,
+                  on_run) -> List[dict]:
+    """Train (or reuse) seed ``seed``'s teacher, when the study trains its own, and every variant; their rows."""
+    rows = []
+    seeded = cfg.replace(seed=seed)
+    if own_teacher:
+        teacher_dir = folder / TEACHER / f"seed{seed}"
+        teacher_cfg = seeded.replace(student=cfg.teacher, method="student", run_dir=str(teacher_dir))
+        rows.append({"method": TEACHER, "seed": seed, **_train_or_reuse(teacher_cfg, teacher=True)})
+        if on_run:
+            on_run(TEACHER, seed, rows[-1])
+        seeded = seeded.replace(teacher_checkpoint=str(Path(teacher_cfg.run_dir) / runfolder.MODEL_FILE))
+    for label, changes in variants.items():
+        run_cfg = seeded.replace(**changes, run_dir=str(folder / _slug(label) / f"seed{seed}"))
+        rows.append({"method": label, "seed": seed, **_train_or_reuse(run_cfg)})
+        if on_run:
+            on_run(label, seed, rows[-1])
+    return rows
+
+
+def _merged(folder: Path, per_seed):
+    """``per_seed`` merged into the folder's per_seed.csv: an earlier study's rows of other methods or seeds stay,
+    rows of the same method and seed are replaced by this study's."""
+    import pandas as pd
+
+    path = folder / PER_SEED_FILE
+    if not path.is_file():
+        return per_seed
+    try:
+        before = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} (an earlier study's table, merged with this one's) cannot be read "
+                          f"({str(exc).splitlines()[0][:120]}); move it away and rerun.") from None
+    if not set(PER_SEED_COLUMNS[:4]) <= set(before.columns):
+        raise ConfigError(f"{path} (an earlier study's table, merged with this one's) lacks the columns "
+                          f"{', '.join(PER_SEED_COLUMNS[:4])}; move it away and rerun.")
+    now = set(zip(per_seed["method"], per_seed["seed"]))
+    kept = before[[(m, s) not in now for m, s in zip(before["method"], before["seed"])]]
+    if kept.empty:
+        return per_seed
+    return pd.concat([kept.reindex(columns=PER_SEED_COLUMNS), per_seed], ignore_index=True)
+
+
+def _write_csv(frame, path: Path) -> None:
+    """Through a temporary file: a study stopped while writing leaves the previous table whole."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
 
 
 def _save_plot(study: SeedStudy, path: Path) -> None:
@@ -367,5 +470,7 @@ def _save_plot(study: SeedStudy, path: Path) -> None:
     from . import viz
 
     ax = viz.seed_comparison(study.per_seed, study.summary, baseline=study.baseline)
-    ax.figure.savefig(path, dpi=110, bbox_inches="tight")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # as the tables: never half a picture
+    ax.figure.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     plt.close(ax.figure)
+    os.replace(tmp, path)

@@ -33,7 +33,7 @@ from . import distributed, resume, runlock, teacher_check
 from . import parts as parts_mod
 from . import terms as term_table
 from .distributed import Placement, is_main_process
-from .errors import CheckpointError, ConfigError
+from .errors import CDLibError, CheckpointError, ConfigError
 from .health import LossWatch
 from .interrupt import DeferredInterrupt
 from .oserrors import describe
@@ -75,20 +75,25 @@ def fit(cfg: RunConfig, on_step: Optional[Callable[[int, int], None]] = None) ->
     resume.check_seed(cfg.seed)
     place = distributed.placement(cfg.device)
     # Signals are held from here: a Ctrl-C or SIGTERM while the run starts is a one-line stop, not a traceback.
-    with DeferredInterrupt() as interrupt, _run_folder(cfg, place):
-        saved = resume.checkpoint_to_resume(cfg, Path(cfg.run_dir) / CHECKPOINT_FILE, place.world_size)
-        resume.seed_everything(cfg.seed)
-        training = _Training(cfg, place, saved)
-        training.write_run_files()
-        for epoch in range(training.start_epoch, cfg.epochs + 1):
-            if distributed.agree(place, interrupt.requested):
-                training.stop_between_epochs(epoch)
-            sums, steps_trained, seconds = training.train_epoch(epoch, interrupt, on_step)
-            training.end_epoch(epoch, sums, steps_trained, seconds)
-        result = training.finish()
-        # A Ctrl-C during the last evaluation: the run is complete and saved; stop what called us (run()'s next method).
+    with DeferredInterrupt() as interrupt:
+        # A signal held between two phases of run() (the teacher's and this one): stop before starting.
         if distributed.agree(place, interrupt.requested):
             raise KeyboardInterrupt
+        # The loaders' workers end with the run however it ends: left to Python's exit they can hang it.
+        with _run_folder(cfg, place), data_mod.workers_ended(), _worker_deaths_said(cfg):
+            saved = resume.checkpoint_to_resume(cfg, Path(cfg.run_dir) / CHECKPOINT_FILE, place.world_size)
+            resume.seed_everything(cfg.seed)
+            training = _Training(cfg, place, saved)
+            training.write_run_files()
+            for epoch in range(training.start_epoch, cfg.epochs + 1):
+                if distributed.agree(place, interrupt.requested):
+                    training.stop_between_epochs(epoch)
+                sums, steps_trained, seconds = training.train_epoch(epoch, interrupt, on_step)
+                training.end_epoch(epoch, sums, steps_trained, seconds)
+            result = training.finish()
+            # A Ctrl-C during the last evaluation: the run is complete and saved; stop what called us (the next method).
+            if distributed.agree(place, interrupt.requested):
+                raise KeyboardInterrupt
     return result
 
 
@@ -110,6 +115,23 @@ def _run_folder(cfg: RunConfig, place: Placement) -> Iterator[None]:
                 print(f"note: removed the temporary files ({freed / 2**20:.1f} MB) of saves cut short in {folder}.",
                       flush=True)
         yield
+
+
+@contextlib.contextmanager
+def _worker_deaths_said(cfg: RunConfig) -> Iterator[None]:
+    """A DataLoader worker that died (the kernel's out-of-memory killer, a kill) as one sentence, not torch's
+    traceback: what happened, what to change, and where the run can resume from."""
+    try:
+        yield
+    except RuntimeError as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if not message.startswith("DataLoader worker"):
+            raise
+        checkpoint = Path(cfg.run_dir) / CHECKPOINT_FILE
+        where = (f"resume from {checkpoint} with --resume (resume=True)" if checkpoint.is_file()
+                 else "start it again (no checkpoint had been written yet)")
+        raise CDLibError(f"{message.rstrip('.')}: a data-loading process died (often the system running out of "
+                         f"memory); lower --num-workers or --batch-size and {where}.") from None
 
 
 class _Training:
@@ -163,6 +185,12 @@ class _Training:
     def _last_checkpoint(self) -> str:
         return (f"the last good checkpoint is {self.checkpoint_path} ({self.last_saved})" if self.last_saved
                 else "no checkpoint had been written yet")
+
+    def _resume_note(self) -> str:
+        """What the user can do after a failed save: resume only where a checkpoint exists."""
+        if self.last_saved:
+            return f"{self._last_checkpoint()}, resume from it with --resume"
+        return "no checkpoint had been written yet, so there is nothing to resume; rerun the same command once fixed"
 
     # -- one epoch
 
@@ -301,14 +329,23 @@ class _Training:
                         world_size, parts.channels_last)
         row = self._metrics_row(epoch, sums, lr_now, test, steps_trained * self.cfg.batch_size * world_size, seconds)
         self.metrics.append(row)
+        self._check_folder()
         self._save(epoch + 1, 0, None)
         if self.place.is_main:
             try:
                 write_metrics(self.run_dir, self.metrics)
             except OSError as exc:
                 raise describe(exc, "write the metrics", self.run_dir / METRICS_FILE, CheckpointError,
-                               f"{self._last_checkpoint()}, resume from it with --resume") from None
+                               self._resume_note()) from None
             print(summary_line(row, self.cfg.epochs, self.cfg.method), flush=True)
+
+    def _check_folder(self) -> None:
+        """A run folder deleted (or moved) while the run trains: its lock and config.json are written again beside
+        the checkpoint and metrics that follow, so the folder is whole, and no second run can take it meanwhile."""
+        if self.place.is_main and runlock.lost(self.run_dir):
+            print(f"note: the run folder {self.run_dir} was deleted or moved while this run trained; its files are "
+                  "written again there.", flush=True)
+            self.write_run_files()
 
     def _metrics_row(self, epoch: int, sums: torch.Tensor, lr: float, test: Dict[str, float], images: int,
                      seconds: float) -> dict:
@@ -341,7 +378,7 @@ class _Training:
                 ckpt.atomic_save(state, self.checkpoint_path)
             except OSError as exc:
                 raise describe(exc, "save the checkpoint", self.checkpoint_path, CheckpointError,
-                               f"{self._last_checkpoint()}, resume from it with --resume") from None
+                               self._resume_note()) from None
         self.last_saved = resume.position(epoch, step)
 
     # -- the end
@@ -352,7 +389,10 @@ class _Training:
         # report_best_epoch: the reference's "best acc", the best epoch by test top-1 (the first of equals); model.pt
         # keeps the last epoch's weights, and the numbers of those weights.
         final = _final(max(metrics, key=lambda m: m["test_top1"])) if metrics and self.cfg.report_best_epoch else last
-        if self.place.is_main:
+        # A run resumed at its end (to rewrite its files) trained nothing: its model.pt stays byte for byte, so the
+        # SHA-256 that students of this teacher recorded still matches.
+        finished_before = self.start_epoch > self.cfg.epochs and (self.run_dir / MODEL_FILE).is_file()
+        if self.place.is_main and not finished_before:
             ckpt.save_model(student, self.run_dir / MODEL_FILE, self.cfg.student, self.parts.bundle.num_classes,
                             method=self.cfg.method, final=last)
         # Nobody reads model.pt (e.g. as the next method's teacher) before rank 0 has written it.
@@ -368,6 +408,16 @@ def _final(row: dict) -> Dict[str, float]:
 # -------------------------------------------------------------------- run
 
 
+def check_teacher_checkpoint(cfg: RunConfig) -> None:
+    """A named teacher checkpoint must be a file. Checked before any method trains (by :func:`run` and the seed
+    study): otherwise a student would train, then the first method needing the teacher fail, the comparison lost."""
+    if cfg.teacher_checkpoint and not Path(cfg.teacher_checkpoint).is_file():
+        kind = "is a folder, not a file" if Path(cfg.teacher_checkpoint).is_dir() else "does not exist"
+        raise ConfigError(f"teacher checkpoint {cfg.teacher_checkpoint} {kind}; pass the teacher's model.pt (e.g. "
+                          f"{teacher_dir(cfg.run_dir) / MODEL_FILE}), or leave --teacher-checkpoint out to train "
+                          "one first.")
+
+
 def ensure_teacher(cfg: RunConfig) -> RunConfig:
     """``cfg`` with ``teacher_checkpoint`` set, training the teacher first if there is none.
 
@@ -379,13 +429,15 @@ def ensure_teacher(cfg: RunConfig) -> RunConfig:
     all processes train it together; rank 0 writes it.
     """
     validate(cfg)
+    check_teacher_checkpoint(cfg)
     if cfg.teacher_checkpoint or cfg.teacher_pretrained:
         return cfg
     folder = teacher_dir(cfg.run_dir)
     # The teacher folder belongs to this run folder, so an unfinished one is resumed, never overwritten.
     teacher_cfg = cfg.replace(student=cfg.teacher, method="student", run_dir=str(folder), resume=True)
-    # Held across training and recording: a second run sharing the experiment folder waits for neither half.
-    with runlock.held(folder, take=is_main_process()):
+    # Held across training and recording: a second run sharing the experiment folder waits for neither half,
+    # and a signal after the teacher's fit stops the run once the teacher is recorded, its folder unlocked.
+    with DeferredInterrupt(), runlock.held(folder, take=is_main_process()):
         if (folder / MODEL_FILE).exists():
             check_reusable_teacher(folder, teacher_cfg)
             if is_main_process():
@@ -407,11 +459,13 @@ def run(cfg: RunConfig) -> Dict[str, RunResult]:
     """
     validate(cfg)
     methods = [m.strip() for m in cfg.method.split(",") if m.strip()]
-    if any(term_table.needs_teacher(parse_method(m)) for m in methods):
-        cfg = ensure_teacher(cfg)
     results: Dict[str, RunResult] = {}
-    for method in methods:
-        results[method] = fit(cfg.replace(method=method, run_dir=str(Path(cfg.run_dir) / slug(method))))
-    if is_main_process() and len(methods) > 1:
-        print(comparison_table(results, cfg), flush=True)
+    # One set of handlers for all the phases: a signal between two of them stops the next before it starts.
+    with DeferredInterrupt():
+        if any(term_table.needs_teacher(parse_method(m)) for m in methods):
+            cfg = ensure_teacher(cfg)
+        for method in methods:
+            results[method] = fit(cfg.replace(method=method, run_dir=str(Path(cfg.run_dir) / slug(method))))
+        if is_main_process() and len(methods) > 1:
+            print(comparison_table(results, cfg), flush=True)
     return results

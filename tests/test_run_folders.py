@@ -375,3 +375,15 @@ def test_resume_refuses_other_data_behind_the_same_settings_but_not_the_same_dat
     moved = tmp_path / "moved"
     a.rename(moved)
     assert len(train.fit(cfg.replace(resume=True, data_root=str(moved))).metrics) == 2
+
+
+def test_a_full_disk_before_the_first_save_does_not_advise_resuming(tmp_path, monkeypatch):
+    def full_disk(obj, f, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError) as info:
+        train.fit(tiny(tmp_path))
+    message = str(info.value)
+    assert "the disk is full" in message and "nothing to resume" in message
+    assert "--resume" not in message

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..registry import Registry
-from .loaders import DeviceLoader, EpochSampler, SeededAugmentation, make_loader
+from .loaders import DeviceLoader, EpochSampler, SeededAugmentation, make_loader, stop_workers, workers_ended
 from .sets import (
     CIFAR100_MEAN,
     CIFAR100_STD,
@@ -45,12 +45,13 @@ from .sets import (
     crop_batch,
     normalize,
 )
-from .sources import _load_cifar100, _load_digits, _load_imagenet, _load_synthetic
+from .sources import UnreadableImage, _load_cifar100, _load_digits, _load_imagenet, _load_synthetic
 
 __all__ = [
     "DataBundle", "TensorImageSet", "DeviceLoader", "EpochSampler", "SeededAugmentation", "augment_batch",
     "crop_batch", "normalize", "fingerprint", "load", "options", "names", "make_loader", "PAD_MODES", "DATA_SETS",
-    "CIFAR100_MEAN", "CIFAR100_STD", "IMAGENET_MEAN", "IMAGENET_STD",
+    "CIFAR100_MEAN", "CIFAR100_STD", "IMAGENET_MEAN", "IMAGENET_STD", "workers_ended", "stop_workers",
+    "UnreadableImage",
 ]
 
 DATA_SETS: Registry = Registry("data set")

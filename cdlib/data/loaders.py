@@ -3,7 +3,9 @@ and the sampler that lets a resumed epoch skip the images it already trained on.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import weakref
 from typing import Iterator, Optional, Tuple
 
 import torch
@@ -112,7 +114,7 @@ def make_loader(
         # padding would count some test images twice in the combined accuracy).
         sampler = range(rank, len(dataset), world_size)
     g = torch.Generator().manual_seed(seed)
-    return DataLoader(
+    loader = DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
@@ -122,6 +124,37 @@ def make_loader(
         persistent_workers=num_workers > 0,
         generator=g,
     )
+    if num_workers > 0:
+        _with_workers.add(loader)
+    return loader
+
+
+# The loaders make_loader gave worker processes, for workers_ended() to stop.
+_with_workers: "weakref.WeakSet[DataLoader]" = weakref.WeakSet()
+
+
+@contextlib.contextmanager
+def workers_ended() -> Iterator[None]:
+    """Stop the worker processes of the loaders made inside the block when it ends, however it ends.
+
+    Persistent workers otherwise live as long as their loader, which an exception's traceback can keep
+    until Python exits, and an exit that waits on workers is an exit that may hang.
+    """
+    before = set(map(id, _with_workers))
+    try:
+        yield
+    finally:
+        for loader in list(_with_workers):
+            if id(loader) not in before:
+                stop_workers(loader)
+
+
+def stop_workers(loader: DataLoader) -> None:
+    """End ``loader``'s persistent worker processes now (its next pass starts new ones)."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()  # torch's own orderly shutdown: a sentinel to each worker, then join
+        loader._iterator = None
 
 
 class EpochSampler(torch.utils.data.Sampler):

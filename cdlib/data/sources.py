@@ -118,6 +118,35 @@ def _load_cifar100(root: Optional[str], download: bool) -> DataBundle:
                       CIFAR100_STD, 100, pad=4, flip=True, class_names=class_names or [str(i) for i in range(100)])
 
 
+class UnreadableImage(DataError):
+    """An image file of an ImageFolder tree that cannot be decoded (named, with what to do)."""
+
+    def __init__(self, message: str) -> None:
+        # Raised in a DataLoader worker, it reaches the main process rebuilt from the worker's whole
+        # traceback; its last line is the sentence said here, and the one the user needs.
+        marker = f"{type(self).__name__}: "
+        if "Traceback" in message and marker in message:
+            message = message.rsplit(marker, 1)[1].strip()
+        super().__init__(message)
+
+
+def _read_image(path: str):
+    """torchvision's image loader, with a damaged file named in one sentence instead of PIL's traceback."""
+    from PIL import Image
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        if type(exc).__name__ == "UnidentifiedImageError":
+            why = "it is not an image file PIL can identify (damaged, or another kind of file)"
+        else:
+            why = (str(exc).splitlines() or [""])[0][:160] or "it could not be decoded"
+        # Replacing keeps the file list, which a resumed run checks (cdlib.data.fingerprint); removing changes it.
+        raise UnreadableImage(f"cannot read image {path} ({type(exc).__name__}): {why}; replace it with a good copy "
+                              "(a run can then --resume), or remove it and start the run again.") from None
+
+
 def _load_imagenet(root: Optional[str], image_size: Optional[int]) -> DataBundle:
     import torchvision.transforms as T
     from torchvision.datasets import ImageFolder
@@ -141,7 +170,7 @@ def _load_imagenet(root: Optional[str], image_size: Optional[int]) -> DataBundle
                 f"{root_path}/val/<class>/<image> (ImageFolder layout)."
             )
         try:
-            sets[split] = ImageFolder(str(folder), transform=tf)
+            sets[split] = ImageFolder(str(folder), transform=tf, loader=_read_image)
         except (FileNotFoundError, RuntimeError) as exc:
             raise DataError(f"{folder} is not an ImageFolder tree of <class>/<image> files: {exc}") from None
     if sets["train"].classes != sets["val"].classes:
