@@ -62,9 +62,11 @@ def default_requirement(instructor: Path) -> str:
     """What the autograder installs: the notebook's setup cell's CDLIB_SPEC (cdlib from its git tag), with
     the classroom extra."""
     for cell in nbtools.read_code_cells(instructor):
-        m = re.search(r'CDLIB_SPEC\s*=\s*"([^"]+)"', cell.source)
+        m = re.search(r'CDLIB_SPEC\s*=\s*f?"([^"]+)"', cell.source)
         if m:
-            spec = m.group(1)
+            # The setup cell spells the repository once, as CDLIB_REPO (lines that fit the page).
+            repo = re.search(r'CDLIB_REPO\s*=\s*"([^"]+)"', cell.source)
+            spec = m.group(1).replace("{CDLIB_REPO}", repo.group(1) if repo else "{CDLIB_REPO}")
             return spec.replace("channel-distillation @", "channel-distillation[classroom] @", 1)
     return "channel-distillation[classroom]"
 

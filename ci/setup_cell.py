@@ -40,29 +40,37 @@ def pip_spec(ref: str = REF) -> str:
 
 def setup_cell(ref: str = REF, version: str | None = None) -> str:
     version = version or cdlib_version()
-    return f'''# Setup: installs cdlib where it is missing (e.g. on Colab); a no-op when the right version is present.
+    return f'''# Setup: installs cdlib where it is missing (e.g. on Colab);
+# a no-op when the right version is present.
 import importlib.metadata
 import os
 import subprocess
 import sys
 
 CDLIB_VERSION = "{version}"
-CDLIB_SPEC = "{pip_spec(ref)}"
+CDLIB_REPO = "{REPO_URL}"
+CDLIB_SPEC = f"{PACKAGE} @ git+{{CDLIB_REPO}}@{ref}"
 try:
     assert importlib.metadata.version("{PACKAGE}") == CDLIB_VERSION
 except (importlib.metadata.PackageNotFoundError, AssertionError):
     spec = os.environ.get("CDLIB_PIP_SPEC", CDLIB_SPEC)
-    print(f"Installing {{spec}} (a few minutes the first time) ...", flush=True)
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", spec], capture_output=True, text=True)
+    print(f"Installing {{spec}} (a few minutes the first time) ...",
+          flush=True)
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", spec],
+        capture_output=True, text=True)
     if pip.returncode != 0:
         reason = (pip.stderr.strip().splitlines() or ["pip failed"])[-1]
-        raise RuntimeError(f"Could not install cdlib ({{reason}}): connect this runtime to the internet "
-                           f"(Colab: Runtime > Reconnect) or install it yourself with pip install \\"{{spec}}\\", then re-run this cell.") from None'''
+        raise RuntimeError(
+            f"Could not install cdlib ({{reason}}): connect this runtime to "
+            "the internet (Colab: Runtime > Reconnect) or install it "
+            f"yourself with pip install \\"{{spec}}\\", then re-run this "
+            "cell.") from None'''
 
 
 def ref_of(cell_source: str) -> str | None:
     """The git ref a setup cell installs from (None if it names none)."""
-    match = re.search(r'^CDLIB_SPEC = ".*@([^@"]+)"$', cell_source, re.M)
+    match = re.search(r'^CDLIB_SPEC = f?".*@([^@"]+)"$', cell_source, re.M)
     return match.group(1) if match else None
 
 

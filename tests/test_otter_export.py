@@ -17,7 +17,13 @@ pytest.importorskip("otter")
 pytest.importorskip("ipykernel")
 
 from cdlib_classroom.exercises import exercise, names  # noqa: E402
-from cdlib_classroom.otter_export import IGNORE_TAG, export, master_notebook, question_map  # noqa: E402
+from cdlib_classroom.otter_export import (  # noqa: E402
+    IGNORE_TAG,
+    default_requirement,
+    export,
+    master_notebook,
+    question_map,
+)
 
 # A wrong answer per assignment (one named mistake each) and a word of the public check's diagnosis of it.
 WRONG = {
@@ -120,3 +126,15 @@ def test_all_five_exports_grade_right_and_wrong_submissions_with_otter_run(tmp_p
         total = exercise(name).max_points
         assert scores[(name, "right")] == pytest.approx((total, total)), name
         assert scores[(name, "wrong")][0] < total - 0.5, name
+
+
+def test_the_autograder_installs_what_the_setup_cell_installs_with_the_classroom_extra(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "ci"))
+    import setup_cell
+
+    notebook = tmp_path / "x.ipynb"
+    cell = {"cell_type": "code", "metadata": {}, "source": setup_cell.setup_cell(ref="v9.9"), "outputs": [],
+            "execution_count": None}
+    notebook.write_text(json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    expected = setup_cell.pip_spec("v9.9").replace("channel-distillation @", "channel-distillation[classroom] @")
+    assert default_requirement(notebook) == expected
