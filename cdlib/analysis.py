@@ -52,6 +52,7 @@ __all__ = [
     "connector_table",
     "cli_command",
     "binomial_se",
+    "paired_bootstrap_ratio",
     "contrast_table",
     "contrast_words",
 ]
@@ -410,6 +411,26 @@ def binomial_se(accuracy_pct: float, n: int) -> float:
     """Standard error (in points) of an accuracy measured on ``n`` independent test images."""
     p = accuracy_pct / 100.0
     return 100.0 * math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
+
+
+def paired_bootstrap_ratio(a, b, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Dict[str, float]:
+    """``mean(a) / mean(b)`` and its percentile bootstrap interval, resampling the pairs ``(a_i, b_i)``.
+
+    ``a`` and ``b`` hold one number per item (e.g. per test image) for two conditions
+    measured on the same items. The interval covers which items were drawn, nothing
+    else (not another seed, not another training run). Returns ``{"ratio", "low",
+    "high", "n"}``.
+    """
+    a = torch.as_tensor(a, dtype=torch.float64).flatten()
+    b = torch.as_tensor(b, dtype=torch.float64).flatten()
+    if a.shape != b.shape or a.numel() == 0:
+        raise ConfigError(f"paired_bootstrap_ratio needs two equally long, non-empty samples, got {a.numel()} and {b.numel()}.")
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, a.numel(), (n_boot, a.numel()), generator=gen)
+    ratios = a[idx].mean(1) / b[idx].mean(1)
+    tail = (1 - level) / 2
+    low, high = torch.quantile(ratios, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return {"ratio": float(a.mean() / b.mean()), "low": low, "high": high, "n": int(a.numel())}
 
 
 def contrast_table(contrasts, question: str = ""):

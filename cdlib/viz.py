@@ -27,8 +27,11 @@ __all__ = [
     "learning_curves",
     "ablation_chart",
     "probability_histogram",
+    "seed_comparison",
+    "term_curves",
 ]
 
+TERM_NAMES = {"ce": "CE (the labels)", "cd": "CD", "gkd": "GKD", "kd": "KD", "at": "AT", "fitnets": "FitNets"}
 TERM_LABELS = {"ce": r"$\alpha$ (cross-entropy)", "cd": r"$\lambda_{\mathrm{CD}}$", "gkd": r"$\beta$ (GKD)"}
 
 
@@ -377,7 +380,8 @@ def probability_histogram(groups: Mapping[str, Sequence[float]], ax=None, bins: 
     sns.histplot(data=df, x="p", hue="group", bins=bins, binrange=(0, 1), element="bars", alpha=0.45, stat="percent", common_norm=False, ax=ax)
     ax.set(xlabel=xlabel, ylabel="% of the group's samples", xlim=(0, 1))
     if ax.get_legend() is not None:
-        ax.get_legend().set_title(None)
+        # Beside the panel: inside it, the legend can sit on the bars.
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1.0), title=None, frameon=False, fontsize="small")
     return ax
 
 
@@ -405,5 +409,49 @@ def seed_comparison(per_seed, summary, ax=None, value: str = "top1", baseline: O
     if baseline is not None and baseline in order:
         ax.axvline(mean[order.index(baseline)], ls=":", color="0.3", lw=1.2)
     ax.set(xlabel="final test top-1 % (one dot per seed)", ylabel="")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False, fontsize="small")
+    # The legend sits above the panel, clear of the data and of the x-axis label.
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="", marker="o", ms=5, color="0.55", label="one seed"),
+               Line2D([], [], ls="-", marker="D", ms=7, color="C3", label="mean, 95 % t-interval")]
+    if baseline is not None and baseline in order:
+        handles.append(Line2D([], [], ls=":", color="0.3", lw=1.2, label=f"mean of {baseline}"))
+    ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.02), ncol=len(handles),
+              frameon=False, fontsize="small", borderaxespad=0.0)
     return ax
+
+
+def term_curves(frame, terms: Sequence[str] = ("ce", "cd", "gkd"), run: str = "run"):
+    """Each loss term per epoch: raw (top row) and weighted (bottom row), one column per run.
+
+    ``frame``: :func:`cdlib.analysis.metrics_frame` (its ``raw_<term>``, ``loss_<term>``
+    columns). Log scale; epochs where a term was not computed (weight 0) are gaps.
+    Returns the Figure; the legend (one colour per term) sits under the panels.
+    """
+    runs = list(dict.fromkeys(frame[run]))
+    fig, axes = plt.subplots(2, len(runs), figsize=(5.2 * len(runs), 6.2), sharex=True, sharey="row",
+                             layout="constrained", squeeze=False)
+    markers = ["o", "s", "^", "D", "v", "P"]
+    rows = (("raw_", "raw (unweighted)"), ("loss_", "weighted"))
+    for j, label in enumerate(runs):
+        df = frame[frame[run] == label]
+        for i, (prefix, row_label) in enumerate(rows):
+            ax = axes[i, j]
+            positive = False
+            for k, term in enumerate(terms):
+                col = prefix + term
+                y = df[col].where(df[col] > 0) if col in df else np.full(len(df), np.nan)
+                positive = positive or bool(np.isfinite(np.asarray(y, float)).any())
+                ax.plot(df["epoch"], y, marker=markers[k % len(markers)], ms=4, lw=1.6, color=f"C{k}",
+                        label=TERM_NAMES.get(term, term))
+            if positive:
+                ax.set_yscale("log")
+            if j == 0:
+                ax.set_ylabel(row_label)
+            if i == 0:
+                ax.set_title(label)
+            else:
+                ax.set_xlabel("epoch")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(terms), frameon=False)
+    return fig

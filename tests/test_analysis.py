@@ -300,3 +300,31 @@ def test_chapter_04_judges_each_switch_by_its_paired_interval(tmp_path, monkeypa
         assert table.loc[name, "vs default"] == f"{mean:+.2f}" and table.loc[name, "95 % CI"] == f"[{low:.2f}, {high:.2f}]"
         assert table.loc[name, "verdict"] == ("resolved: higher" if low > 0 else "not resolved"), name
     assert "Resolved: teacher_bn_train" in glued["switches_verdict"] and "pad_mode=zeros." in glued["switches_verdict"]
+
+
+# ----------------------------------------------------------------- paired bootstrap
+
+
+def test_paired_bootstrap_ratio_brackets_the_ratio_and_is_reproducible():
+    gen = torch.Generator().manual_seed(1)
+    b = torch.rand(400, generator=gen) + 0.5
+    a = 2 * b + 0.05 * torch.randn(400, generator=gen)
+    out = analysis.paired_bootstrap_ratio(a, b, seed=3)
+    assert out["n"] == 400
+    assert out["ratio"] == pytest.approx(float(a.mean() / b.mean()))
+    assert out["low"] < out["ratio"] < out["high"]
+    assert 1.9 < out["low"] and out["high"] < 2.1  # paired: the common factor cancels
+    assert analysis.paired_bootstrap_ratio(a, b, seed=3) == out
+
+
+def test_paired_bootstrap_ratio_of_equal_samples_is_exactly_one():
+    x = torch.arange(1.0, 11.0)
+    out = analysis.paired_bootstrap_ratio(x, x.clone())
+    assert out["ratio"] == out["low"] == out["high"] == 1.0
+
+
+def test_paired_bootstrap_ratio_refuses_unpaired_samples():
+    from cdlib.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        analysis.paired_bootstrap_ratio(torch.ones(3), torch.ones(4))

@@ -127,3 +127,49 @@ def test_explorers_redraw_their_image_when_a_control_changes():
     controls.children[0].value = ()  # nothing chosen: a message, not an error
     assert image.value[:4] == b"\x89PNG"
     assert plt.get_fignums() == []  # every drawn figure was closed
+
+
+def _overlaps(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_seed_comparison_legend_clears_the_axis_label_and_the_data():
+    per_seed = pd.DataFrame({"method": ["student"] * 3 + ["cd"] * 3, "seed": [0, 1, 2] * 2,
+                             "top1": [70.0, 71.0, 72.0, 73.0, 74.0, 75.0]})
+    summary = pd.DataFrame({"method": ["student", "cd"], "top1_mean": [71.0, 74.0],
+                            "top1_ci_low": [69.0, 72.0], "top1_ci_high": [73.0, 76.0]})
+    ax = viz.seed_comparison(per_seed, summary, baseline="student")
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "one seed", "mean, 95 % t-interval", "mean of student"]
+    assert not _overlaps(legend, ax.xaxis.label.get_window_extent(renderer))
+    assert not _overlaps(legend, ax.get_window_extent(renderer))  # above the panel, not on the dots
+    assert legend.y1 <= fig.bbox.y1 + 1  # and inside the figure
+
+
+def test_term_curves_raw_and_weighted_rows_with_gaps_for_zero_weights():
+    frame = pd.DataFrame({"run": ["a"] * 3, "epoch": [1, 2, 3],
+                          "loss_ce": [0.0, 2.0, 1.0], "w_ce": [0.0, 1.0, 1.0],
+                          "loss_cd": [6.0, 3.0, 1.2], "w_cd": [6.0, 6.0, 6.0]})
+    frame["raw_ce"] = (frame["loss_ce"] / frame["w_ce"]).where(frame["w_ce"] != 0)
+    frame["raw_cd"] = frame["loss_cd"] / frame["w_cd"]
+    fig = viz.term_curves(frame, terms=("ce", "cd"))
+    raw, weighted = fig.axes[0], fig.axes[1]
+    assert raw.get_yscale() == "log" and weighted.get_yscale() == "log"
+    assert np.allclose(raw.get_lines()[1].get_ydata(), [1.0, 0.5, 0.2])  # cd, unweighted
+    assert np.isnan(raw.get_lines()[0].get_ydata()[0])  # ce not computed in epoch 1
+    assert np.isnan(weighted.get_lines()[0].get_ydata()[0])
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["CE (the labels)", "CD"]
+
+
+def test_probability_histogram_legend_sits_beside_the_bars():
+    ax = viz.probability_histogram({"a": np.full(50, 0.05), "b": np.full(5, 0.1)}, bins=10)
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["a", "b"]
+    assert legend.get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1
