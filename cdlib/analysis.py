@@ -108,11 +108,14 @@ def method_label(method: str) -> str:
 # ------------------------------------------------------------------ configs
 
 
-def scaled_recipe(name: str, epochs: Optional[int] = None, **overrides) -> recipes.RunConfig:
+def scaled_recipe(name: str, epochs: Optional[int] = None, batch_size: Optional[int] = None,
+                  **overrides) -> recipes.RunConfig:
     """``recipes.get(name, epochs=epochs, **overrides)`` (which moves the LR milestones with the epochs),
-    where ``epochs=None``, as a notebook parameter may be, keeps the recipe's."""
+    where ``epochs=None`` or ``batch_size=None``, as a notebook parameter may be, keeps the recipe's."""
     if epochs is not None:
-        overrides["epochs"] = int(epochs)
+        overrides["epochs"] = epochs
+    if batch_size is not None:
+        overrides["batch_size"] = batch_size
     return recipes.get(name, **overrides)
 
 

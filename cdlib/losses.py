@@ -141,7 +141,7 @@ def _check_labels(logits: torch.Tensor, targets) -> None:
 
 
 def channel_attention(feature_map: torch.Tensor) -> torch.Tensor:
-    """Channel-wise attention of a (N, C, H, W) map: the spatial mean, (N, C)."""
+    """Channel attention of a (N, C, H, W) map: its spatial mean, (N, C)."""
     _check_map(feature_map, "channel_attention")
     return _acc(feature_map).mean(dim=(2, 3))
 
@@ -156,7 +156,10 @@ def _check_stage_lists(student_feats: Sequence[torch.Tensor], teacher_feats: Seq
             )
 
 
-def cd_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]) -> torch.Tensor:
+def cd_loss(
+    student_feats: Sequence[torch.Tensor],
+    teacher_feats: Sequence[torch.Tensor],
+) -> torch.Tensor:
     """Channel Distillation loss (Zhou et al. 2020, eq. 2).
 
     For every stage: mean over batch x channels of the squared difference of
@@ -166,7 +169,8 @@ def cd_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch
     _check_stage_lists(student_feats, teacher_feats)
     total = _acc(student_feats[0]).new_zeros(())
     for s, t in zip(student_feats, teacher_feats):
-        total = total + (channel_attention(s) - channel_attention(t)).pow(2).mean()
+        gap = channel_attention(s) - channel_attention(t)
+        total = total + gap.pow(2).mean()
     return total
 
 
@@ -196,7 +200,11 @@ def ce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(_acc(logits), targets)
 
 
-def per_sample_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def per_sample_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
     """KL(softmax(t/T) || softmax(s/T)) for each sample, in float32."""
     _check_kl_inputs(student_logits, teacher_logits, temperature)
     log_p_student = F.log_softmax(_acc(student_logits) / temperature, dim=1)
@@ -204,13 +212,23 @@ def per_sample_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
     return (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1)
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
-    """Hinton knowledge distillation: T^2 * KL(teacher || student), batch mean."""
-    return per_sample_kl(student_logits, teacher_logits, temperature).mean() * temperature**2
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 4.0,
+) -> torch.Tensor:
+    """Hinton knowledge distillation: T^2 * KL(teacher || student).
+
+    Averaged over the batch.
+    """
+    kl = per_sample_kl(student_logits, teacher_logits, temperature)
+    return kl.mean() * temperature**2
 
 
-def teacher_correct_mask(teacher_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Boolean (N,) mask of the samples whose teacher argmax equals the label."""
+def teacher_correct_mask(
+    teacher_logits: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """Boolean (N,) mask: the samples whose teacher argmax is the label."""
     _check_labels(teacher_logits, targets)
     return teacher_logits.argmax(dim=1) == targets
 
@@ -234,10 +252,11 @@ def gkd_loss(
     _check_targets(student_logits, targets)  # (N,) class indices
     kept = teacher_correct_mask(teacher_logits, targets)
     per_sample = per_sample_kl(student_logits, teacher_logits, temperature)
-    # Multiplying by the mask (instead of indexing) keeps the graph shape fixed,
-    # which torch.compile and CUDA graphs like; clamp avoids 0/0.
+    # Multiplying by the mask (instead of indexing) keeps the graph shape
+    # fixed, which torch.compile and CUDA graphs like; clamp avoids 0/0.
     kept_f = kept.to(per_sample.dtype)
-    count = kept_f.sum() if nan_on_all_wrong else kept_f.sum().clamp_min(1.0)
+    count = (kept_f.sum() if nan_on_all_wrong
+             else kept_f.sum().clamp_min(1.0))
     return (per_sample * kept_f).sum() / count * temperature**2
 
 

@@ -29,6 +29,11 @@ def test_scaled_recipe_moves_milestones_with_epochs():
     assert analysis.scaled_recipe("demo", epochs=15, lr_milestones=[3]).lr_milestones == (3,)
 
 
+def test_scaled_recipe_keeps_the_recipes_batch_size_unless_given():
+    assert analysis.scaled_recipe("cifar100-colab", batch_size=None).batch_size == recipes.get("cifar100-colab").batch_size
+    assert analysis.scaled_recipe("cifar100-colab", batch_size=16).batch_size == 16
+
+
 def test_variant_gets_its_own_folder_and_the_shared_teacher(tmp_path):
     cfg = recipes.get("demo", run_dir=str(tmp_path / "demo"))
     with pytest.raises(Exception, match="does not exist yet"):

@@ -10,7 +10,11 @@ with their defaults and only these overrides:
 - ``DOWNLOAD = False`` and ``DATA_ROOT``: a small CIFAR-100 archive this test writes in
   the real on-disk format (tests/cifar_archive.py: ``cifar-100-python/{train,test,meta}``,
   100 classes x 2 training images, 100 test images);
-- ``PROGRESS = False`` and ``RUN_ROOT`` in the test's temporary folder;
+- ``BATCH_SIZE = 16``: the same code at an eighth of the recipe's 128 images a step (a
+  real ResNet34 step at 128 takes about 20 s on these CPUs);
+- ``PROGRESS = False`` and one ``RUN_ROOT`` for the four chapters, in the test's
+  temporary folder, as a Colab reader's Google Drive folder is: the teacher trains once
+  and chapter 04 finds chapter 02's finished runs (resumed at their end, as on Colab);
 - chapter 01's ``PROBE_STEPS = 3`` (see EXTRA).
 
 A failing cell fails the test with the chapter, the cell and the error. The
@@ -43,18 +47,24 @@ CHAPTERS = [
     "notebooks/04_reproduce_cifar100.ipynb",
 ]
 DEFAULT_RECIPE = "cifar100-colab"
-# Beyond the step cap, only loop counts a chapter offers as parameters are lowered, never
-# the data, the models or the batch size. Chapter 01 fits fresh connectors to three frozen
+# Beyond the step cap and the batch size, only loop counts a chapter offers as parameters are
+# lowered, never the data or the models. Chapter 01 fits fresh connectors to three frozen
 # students with PROBE_STEPS Adam steps each (300 by default: several CPU minutes on the
 # real ResNets' stage outputs); three steps run the same code.
 EXTRA = {"notebooks/01_channel_attention.ipynb": {"PROBE_STEPS": 3}}
 # Names every chapter's parameters cell must define for this test to run it as a reader would.
-NEEDED = ["RECIPE", "DATA_ROOT", "DOWNLOAD", "RUN_ROOT", "EPOCHS", "MAX_STEPS_PER_EPOCH", "PROGRESS"]
+NEEDED = ["RECIPE", "DATA_ROOT", "DOWNLOAD", "RUN_ROOT", "EPOCHS", "MAX_STEPS_PER_EPOCH", "BATCH_SIZE", "PROGRESS"]
 
 
 @pytest.fixture(scope="module")
 def cifar_root(tmp_path_factory) -> Path:
     return write_cifar100(tmp_path_factory.mktemp("cifar"), train_per_class=2, test_per_class=1)
+
+
+@pytest.fixture(scope="module")
+def shared_runs(tmp_path_factory) -> Path:
+    """One RUN_ROOT for all four chapters, as a reader's Drive folder on Colab."""
+    return tmp_path_factory.mktemp("drive") / "runs"
 
 
 def _parameters_cell(nb) -> str:
@@ -88,7 +98,8 @@ def _kernel_env(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[Path(c).stem for c in CHAPTERS])
-def test_chapter_runs_its_default_recipe_on_a_cpu(chapter, cifar_root, tmp_path, monkeypatch, record_property):
+def test_chapter_runs_its_default_recipe_on_a_cpu(chapter, cifar_root, shared_runs, tmp_path, monkeypatch,
+                                                  record_property):
     nbformat = pytest.importorskip("nbformat")
     papermill = pytest.importorskip("papermill")
     from papermill.exceptions import PapermillExecutionError
@@ -105,13 +116,14 @@ def test_chapter_runs_its_default_recipe_on_a_cpu(chapter, cifar_root, tmp_path,
     work = tmp_path / "notebooks"
     work.mkdir()
     (tmp_path / "results").symlink_to(REPO / "results", target_is_directory=True)
-    runs = tmp_path / "runs"
+    runs = shared_runs
     extra = EXTRA.get(chapter, {})
     assert set(extra) <= set(defaults), f"{chapter}: {sorted(set(extra) - set(defaults))} are not parameters"
     params = {
         **extra,
         "EPOCHS": 1,
         "MAX_STEPS_PER_EPOCH": 1,
+        "BATCH_SIZE": 16,
         "DOWNLOAD": False,
         "PROGRESS": False,
         "DATA_ROOT": str(cifar_root),
@@ -127,7 +139,7 @@ def test_chapter_runs_its_default_recipe_on_a_cpu(chapter, cifar_root, tmp_path,
     except PapermillExecutionError as exc:
         first = next((ln for ln in (exc.source or "").splitlines() if ln.strip()), "")
         pytest.fail(
-            f"{chapter} fails on its default path ({DEFAULT_RECIPE}, EPOCHS=1, MAX_STEPS_PER_EPOCH=1): "
+            f"{chapter} fails on its default path ({DEFAULT_RECIPE}, EPOCHS=1, MAX_STEPS_PER_EPOCH=1, BATCH_SIZE=16): "
             f"executed cell {exc.cell_index} (In [{exc.exec_count}]) `{first}` raised {exc.ename}: {exc.evalue}\n"
             f"(the partly executed notebook: {out})",
             pytrace=False,

@@ -212,6 +212,17 @@ def test_edt_parts_split_the_cifar100_staircase():
     assert [e for e in range(2, epochs + 1) if whole(e)["cd"] != whole(e - 1)["cd"]] == [18, 48]
 
 
+def test_imagenet_decay_only_is_the_authors_cd_gkd_setting():
+    """lambda_CD = 6 * 0.9^floor(e/30) from epoch 1 with CE and GKD at 1 (their lrdv1 with CD's factor 0.9):
+    the staircase's decay without its warm-up."""
+    decay = schedules.get("paper-imagenet-decay-only")
+    whole = schedules.get("paper-imagenet")
+    for e in range(1, 101):
+        assert decay(e)["cd"] == pytest.approx(6 * 0.9 ** (e // 30)), e
+        assert decay(e)["ce"] == 1.0 and decay(e)["gkd"] == 1.0, e
+        assert decay(e)["cd"] == whole(e)["cd"], e
+
+
 def test_a_misspelt_name_gets_a_suggestion():
     with pytest.raises(ValueError, match=r"unknown schedule 'cosin'; known: .*; did you mean 'cosine'\?"):
         schedules.get("cosin")
