@@ -195,15 +195,20 @@ def held(folder: str | os.PathLike, take: bool = True) -> Iterator[None]:
     if key in _held:  # held already by this process: the outermost hold releases it
         yield
         return
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        _held[key] = _acquire(folder)
-    except OSError as exc:
-        raise describe(exc, "create the run folder", folder) from None
+    _held[key] = _lock_folder(folder)
     try:
         yield
     finally:
         _release(folder, _held.pop(key))
+
+
+def _lock_folder(folder: Path) -> int:
+    """Create ``folder`` if missing and take its lock; the lock file's descriptor."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return _acquire(folder)
+    except OSError as exc:
+        raise describe(exc, "create the run folder", folder) from None
 
 
 def lost(folder: str | os.PathLike) -> bool:
@@ -220,11 +225,7 @@ def lost(folder: str | os.PathLike) -> bool:
             return False
     except OSError:
         pass
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        _held[key] = _acquire(folder)
-    except OSError as exc:
-        raise describe(exc, "create the run folder", folder) from None
+    _held[key] = _lock_folder(folder)
     os.close(fd)
     return True
 
