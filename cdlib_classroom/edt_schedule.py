@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 from cdlib import terms
 
 from .checking import fail, function_name, run_check, student_line
-from .outcome import close, describe_result, error_text, fmt
+from .outcome import close, describe_result, error_text, fmt, raised_problem
 from .record import CLASSROOM, AllAnswers, Exercise, Question
 
 __all__ = ["check_schedule", "check_my_weights", "schedule_fingerprint", "epoch_grid", "answer_problem",
@@ -52,9 +52,7 @@ def answer_problem(answer: dict, epoch: float) -> Optional[str]:
     """What breaks the rules in one answer, described by :func:`cdlib_classroom.outcome.describe_result`:
     a dict of exactly the three weights, finite numbers >= 0. None when it keeps them."""
     if "error" in answer:
-        if answer.get("not_implemented"):
-            return "not implemented yet (the function raises NotImplementedError)."
-        return f"the function raised {answer['error']}."
+        return raised_problem(answer)
     weights = answer.get("mapping")
     if weights is None:
         return (f"schedule({epoch:g}) returned a {answer['type']}; it must return a dict "

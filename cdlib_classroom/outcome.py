@@ -88,12 +88,17 @@ def describe_result(value, grad_inputs: Sequence[torch.Tensor] = ()) -> dict:
     return out
 
 
+def raised_problem(outcome: dict, subject: str = "the function") -> str:
+    """The diagnosis of an answer that raised: not written yet (NotImplementedError), or which error."""
+    if outcome.get("not_implemented"):
+        return f"not implemented yet ({subject} raises NotImplementedError)."
+    return f"{subject} raised {outcome['error']}."
+
+
 def output_problem(outcome: dict, reduce_over: str = "batch", need_graph: bool = True) -> Optional[str]:
     """What is wrong with a described result as a loss (a 0-d float tensor in the graph), or None."""
     if "error" in outcome:
-        if outcome.get("not_implemented"):
-            return "not implemented yet (the function raises NotImplementedError)."
-        return f"the function raised {outcome['error']}."
+        return raised_problem(outcome)
     kind = outcome["type"]
     if outcome.get("number"):
         return (f"returned a Python {kind} ({outcome['repr']}), not a tensor: gradients don't flow through a plain "
@@ -167,9 +172,7 @@ def tensors_close(got: torch.Tensor, want: torch.Tensor, rtol: float = 1e-4, ato
 def tensor_problem(outcome: dict, want: torch.Tensor) -> Optional[str]:
     """What is wrong with a described result that should be the tensor ``want``, or None."""
     if "error" in outcome:
-        if outcome.get("not_implemented"):
-            return "not implemented yet (it raises NotImplementedError)."
-        return f"it raised {outcome['error']}."
+        return raised_problem(outcome, "it")
     got = outcome.get("tensor")
     if got is None:
         return f"returned a {outcome.get('type')}, not a floating-point torch tensor."
