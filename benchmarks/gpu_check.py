@@ -16,8 +16,8 @@ It runs, in one process on one device:
    resumed run's metrics rows (timings left out) and final weights are compared, bit for bit, with
    the uninterrupted run's (on a GPU under torch.use_deterministic_algorithms, warn-only);
 4. the paper's recipe (``cifar100``: teacher + CD + GKD + EDT) and each chapter's default run
-   (cdlib.estimate.CHAPTERS) projected from images/s measured here (cdlib.estimate.measured_time,
-   the code behind ``cdlib estimate --measure``), beside the FLOP-based estimates.
+   (cdlib_bench.timing.CHAPTERS) projected from images/s measured here (cdlib_bench.timing.measured_time,
+   the code behind ``cdlib measure``), beside the FLOP-based estimates (cdlib_bench.estimate).
 
 The JSON goes to benchmarks/results/gpu-check/<gpu>-<date>.json (or --output). Its keys:
 device, ours_img_s, reference_img_s, ratio (= ours_img_s / reference_img_s), precision,
@@ -47,10 +47,14 @@ import torch  # noqa: E402
 import cdlib_bench as bench  # noqa: E402
 from cdlib import checkpoint as ckpt  # noqa: E402
 from cdlib import device as device_mod  # noqa: E402
-from cdlib import estimate, recipes, train  # noqa: E402
+from cdlib import recipes, train  # noqa: E402
 from cdlib.errors import CDLibError  # noqa: E402
-from cdlib.flops import gpu_model_key  # noqa: E402
 from cdlib.runfolder import CHECKPOINT_FILE  # noqa: E402
+from cdlib_bench import (
+    estimate,  # noqa: E402
+    timing,  # noqa: E402
+)
+from cdlib_bench.flops import gpu_model_key  # noqa: E402
 
 # A folder of its own: benchmarks/results/*.json are throughput results the speed chapter plots.
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "gpu-check"
@@ -170,7 +174,7 @@ def _comparable(metrics: list) -> list:
 
 def run_and_resume(args, sizes: Sizes, folder: Path) -> dict:
     device = torch.device(args.device)
-    data_root = estimate.write_synthetic_cifar100(folder / "data", sizes.train_images, sizes.test_images, seed=1)
+    data_root = timing.write_synthetic_cifar100(folder / "data", sizes.train_images, sizes.test_images, seed=1)
     changes = dict(epochs=2, data_root=str(data_root), run_dir=str(folder / "runs"), device=args.device,
                    progress=False, method=RUN_METHOD, **sizes.models)
     if sizes.run_batch:
@@ -216,7 +220,7 @@ def run_and_resume(args, sizes: Sizes, folder: Path) -> dict:
         "batch_size": cfg.batch_size, "train_images": sizes.train_images, "test_images": sizes.test_images,
         "data": "synthetic CIFAR-100-format archive (class prototypes + noise), cdlib's cifar100 loader, "
                 f"data_on_device={cfg.data_on_device}",
-        "precision": estimate._precision_name(device_mod.amp_dtype(device, cfg.amp), device),
+        "precision": timing.precision_name(device_mod.amp_dtype(device, cfg.amp), device),
         "channels_last": cfg.channels_last and device.type == "cuda",
         "deterministic": deterministic, "determinism_warnings": caught,
         "teacher_top1": whole.teacher_metrics["top1"] if whole.teacher_metrics else None,
@@ -244,7 +248,7 @@ def projections(args, sizes: Sizes) -> dict:
         options.update(warmup=1, eval_batches=1, test_images=sizes.measure_batch or 8)
     gpus = ("T4", "H100")
     paper = recipes.get("cifar100", **changes)
-    measured = estimate.measured_time(paper, **options)
+    measured = timing.measured_time(paper, **options)
     flop = {gpu: estimate.recipe_time(paper, gpu) for gpu in gpus}
     paper_out = {
         "recipe": "cifar100", "label": measured["label"], "epochs": measured["epochs"],
@@ -256,11 +260,11 @@ def projections(args, sizes: Sizes) -> dict:
         "batch_size": paper.batch_size,
     }
     colab = recipes.get(RUN_RECIPE, **changes)
-    union = list(dict.fromkeys(m for _, listed in estimate.CHAPTERS.values() for m in listed))
-    timed = estimate.measure(colab, union, **options)
-    chapters = estimate.chapter_times(colab, gpus, measurement=timed)
-    print(estimate.format_measured(measured, list(flop.values())))
-    print(estimate.format_chapters(chapters))
+    union = list(dict.fromkeys(m for _, listed in timing.CHAPTERS.values() for m in listed))
+    timed = timing.measure(colab, union, **options)
+    chapters = timing.chapter_times(colab, gpus, measurement=timed)
+    print(timing.format_measured(measured, list(flop.values())))
+    print(timing.format_chapters(chapters))
     speeds = {  # what the chapters' projections are computed from (tests recompute them)
         "recipe": RUN_RECIPE, "epochs": colab.epochs, "train_images": estimate.recipe_time(colab, "T4")["train_images"],
         "test_images": estimate.recipe_time(colab, "T4")["test_images"], "student": colab.student,

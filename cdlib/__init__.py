@@ -1,10 +1,7 @@
 """cdlib: Channel Distillation (Zhou et al. 2020) — CD, GKD and EDT — and its baselines.
 
-Modules: ``losses`` (pure loss functions), ``terms`` (the table of loss terms),
-``connectors``, ``schedules`` (EDT), ``models`` (by name), ``data`` (by name),
-``recipes`` (run configurations), ``train`` (fit / run; built from ``parts``,
-``step``, ``resume``, ``runfolder``, ``health``, ``distributed``, ``interrupt``).
-Every error caused by input is a :class:`CDLibError` with one sentence.
+The layers, from the method up, are listed in the README ("Architecture"). Every
+error caused by input is a :class:`CDLibError` with one sentence.
 """
 
 __version__ = "0.1.0"

@@ -33,29 +33,10 @@ from . import models, recipes, runfolder
 from .connectors import Connector, build_connectors
 from .errors import CheckpointError, ConfigError
 
-__all__ = [
-    "PAPER_RESULTS",
-    "METHOD_LABELS",
-    "method_label",
-    "scaled_recipe",
-    "config_table",
-    "variant",
-    "teacher_checkpoint_of",
-    "load_teacher",
-    "load_student",
-    "load_connectors",
-    "data_for",
-    "metrics_frame",
-    "results_table",
-    "cost_table",
-    "paper_comparison",
-    "connector_table",
-    "cli_command",
-    "binomial_se",
-    "paired_bootstrap_ratio",
-    "contrast_table",
-    "contrast_words",
-]
+__all__ = ["PAPER_RESULTS", "METHOD_LABELS", "method_label", "scaled_recipe", "config_table", "variant",
+           "teacher_checkpoint_of", "load_teacher", "load_student", "load_connectors", "data_for", "metrics_frame",
+           "results_table", "cost_table", "paper_comparison", "connector_table", "cli_command", "binomial_se",
+           "paired_bootstrap_ratio", "contrast_table", "contrast_words"]
 
 RunLike = Union["RunResult", str, os.PathLike, Sequence[dict]]  # noqa: F821 - RunResult from cdlib.train
 
@@ -82,18 +63,8 @@ PAPER_RESULTS: Dict[str, Dict[str, Tuple[float, Optional[float]]]] = {
     },
 }
 
-METHOD_LABELS = {
-    "teacher": "teacher",
-    "student": "student alone",
-    "kd": "KD",
-    "gkd": "GKD",
-    "cd": "CD",
-    "at": "AT",
-    "fitnets": "FitNets",
-    "cd+gkd": "CD + GKD",
-    "cd+edt": "CD + EDT",
-    "cd+gkd+edt": "CD + GKD + EDT",
-}
+# Labels that are not a method's terms in capitals, joined with ' + ' (as 'cd+gkd' -> 'CD + GKD').
+METHOD_LABELS = {"teacher": "teacher", "student": "student alone", "fitnets": "FitNets"}
 
 
 def method_label(method: str) -> str:
@@ -112,11 +83,8 @@ def scaled_recipe(name: str, epochs: Optional[int] = None, batch_size: Optional[
                   **overrides) -> recipes.RunConfig:
     """``recipes.get(name, epochs=epochs, **overrides)`` (which moves the LR milestones with the epochs),
     where ``epochs=None`` or ``batch_size=None``, as a notebook parameter may be, keeps the recipe's."""
-    if epochs is not None:
-        overrides["epochs"] = epochs
-    if batch_size is not None:
-        overrides["batch_size"] = batch_size
-    return recipes.get(name, **overrides)
+    given = {"epochs": epochs, "batch_size": batch_size}
+    return recipes.get(name, **{k: v for k, v in given.items() if v is not None}, **overrides)
 
 
 def config_table(cfg: recipes.RunConfig):
@@ -206,12 +174,9 @@ def load_connectors(run_dir_or_checkpoint: Union[str, os.PathLike], device: Opti
     indices = sorted({int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)})
     if not indices:
         raise CheckpointError(f"{path} holds no connectors: only runs whose method includes 'cd' train them.")
-    modules = nn.ModuleList()
-    for i in indices:
-        key = f"{prefix}{i}."
-        out_c, in_c = state[f"{key}0.weight"].shape[:2]
-        modules.append(Connector(in_c, out_c))
-        modules[-1].load_state_dict({k[len(key):]: v for k, v in state.items() if k.startswith(key)})
+    shapes = [state[f"{prefix}{i}.0.weight"].shape[:2] for i in indices]  # (out, in) of each 1x1 convolution
+    modules = nn.ModuleList(Connector(in_c, out_c) for out_c, in_c in shapes)
+    modules.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
     return modules.to(device or "cpu").eval()
 
 
@@ -318,14 +283,9 @@ def cost_table(runs: Mapping[str, RunLike], train_images: int, epochs: int):
     """
     import pandas as pd
 
-    rows = {}
-    for label, run in runs.items():
-        ips = statistics.median(r["images_per_s"] for r in _metrics_of(run))
-        rows[label] = {
-            "images/s": ips,
-            "s / epoch": train_images / ips,
-            "hours": train_images * epochs / ips / 3600,
-        }
+    speeds = {label: statistics.median(r["images_per_s"] for r in _metrics_of(run)) for label, run in runs.items()}
+    rows = {label: {"images/s": ips, "s / epoch": train_images / ips, "hours": train_images * epochs / ips / 3600}
+            for label, ips in speeds.items()}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
 
 
@@ -344,7 +304,7 @@ def paper_comparison(runs: Mapping[str, RunLike], teacher: Optional[TeacherLike]
     table = PAPER_RESULTS[paper]
     ours = {"teacher": _summary(teacher)} if teacher is not None else {}
     ours.update({method: _summary(run) for method, run in runs.items()})
-    nan = float("nan")
+    nan = math.nan
     rows = {}
     for method in dict.fromkeys([*table, *ours]):
         p1, p5 = table.get(method, (nan, nan))
@@ -379,34 +339,29 @@ def cli_command(cfg: recipes.RunConfig, recipe: str, command: str = "distill", w
     base = recipes.get(recipe)
     # `--epochs N` alone already moves the milestones, so only milestones that differ from those are written.
     scaled_milestones = recipes.get(recipe, epochs=cfg.epochs).lr_milestones
-    parts = ["cdlib", command, "--recipe", recipe]
+    options = [f"cdlib {command} --recipe {recipe}"]  # each entry one option with its values
     for f in dataclasses.fields(recipes.RunConfig):
         value = getattr(cfg, f.name)
         default = scaled_milestones if f.name == "lr_milestones" else getattr(base, f.name)
-        if value == default:
-            continue
         flag = "--" + f.name.replace("_", "-")
+        if value == default or value is None:  # a None setting cannot be written: the recipe's value applies
+            continue
         if isinstance(value, bool):
-            parts.append(flag if value else "--no-" + f.name.replace("_", "-"))
+            options.append(flag if value else "--no-" + flag[2:])
         elif isinstance(value, dict):
-            changed = {k: v for k, v in value.items() if default.get(k) != v}
-            parts += [flag, *(f"{k}={v}" for k, v in changed.items())]
+            options.append(" ".join([flag, *(f"{k}={v}" for k, v in value.items() if default.get(k) != v)]))
         elif isinstance(value, (tuple, list)):
-            parts += [flag, *(str(v) for v in value)]
-        elif value is None:
-            continue  # a None setting cannot be written on the command line; the recipe's value applies
+            options.append(" ".join([flag, *map(str, value)]))
         else:
-            parts += [flag, shlex.quote(str(value))]
+            options.append(f"{flag} {shlex.quote(str(value))}")
     if width is None:
-        return " ".join(parts)
-    lines, line = [], ""
-    for part in parts:
-        if part.startswith("--") and line and len(line) + 1 + len(part) > width:
-            lines.append(line)
-            line = "    " + part
+        return " ".join(options)
+    lines = [options[0]]
+    for option in options[1:]:
+        if len(lines[-1]) + 1 + len(option) > width:
+            lines.append("    " + option)
         else:
-            line = f"{line} {part}" if line else part
-    lines.append(line)
+            lines[-1] += " " + option
     return " \\\n".join(lines)
 
 

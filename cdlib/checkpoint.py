@@ -1,45 +1,40 @@
 """Checkpoints: written atomically, read with ``weights_only=True`` (a file never runs code).
 
-Two kinds of file:
+Two kinds of file: a *model file* (``save_model`` / ``load_model``), one model's weights plus its name and class
+count, so a trained teacher can be reused by name; a *training checkpoint* (written by :func:`cdlib.train.fit`),
+everything a run needs to resume (:mod:`cdlib.resume`).
 
-* a *model file* (``save_model`` / ``load_model``): one model's weights plus
-  its name and class count, so a trained teacher can be reused by name;
-* a *training checkpoint* (written by :func:`cdlib.train.fit`): everything a
-  run needs to resume (:mod:`cdlib.resume`).
-
-Every way a file can be wrong (missing, truncated, random bytes, a pickle
-that would run code, weights of another model) raises
-:class:`~cdlib.errors.CheckpointError` with one sentence, never a traceback
-from deep inside ``torch.load``.
+Every way a file can be wrong (missing, truncated, random bytes, a pickle that would run code, weights of another
+model) raises :class:`~cdlib.errors.CheckpointError` with one sentence, never a traceback from inside ``torch.load``.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 import tempfile
 import warnings
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, BinaryIO, Callable, Dict, Mapping, Optional
 
 import torch
 from torch import nn
 
 from . import models
-from .errors import CheckpointError
-from .oserrors import describe
+from .errors import CheckpointError, from_os_error
 
-__all__ = ["atomic_save", "safe_load", "save_model", "load_model", "load_model_weights", "MODEL_FORMAT", "TRAINING_FORMAT"]
+__all__ = ["atomic_write", "atomic_save", "safe_load", "save_model", "load_model", "load_model_weights", "MODEL_FORMAT", "TRAINING_FORMAT"]
 
 MODEL_FORMAT = "cdlib-model-v1"
 TRAINING_FORMAT = "cdlib-training-v1"
 
 
 def _umask() -> int:
-    """The process's umask (read without changing it where /proc says it)."""
+    """The process's umask, read from /proc where it says (setting it, even for a moment, races other threads)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
@@ -51,14 +46,14 @@ def _umask() -> int:
     return mask
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a crash,
-    a kill or a full disk mid-write never leaves a half-written checkpoint behind
-    (the previous file stays). The file gets the permissions of any file the user
-    creates (their umask), not the private 0600 of a temporary file.
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """``write(file)`` into a temporary file in the same folder, then rename: a crash, a kill or a full disk
+    mid-write never leaves a half-written file behind (the previous one stays), and a reader never sees half a
+    file. The file gets the permissions of any file the user creates (their umask), not the private 0600 of a
+    temporary file. Every file cdlib writes into a run folder goes through here.
 
-    Raises ``OSError`` (with the path) when the file cannot be written; torch's
-    own write failures are turned into one (ENOSPC when the disk is full).
+    Raises ``OSError`` (with the path) when the file cannot be written; torch's own write failures are turned into
+    one (ENOSPC when the disk is full).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,21 +61,23 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except RuntimeError as exc:  # torch's zip writer: "[enforce fail at inline_container.cc] ... file write failed"
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise _write_failure(path, exc) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, RuntimeError):  # torch's zip writer: "[enforce fail at inline_container.cc] ... write failed"
+            raise _write_failure(path, exc) from None
         raise
 
 
-def _write_failure(path: Path, exc: RuntimeError) -> OSError:
-    import shutil
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj)`` to ``path`` through :func:`atomic_write`."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
+
+def _write_failure(path: Path, exc: RuntimeError) -> OSError:
     try:
         full = shutil.disk_usage(path.parent).free < (64 << 20)
     except OSError:
@@ -100,25 +97,16 @@ def _failed_checksum(path: Path) -> Optional[str]:
         return None
 
 
-def _kind_of_file(path: Path) -> str:
-    """'zip' (torch's format), 'pickle' (a raw pickle or torch's legacy format) or 'other', from the first bytes."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head.startswith(b"PK"):
-        return "zip"
-    if head[:1] == b"\x80":
-        return "pickle"
-    return "other"
-
-
 def safe_load(path: str | os.PathLike, what: str = "checkpoint") -> Dict[str, Any]:
     """The dictionary in a cdlib (or plain PyTorch) checkpoint, loaded with ``weights_only=True``."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist or is not a file; check the path or train one first.")
+    head = b""  # the first bytes: b"PK" starts torch's zip format, b"\x80" a raw pickle or torch's legacy format
     try:
-        kind = _kind_of_file(path)
-        damaged = _failed_checksum(path) if kind == "zip" else None
+        with open(path, "rb") as f:
+            head = f.read(4)
+        damaged = _failed_checksum(path) if head.startswith(b"PK") else None
         if damaged:
             # torch.load does not check the zip's CRC-32s: flipped bits in a tensor would load as wrong weights.
             raise CheckpointError(f"{what} {path} is corrupt: its part {damaged!r} fails its checksum (damaged on "
@@ -131,15 +119,14 @@ def safe_load(path: str | os.PathLike, what: str = "checkpoint") -> Dict[str, An
     except CheckpointError:
         raise
     except PermissionError:
-        raise CheckpointError(
-            f"cannot read {what} {path}: permission denied ({_owner_and_mode(path)}); the file may well be fine: ask its "
-            "owner to make it readable (chmod a+r), or copy it somewhere you can read it."
-        ) from None
+        raise CheckpointError(f"cannot read {what} {path}: permission denied ({_owner_and_mode(path)}); the file may "
+                              "well be fine: ask its owner to make it readable (chmod a+r), or copy it somewhere you can "
+                              "read it.") from None
     except Exception as exc:  # unreadable; damaged, not a checkpoint, or holds objects that would run code
         if isinstance(exc, OSError) and exc.errno in _ACCESS_ERRORS:
-            raise describe(exc, f"read {what}", path, CheckpointError) from None
+            raise from_os_error(exc, f"read {what}", path, CheckpointError) from None
         # torch's zip reader reports a truncated file as an OSError (EINVAL) too: a damaged file, not an access error.
-        raise CheckpointError(f"{what} {path} {_why_unreadable(str(exc), kind)}.") from None
+        raise CheckpointError(f"{what} {path} {_why_unreadable(str(exc), head)}.") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{what} {path} holds a {type(obj).__name__}, not a cdlib checkpoint dictionary.")
     return obj
@@ -158,14 +145,15 @@ def _owner_and_mode(path: Path) -> str:
     return f"owner uid {st.st_uid}, mode {stat.filemode(st.st_mode)}"
 
 
-def _why_unreadable(message: str, kind: str) -> str:
+def _why_unreadable(message: str, head: bytes) -> str:
     if "GLOBAL" in message or "Unsupported global" in message:
         return ("holds Python objects other than tensors, and loading them could run code, so it was refused; "
                 "point to a model.pt or checkpoint.pt written by cdlib")
-    if kind == "pickle":
+    if head[:1] == b"\x80":
         return ("is a plain Python pickle (or PyTorch's legacy format) that holds Python objects; loading it could run "
-                "code, so it was refused; re-save its tensors with torch.save(state_dict), or point to a file written by cdlib")
-    if kind == "zip":
+                "code, so it was refused; re-save its tensors with torch.save(state_dict), or point to a file written by "
+                "cdlib")
+    if head.startswith(b"PK"):
         return ("looks like a PyTorch checkpoint but is truncated or corrupt (an interrupted copy or download?); copy it "
                 "again, or point to another file written by cdlib")
     return ("is not a PyTorch checkpoint (its first bytes are those of another kind of file, or it is truncated or "
@@ -173,14 +161,14 @@ def _why_unreadable(message: str, kind: str) -> str:
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, name: str, num_classes: int, **meta: Any) -> None:
-    atomic_save({"format": MODEL_FORMAT, "model": name, "num_classes": num_classes, "state_dict": model.state_dict(), **meta}, path)
+    """Write a model file: ``model``'s weights with its ``name``, class count and ``meta``, atomically."""
+    atomic_save({"format": MODEL_FORMAT, "model": name, "num_classes": num_classes, "state_dict": model.state_dict(),
+                 **meta}, path)
 
 
 def load_model_weights(model: nn.Module, path: str | os.PathLike, name: str, what: str = "checkpoint") -> nn.Module:
-    """Load a model file into ``model`` (built as ``name``), with a clear error on any mismatch.
-
-    A training checkpoint (its student) and a plain state dict (e.g. torchvision's) are accepted too.
-    """
+    """Load a model file into ``model`` (built as ``name``), with a clear error on any mismatch; a training
+    checkpoint (its student) and a plain state dict (e.g. torchvision's) are accepted too."""
     path = Path(path)
     return _load_into(model, safe_load(path, what), path, name, what)
 
@@ -190,19 +178,15 @@ def _load_into(model: nn.Module, obj: Mapping[str, Any], path: Path, name: str, 
     if obj.get("format") == MODEL_FORMAT:
         saved_name, saved_classes = obj.get("model"), obj.get("num_classes")
         if saved_name != name or (expected_classes is not None and saved_classes != expected_classes):
-            raise CheckpointError(
-                f"{what} {path} holds a {saved_name} with {saved_classes} classes, but a {name} with "
-                f"{expected_classes if expected_classes is not None else '?'} classes was asked for; "
-                "pass the matching model name or checkpoint."
-            )
+            raise CheckpointError(f"{what} {path} holds a {saved_name} with {saved_classes} classes, but a {name} with "
+                                  f"{expected_classes if expected_classes is not None else '?'} classes was asked for; "
+                                  "pass the matching model name or checkpoint.")
         state = obj.get("state_dict")
     elif obj.get("format") == TRAINING_FORMAT:
         saved_name = (obj.get("config") or {}).get("student")
         if saved_name is not None and saved_name != name:
-            raise CheckpointError(
-                f"{what} {path} is a training checkpoint of a {saved_name}, but a {name} was asked for; "
-                "pass the matching model name or checkpoint."
-            )
+            raise CheckpointError(f"{what} {path} is a training checkpoint of a {saved_name}, but a {name} was asked "
+                                  "for; pass the matching model name or checkpoint.")
         trainable = obj.get("trainable")
         if not isinstance(trainable, Mapping):
             raise CheckpointError(f"{what} {path} is a training checkpoint without its weights; it is damaged, train again.")
@@ -221,15 +205,11 @@ def _load_into(model: nn.Module, obj: Mapping[str, Any], path: Path, name: str, 
 
 
 def load_model(path: str | os.PathLike, name: Optional[str] = None, num_classes: Optional[int] = None) -> nn.Module:
-    """Build and load the model a model file describes (name and classes from the file).
-
-    ``name`` and ``num_classes`` are needed only for files that do not say
-    (a plain state dict); a training checkpoint's student loads too.
-    """
+    """Build and load the model a model file describes (name and classes from the file; ``name`` and ``num_classes``
+    are needed only for files that do not say, a plain state dict); a training checkpoint's student loads too."""
     obj = safe_load(path, "model file")
-    if obj.get("format") == TRAINING_FORMAT:
-        name = name or (obj.get("config") or {}).get("student")
-    name = name or obj.get("model")
+    student = (obj.get("config") or {}).get("student") if obj.get("format") == TRAINING_FORMAT else None
+    name = name or student or obj.get("model")
     num_classes = num_classes or obj.get("num_classes")
     if name is None or num_classes is None:
         raise CheckpointError(f"{path} does not say which model it holds; pass name= and num_classes= (CLI: --model).")

@@ -1,4 +1,5 @@
-"""Command line: ``cdlib train | distill | evaluate | estimate | grade`` (also ``python -m cdlib``).
+"""Command line: ``cdlib train | distill | evaluate | list`` (also ``python -m cdlib``), and the
+commands other packages register (``grade``, ``export-otter``; ``estimate``, ``measure``).
 
 Every field of a recipe (:class:`cdlib.recipes.RunConfig`) is an option, so
 ``cdlib distill --recipe cifar100 --epochs 50 --method kd`` overrides just
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from . import __version__, recipes, terms
-from .errors import CDLibError, ConfigError
+from .errors import CDLibError, ConfigError, from_os_error
 
 HELP = {
     "data": "data set: cifar100, imagenet, digits (bundled) or synthetic",
@@ -72,32 +73,28 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"cdlib: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _key_values(items: Optional[List[str]], option: str) -> Dict[str, object]:
-    """KEY=VALUE words -> dict; values are read as JSON (numbers, true/false) where they parse."""
+def _key_values(items: List[str], option: str) -> Dict[str, object]:
+    """KEY=VALUE words -> dict; values are read as JSON (numbers, true/false) where they parse; a --weights
+    value must be a number."""
     out: Dict[str, object] = {}
-    for item in items or []:
+    for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip() or not value.strip():
+        key = key.strip()
+        if not sep or not key or not value.strip():
             raise ConfigError(f"{option} takes key=value pairs, got {item!r}.")
         try:
-            out[key.strip()] = json.loads(value)
+            out[key] = value = json.loads(value)
         except json.JSONDecodeError:
-            out[key.strip()] = value
+            out[key] = value
+        if option == "--weights":
+            try:
+                # float(True) is 1.0 and float([1]) a TypeError: only a number (or text that reads as one) is a weight.
+                if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                    raise TypeError
+                out[key] = float(value)
+            except (TypeError, ValueError, OverflowError):
+                raise ConfigError(f"--weights {key}={value!r}: a weight must be a number, e.g. {key}=0.5.") from None
     return out
-
-
-def _weights(items: List[str]) -> Dict[str, float]:
-    weights = {}
-    for term, value in _key_values(items, "--weights").items():
-        try:
-            # float(True) is 1.0 and float([1]) a TypeError: only a number (or text that reads as one) is a weight.
-            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-                raise TypeError
-            weights[term] = float(value)
-        except (TypeError, ValueError, OverflowError):
-            raise ConfigError(f"--weights {term}={value!r}: a weight must be a number, "
-                              f"e.g. {term}=0.5.") from None
-    return weights
 
 
 # How a setting of each kind (its RunConfig annotation, a string) is read; other kinds are plain strings.
@@ -108,7 +105,8 @@ _OPTION_KINDS = {
 }
 
 
-def _add_recipe_options(parser: argparse.ArgumentParser, skip: tuple = ()) -> None:
+def add_recipe_options(parser: argparse.ArgumentParser, skip: tuple = ()) -> None:
+    """``--recipe`` and an option for every RunConfig field but ``skip``, each None unless given."""
     parser.add_argument("--recipe", default="cifar100", help=f"named recipe: {', '.join(recipes.names())} (default: cifar100)")
     for f in dataclasses.fields(recipes.RunConfig):
         if f.name not in skip:
@@ -117,21 +115,16 @@ def _add_recipe_options(parser: argparse.ArgumentParser, skip: tuple = ()) -> No
 
 
 def _config_from_args(args: argparse.Namespace) -> recipes.RunConfig:
-    return recipes.get(args.recipe, **_changes_from_args(args))
+    return recipes.get(args.recipe, **changes_from_args(args))
 
 
-def _changes_from_args(args: argparse.Namespace) -> dict:
+def changes_from_args(args: argparse.Namespace) -> dict:
     """The RunConfig fields given on the command line (None: not given)."""
     changes = {}
     for f in dataclasses.fields(recipes.RunConfig):
         value = getattr(args, f.name, None)
-        if value is None:
-            continue
-        if f.name == "weights":
-            value = _weights(value)
-        elif f.name == "data_options":
-            value = _key_values(value, "--data-options")
-        changes[f.name] = value
+        if value is not None:  # a Dict field's option takes KEY=VALUE words (_OPTION_KINDS)
+            changes[f.name] = _key_values(value, "--" + f.name.replace("_", "-")) if f.type.startswith("Dict") else value
     return changes
 
 
@@ -169,36 +162,45 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_config_of(checkpoint_path: Path) -> tuple:
-    """The config of the run that wrote ``checkpoint_path``: its run folder's config.json, else the
-    one a training checkpoint carries; (None, None) for a file outside a run folder."""
+def _run_config_of(path: Path) -> tuple:
+    """The config of the run that wrote ``path``: its run folder's config.json, else the
+    one a training checkpoint carries; (None, None) for a file outside a run folder. A path that is
+    not a file is refused first (a run folder with the file inside it to pass)."""
     from . import checkpoint
-    from .runfolder import CONFIG_FILE
+    from .runfolder import CHECKPOINT_FILE, CONFIG_FILE, MODEL_FILE
 
-    beside = checkpoint_path.parent / CONFIG_FILE
+    if path.is_dir():
+        inside = [path / name for name in (MODEL_FILE, CHECKPOINT_FILE) if (path / name).is_file()]
+        raise ConfigError(f"{path} is a folder; pass the model file " + (
+            f"inside it: cdlib evaluate {inside[0]}." if inside else
+            f"(a {MODEL_FILE} or {CHECKPOINT_FILE} written by cdlib), e.g. cdlib evaluate runs/demo/kd/{MODEL_FILE}."))
+    if not path.exists():
+        raise ConfigError(f"checkpoint {path} does not exist; check the path (cdlib evaluate takes a "
+                          f"{MODEL_FILE} or {CHECKPOINT_FILE} written by cdlib).")
+    beside = path.parent / CONFIG_FILE
     if beside.is_file():
         try:
             saved = json.loads(beside.read_text())
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"{beside} (the settings of the run that wrote {checkpoint_path}) cannot be read ({exc}); "
+            raise ConfigError(f"{beside} (the settings of the run that wrote {path}) cannot be read ({exc}); "
                               "pass --recipe and the run's data options instead.") from None
         if not isinstance(saved, dict):
             raise ConfigError(f"{beside} holds a {type(saved).__name__}, not the settings of the run that wrote "
-                              f"{checkpoint_path} (a JSON object of them); pass --recipe and the run's data options "
+                              f"{path} (a JSON object of them); pass --recipe and the run's data options "
                               "instead, or restore the file.")
         return saved, beside
-    saved = checkpoint.safe_load(checkpoint_path, "checkpoint") if checkpoint_path.is_file() else {}
+    saved = checkpoint.safe_load(path, "checkpoint") if path.is_file() else {}
     if saved.get("format") == checkpoint.TRAINING_FORMAT and isinstance(saved.get("config"), dict):
-        return saved["config"], checkpoint_path
+        return saved["config"], path
     return None, None
 
 
 def _evaluation_config(args: argparse.Namespace) -> tuple:
     """What to evaluate on: the run's own settings (data set, options, split seed, image size, batch size)
     when the file comes from a run folder (a --recipe is then ignored), with any option given on the command
-    line on top; else the recipe's."""
-    changes = _changes_from_args(args)
+    line on top; else the recipe's. The file is checked first, before the defaults look for CIFAR-100."""
     saved, source = _run_config_of(Path(args.checkpoint))
+    changes = changes_from_args(args)
     if saved is None:
         return recipes.get(args.recipe or "cifar100", **changes), None
     known = {f.name for f in dataclasses.fields(recipes.RunConfig)}
@@ -215,47 +217,14 @@ def _evaluation_config(args: argparse.Namespace) -> tuple:
                           "the run's data options instead.") from None
 
 
-def _check_file_to_evaluate(path: Path) -> None:
-    """Before anything else (without --recipe the defaults would look for CIFAR-100 first): the argument
-    must be a file; a run folder names the file inside it to pass."""
-    from .runfolder import CHECKPOINT_FILE, MODEL_FILE
-
-    if path.is_dir():
-        inside = [path / name for name in (MODEL_FILE, CHECKPOINT_FILE) if (path / name).is_file()]
-        raise ConfigError(f"{path} is a folder; pass the model file " + (
-            f"inside it: cdlib evaluate {inside[0]}." if inside else
-            f"(a {MODEL_FILE} or {CHECKPOINT_FILE} written by cdlib), e.g. cdlib evaluate runs/demo/kd/{MODEL_FILE}."))
-    if not path.exists():
-        raise ConfigError(f"checkpoint {path} does not exist; check the path (cdlib evaluate takes a {MODEL_FILE} or "
-                          f"{CHECKPOINT_FILE} written by cdlib).")
-
-
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .parts import evaluate_model_file
 
-    _check_file_to_evaluate(Path(args.checkpoint))
     cfg, source = _evaluation_config(args)
     metrics, _ = evaluate_model_file(args.checkpoint, cfg, args.model, channels_last=cfg.channels_last)
     report = {"checkpoint": args.checkpoint, "data": cfg.data, "data_options": cfg.data_options,
               "settings_from": str(source) if source else f"recipe {args.recipe or 'cifar100'}", **metrics}
     print(json.dumps(report, indent=2))
-    return 0
-
-
-def _cmd_estimate(args: argparse.Namespace) -> int:
-    from . import estimate
-
-    if args.steps is not None and not args.measure:
-        raise ConfigError(f"--steps {args.steps} sets how many training steps --measure times; add --measure.")
-    if args.steps is not None and args.steps < 1:
-        raise ConfigError(f"--steps must be at least 1 (steps timed per teacher and method), got {args.steps}.")
-    cfg = _config_from_args(args)
-    gpus = [g.strip() for g in args.gpu.split(",") if g.strip()] or ["T4"]
-    estimates = [estimate.recipe_time(cfg, gpu) for gpu in gpus]
-    for e in estimates:
-        print(estimate.format_estimate(e, args.recipe))
-    if args.measure:
-        print(estimate.measured_report(cfg, args.recipe, args.steps, estimates))
     return 0
 
 
@@ -283,10 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help="model to train (default: the recipe's teacher, into <run-dir>/teacher; another model goes "
                         "into <run-dir>/<model>)")
-    _add_recipe_options(p, skip=("student", "method", "teacher_checkpoint", "teacher_pretrained"))
+    add_recipe_options(p, skip=("student", "method", "teacher_checkpoint", "teacher_pretrained"))
     p.set_defaults(func=_cmd_train)
     p = sub.add_parser("distill", help="distil a student from a teacher (trains the teacher first if needed)")
-    _add_recipe_options(p)
+    add_recipe_options(p)
     p.add_argument("--seeds", default=None,
                    help="run every method once per seed, e.g. 0-4 or 0,2,5, into <run-dir>/<method>/seed<k> (a teacher "
                         "per seed), and compare: mean, 95%% t-interval, paired difference to --baseline")
@@ -296,18 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="top-1 / top-5 accuracy and loss of a checkpoint on a test set")
     p.add_argument("checkpoint", help="a model.pt or checkpoint.pt written by cdlib")
     p.add_argument("--model", default=None, help="model name, if the file does not say")
-    _add_recipe_options(p)
+    add_recipe_options(p)
     p.set_defaults(func=_cmd_evaluate, recipe=None)  # without --recipe, the run's own settings (_evaluation_config)
-    p = sub.add_parser("estimate", help="projected wall time of a recipe's teacher and students: from counted FLOPs "
-                                        "on a GPU, and with --measure from steps timed here")
-    _add_recipe_options(p)
-    p.add_argument("--gpu", default="T4", help="T4, L4, A100 or H100; several with commas, e.g. T4,H100 (default: T4)")
-    p.add_argument("--measure", action="store_true",
-                   help="also time real training steps on this machine's --device (CPU or GPU) and project from them")
-    p.add_argument("--steps", type=int, default=None,
-                   help="with --measure: training steps timed per teacher and method (default: 10 on a GPU, 3 on a CPU)")
-    p.set_defaults(func=_cmd_estimate)
-    # Commands of other packages (`cdlib grade`: cdlib_classroom), registered as entry points in group cdlib.commands.
+    # Commands of other packages (`cdlib grade`: cdlib_classroom; `cdlib estimate`, `cdlib measure`: cdlib_bench),
+    # registered as entry points in group cdlib.commands.
     for command in entry_points(group="cdlib.commands"):
         command.load()(sub)
     p = sub.add_parser("list", help="list recipes, models, data sets and schedules")
@@ -327,9 +288,7 @@ def _positionals_first(argv: List[str]) -> List[str]:
     for word in argv[1:]:
         if word.startswith("-"):
             kind = _MULTI_WORD.get(word.split("=")[0])
-            out.append(word)
-            continue
-        if kind is not None and not (("=" in word) if kind == "=" else word.lstrip("-").isdigit()):
+        elif kind is not None and not (("=" in word) if kind == "=" else word.isdigit()):
             moved.append(word)
             kind = None
             continue
@@ -340,19 +299,13 @@ def _positionals_first(argv: List[str]) -> List[str]:
 def main(argv: Optional[List[str]] = None) -> int:
     from . import interrupt
 
-    parser = build_parser()
-    args = parser.parse_args(_positionals_first(list(sys.argv[1:] if argv is None else argv)))
+    args = build_parser().parse_args(_positionals_first(list(sys.argv[1:] if argv is None else argv)))
     if argv is None:  # the command itself: a SIGTERM outside training is a one-line stop too, not a silent kill
         interrupt.raise_on_stop_signals()
     try:
         return args.func(args)
-    except CDLibError as exc:
-        print(f"cdlib: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # one not foreseen where it happened: still the path and the fix, in one line
-        from .oserrors import describe
-
-        print(f"cdlib: error: {describe(exc, 'use')}", file=sys.stderr)
+    except (CDLibError, OSError) as exc:  # an OSError not foreseen where it happened: still the path and the fix
+        print(f"cdlib: error: {exc if isinstance(exc, CDLibError) else from_os_error(exc, 'use')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         import signal
@@ -361,7 +314,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if argv is None:  # the command itself: a further Ctrl-C while Python exits would print a traceback
             for signum in interrupt.STOP_SIGNALS:
                 signal.signal(signum, signal.SIG_IGN)
-        # Only training saves a state to continue from; evaluate, estimate and list have nothing to resume.
+        # Only training saves a state to continue from; evaluate, estimate, measure and list have nothing to resume.
         advice = ("rerun the same command with --resume to continue" if args.command in ("train", "distill")
                   else "nothing was saved or changed; rerun the same command to start it again")
         print(f"cdlib: stopped by {name}; {advice}.", file=sys.stderr)

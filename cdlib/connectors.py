@@ -7,12 +7,11 @@ one on every stage, even where channel counts already agree, and so do we.
 
 from __future__ import annotations
 
-import numbers
 from typing import Sequence
 
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, is_whole
 
 __all__ = ["Connector", "build_connectors"]
 
@@ -36,13 +35,11 @@ def _check_channels(student_channels, teacher_channels) -> None:
             raise ConfigError(f"build_connectors takes lists of stage channel counts, got {type(channels).__name__} "
                               f"for the {name}; pass a model's stage_channels.")
     if len(student_channels) != len(teacher_channels):
-        raise ConfigError(
-            f"student has {len(student_channels)} stages {tuple(student_channels)} but teacher has "
-            f"{len(teacher_channels)} {tuple(teacher_channels)}; pick a teacher/student pair with the same number "
-            "of stages."
-        )
+        raise ConfigError(f"student has {len(student_channels)} stages {tuple(student_channels)} but teacher has "
+                          f"{len(teacher_channels)} {tuple(teacher_channels)}; pick a teacher/student pair with the "
+                          "same number of stages.")
     counts = (*student_channels, *teacher_channels)
-    bad = [c for c in counts if isinstance(c, bool) or not isinstance(c, numbers.Integral) or c < 1]
+    bad = [c for c in counts if not is_whole(c) or c < 1]
     if bad:
         raise ConfigError(f"channel counts must be positive whole numbers, got {bad}; pass a model's stage_channels.")
     huge = [c for c in counts if c > MAX_CHANNELS]

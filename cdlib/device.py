@@ -89,10 +89,8 @@ def describe(preference: str = "auto", warn_without_gpu: bool = True) -> torch.d
     if device.type == "cuda":
         memory = torch.cuda.get_device_properties(device).total_memory
         print(f"Using GPU: {name(device)}, {memory / 2**30:.0f} GiB, torch {torch.__version__}")
-    elif device.type == "mps":
-        print(f"Using Apple MPS, torch {torch.__version__}")
     else:
         advice = (" No GPU here: use the small configuration (RECIPE = \"demo\"), or on Colab, "
-                  "Runtime > Change runtime type > GPU." if warn_without_gpu else "")
+                  "Runtime > Change runtime type > GPU." if warn_without_gpu and device.type == "cpu" else "")
         print(f"Using {name(device)}, torch {torch.__version__}.{advice}")
     return device

@@ -21,7 +21,7 @@ from torch import nn
 from . import losses
 from . import terms as term_table
 from .connectors import build_connectors
-from .errors import ConfigError
+from .errors import ConfigError, is_finite
 
 __all__ = ["Distiller", "FITNETS_HINT_STAGE"]
 
@@ -83,11 +83,9 @@ class Distiller(nn.Module):
         if not isinstance(terms, tuple) or not all(isinstance(t, str) for t in terms):
             raise ConfigError(f"terms must be a list of loss term names such as ('ce', 'kd'), got {terms!r}.")
         for name, value in temperatures.items():
-            try:
-                losses._check_temperature(value)
-            except ConfigError:
+            if not (is_finite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive, finite number, got {value!r}; e.g. 4 "
-                                  "(KD) or 1 (GKD).") from None
+                                  "(KD) or 1 (GKD).")
 
     @staticmethod
     def _check_pair(student: nn.Module, teacher: nn.Module) -> None:
@@ -95,15 +93,12 @@ class Distiller(nn.Module):
             if not hasattr(model, "stage_channels"):
                 raise ConfigError(f"the {name} has no stage_channels; build it with cdlib.models.create().")
         if len(student.stage_channels) != len(teacher.stage_channels):
-            raise ConfigError(
-                f"student has {len(student.stage_channels)} stages but teacher has {len(teacher.stage_channels)}; "
-                "pick models with the same number of stages."
-            )
+            raise ConfigError(f"student has {len(student.stage_channels)} stages but teacher has "
+                              f"{len(teacher.stage_channels)}; pick models with the same number of stages.")
         s_classes, t_classes = getattr(student, "num_classes", None), getattr(teacher, "num_classes", None)
         if s_classes is not None and t_classes is not None and s_classes != t_classes:
-            raise ConfigError(
-                f"student predicts {s_classes} classes but teacher predicts {t_classes}; both must be built for the same data set."
-            )
+            raise ConfigError(f"student predicts {s_classes} classes but teacher predicts {t_classes}; both must be "
+                              "built for the same data set.")
 
     def train(self, mode: bool = True) -> "Distiller":
         super().train(mode)
@@ -130,9 +125,8 @@ class Distiller(nn.Module):
             raise ConfigError(f"checkpoint does not match this distiller: {str(exc).strip().splitlines()[-1][:200]}") from None
         missing = [k for k in missing if not k.startswith("teacher.")]
         if missing or unexpected:
-            raise ConfigError(
-                f"checkpoint does not match this distiller: missing {missing[:3]}, unexpected {list(unexpected)[:3]}."
-            )
+            raise ConfigError(f"checkpoint does not match this distiller: missing {missing[:3]}, "
+                              f"unexpected {list(unexpected)[:3]}.")
 
     def active_terms(self, weights: Optional[Mapping[str, float]]) -> Dict[str, float]:
         """The terms this step computes, with their weights: those of ``self.terms`` whose weight

@@ -72,14 +72,12 @@ def main_first(place: Placement, make: Callable[[], object]):
     """``make()`` on rank 0 first, then on the others: a download (data set,
     pretrained weights) happens once and the others find it done. Should rank 0
     fail, it exits and torchrun stops the processes waiting here."""
-    if place.world_size == 1:
-        return make()
+    if not place.is_main:
+        barrier(place)
+    result = make()
     if place.is_main:
-        result = make()
-        dist.barrier()
-        return result
-    dist.barrier()
-    return make()
+        barrier(place)
+    return result
 
 
 def agree(place: Placement, flag: bool) -> bool:

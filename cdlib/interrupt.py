@@ -1,17 +1,14 @@
 """Ctrl-C and SIGTERM during training: held until the optimizer step is complete, then a clean stop.
 
-SIGTERM is how Slurm, Kubernetes and notebook hosts ask a job to stop (a
-SIGKILL follows after a grace period), so it is treated like Ctrl-C: the
-trainer saves a checkpoint at the next step boundary. A further signal while
-the run is stopping is held too, so the checkpoint being written is finished
-(or, should the process be killed, the previous one stays: saves are atomic).
-Only a third Ctrl-C stops at once, without saving.
+SIGTERM is how Slurm, Kubernetes and notebook hosts ask a job to stop (a SIGKILL follows after a grace period), so
+it is treated like Ctrl-C: the trainer saves a checkpoint at the next step boundary. A further signal while the run
+is stopping is held too, so the checkpoint being written is finished (or, should the process be killed, the previous
+one stays: saves are atomic). Only a third Ctrl-C stops at once, without saving.
 
-Blocks nest (``run`` around ``ensure_teacher`` around the teacher's ``fit``):
-one set of handlers serves them all, so a signal between two phases is held
-too and stops the next one before it starts. Outside any block the ``cdlib``
-command stops at once, with one line (:func:`raise_on_stop_signals`, and
-:func:`stop_quietly_while_starting` while the package imports torch).
+Blocks nest (``run`` around ``ensure_teacher`` around the teacher's ``fit``): one set of handlers serves them all,
+so a signal between two phases is held too and stops the next one before it starts. Outside any block the ``cdlib``
+command stops at once, with one line (:func:`raise_on_stop_signals`, and :func:`stop_quietly_while_starting` while
+the package imports torch).
 """
 
 from __future__ import annotations
@@ -24,6 +21,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 __all__ = ["DeferredInterrupt", "workers_ignore_sigint", "last_signal", "exit_status", "STOP_SIGNALS",
@@ -45,34 +43,18 @@ def exit_status() -> int:
     return 128 + int(_last_signal or signal.SIGINT)
 
 
-def _name(signum: Optional[int]) -> str:
-    return "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
-
-
-class _Held:
-    """What the signals asked of the blocks sharing one set of handlers."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.forced = False
-        self.signum: Optional[int] = None
-        self.count = 0
-
-
 class DeferredInterrupt:
     """Ctrl-C (SIGINT) and SIGTERM during training, held as the module says: the checkpoint written on
     interrupt is never half a step, and a third Ctrl-C (a user who will not wait) stops without saving."""
 
     def __init__(self) -> None:
-        self._held = _Held()
+        # What the signals asked, shared by the blocks nested in the outermost one: what one receives the others see.
+        self._held = SimpleNamespace(requested=False, forced=False, signum=None, count=0)
         self._installed = False
-        self._outer: Optional[DeferredInterrupt] = None
         self._previous: dict = {}
 
-    # The state lives in the outermost block, so that what one block receives the others see.
     requested = property(lambda self: self._held.requested, lambda self, v: setattr(self._held, "requested", v))
     forced = property(lambda self: self._held.forced)
-    signum = property(lambda self: self._held.signum)
 
     def _handler(self, signum, frame) -> None:
         global _last_signal
@@ -92,7 +74,7 @@ class DeferredInterrupt:
     def __enter__(self) -> "DeferredInterrupt":
         global _last_signal, _active
         if _active is not None and _active._installed:
-            self._outer, self._held = _active, _active._held
+            self._held = _active._held
             return self
         _last_signal = None
         # Python delivers signals to the main thread only; elsewhere the signals keep their default behaviour.
@@ -116,10 +98,6 @@ class DeferredInterrupt:
             if exc_type is None and self._held.requested:
                 # Held past the last point that could act on it (between two phases): a stop asked is a stop.
                 raise KeyboardInterrupt
-
-    def raise_if_requested(self) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
 
 
 # ------------------------------------------------------------------ the command, outside training
@@ -151,7 +129,8 @@ def _is_the_command() -> bool:
 
 def _stop_while_starting(signum, frame) -> None:
     # Nothing has been read or written yet: stopping at once loses nothing, and the import's traceback helps nobody.
-    os.write(2, f"cdlib: stopped by {_name(signum)} while starting; nothing was done.\n".encode())
+    name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    os.write(2, f"cdlib: stopped by {name} while starting; nothing was done.\n".encode())
     os._exit(128 + signum)
 
 

@@ -1,4 +1,4 @@
-"""What one run is built from: data, loaders, the distiller, optimizer, LR scheduler, grad scaler.
+"""What one run is built from: data, loaders, the distiller, optimizer (SGD), LR scheduler, grad scaler.
 
 :func:`build` makes them from a :class:`~cdlib.recipes.RunConfig` in a fixed
 order (the order matters: the seeded RNG initialises the models and the
@@ -7,9 +7,10 @@ connectors one after the other, and a resumed run must draw the same numbers).
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 from torch import nn
@@ -23,12 +24,25 @@ from .distiller import Distiller
 from .distributed import Placement, main_first
 from .errors import CDLibError, ConfigError
 from .interrupt import workers_ignore_sigint
-from .optim import make_sgd
 from .recipes import RunConfig
 from .step import DetachedLogits, evaluate
 
-__all__ = ["Parts", "build", "load_data", "evaluate_model_file", "build_teacher", "warn_if_useless_teacher", "weights_for",
+__all__ = ["Parts", "build", "make_sgd", "load_data", "evaluate_model_file", "build_teacher", "warn_if_useless_teacher", "weights_for",
            "model_for_step"]
+
+
+# The single-kernel ("fused") SGD update arrived in torch 2.4; cdlib supports torch from 2.1.
+SGD_HAS_FUSED = "fused" in inspect.signature(torch.optim.SGD.__init__).parameters
+
+
+def make_sgd(parameters: Iterable[nn.Parameter], lr: float, momentum: float, weight_decay: float,
+             device: torch.device, fused: bool = True) -> torch.optim.SGD:
+    """The optimizer every training step in cdlib uses: SGD with momentum over ``parameters``; on CUDA
+    (and when ``fused``) one kernel updates every parameter instead of several launches per tensor."""
+    kwargs = dict(lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if fused and device.type == "cuda" and SGD_HAS_FUSED:
+        kwargs["fused"] = True
+    return torch.optim.SGD(list(parameters), **kwargs)
 
 
 def load_data(cfg: RunConfig, download: Optional[bool] = None) -> data_mod.DataBundle:
@@ -61,8 +75,7 @@ def evaluate_model_file(path, cfg: RunConfig, name: Optional[str] = None, channe
     device = pick_device(cfg.device)
     channels_last = channels_last and device.type == "cuda"
     model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
-    loader = data_mod.make_loader(bundle.test, max(cfg.batch_size, 256), train=False, device=device,
-                                  num_workers=cfg.num_workers, seed=cfg.seed, on_device=cfg.data_on_device)
+    loader = _loader(cfg, bundle.test, train=False, device=device)
     return evaluate(model, loader, device, amp_dtype(device, cfg.amp), 1, channels_last), bundle
 
 
@@ -111,12 +124,9 @@ def warn_if_useless_teacher(metrics: Dict[str, float], num_classes: int) -> None
 
 def weights_for(cfg: RunConfig, terms: tuple, epoch: float, schedule) -> Dict[str, float]:
     """The loss weights at (fractional) ``epoch``: the config's, with the EDT schedule's where it sets them."""
-    known = term_table.loss_terms()
-    weights = {t: float(cfg.weights.get(t, 0.0)) for t in terms if t in known}
+    weights = {t: float(cfg.weights.get(t, 0.0)) for t in terms if t in term_table.loss_terms()}
     if schedule is not None:
-        for term, value in schedule(epoch).items():
-            if term in weights:
-                weights[term] = float(value)
+        weights.update({t: float(value) for t, value in schedule(epoch).items() if t in weights})
     return weights
 
 
@@ -138,15 +148,13 @@ class Parts:
     channels_last: bool
 
 
-def _loaders(cfg: RunConfig, place: Placement, bundle: data_mod.DataBundle) -> Tuple[object, object]:
-    loader_args = dict(device=place.device, num_workers=cfg.num_workers, seed=cfg.seed, rank=place.rank,
-                       world_size=place.world_size, on_device=cfg.data_on_device)
-    train_loader = data_mod.make_loader(bundle.train, cfg.batch_size, train=True, **loader_args)
-    test_loader = data_mod.make_loader(bundle.test, max(cfg.batch_size, 256), train=False, **loader_args)
-    for loader in (train_loader, test_loader):
-        if isinstance(loader, torch.utils.data.DataLoader) and loader.num_workers > 0 and loader.worker_init_fn is None:
-            loader.worker_init_fn = workers_ignore_sigint
-    return train_loader, test_loader
+def _loader(cfg: RunConfig, dataset, train: bool, **placement) -> object:
+    """The trainer's loader of ``dataset``; test batches are at least 256 images (no gradients to hold)."""
+    loader = data_mod.make_loader(dataset, cfg.batch_size if train else max(cfg.batch_size, 256), train=train,
+                                  num_workers=cfg.num_workers, seed=cfg.seed, on_device=cfg.data_on_device, **placement)
+    if isinstance(loader, torch.utils.data.DataLoader) and loader.num_workers > 0 and loader.worker_init_fn is None:
+        loader.worker_init_fn = workers_ignore_sigint
+    return loader
 
 
 def build(cfg: RunConfig, place: Placement, terms: Tuple[str, ...]) -> Parts:
@@ -158,11 +166,10 @@ def build(cfg: RunConfig, place: Placement, terms: Tuple[str, ...]) -> Parts:
     autocast_dtype = amp_dtype(device, cfg.amp)
     channels_last = cfg.channels_last and device.type == "cuda"
 
-    def load() -> data_mod.DataBundle:
-        return load_data(cfg, download=cfg.download and place.is_main)
-
-    bundle = main_first(place, load) if cfg.download else load()
-    train_loader, test_loader = _loaders(cfg, place, bundle)
+    bundle = main_first(place, lambda: load_data(cfg, download=place.is_main)) if cfg.download else load_data(cfg)
+    placement = dict(device=device, rank=place.rank, world_size=place.world_size)
+    train_loader = _loader(cfg, bundle.train, train=True, **placement)
+    test_loader = _loader(cfg, bundle.test, train=False, **placement)
     steps_per_epoch = min(len(train_loader), cfg.max_steps_per_epoch or len(train_loader))
 
     student = models.create(cfg.student, num_classes=bundle.num_classes)

@@ -13,29 +13,32 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 from . import terms
-from .errors import ConfigError
+from .errors import MAX_EPOCHS, ConfigError, is_finite, is_number, is_whole, shown
 from .registry import Registry
 
 __all__ = ["RunConfig", "RECIPES", "get", "names", "parse_method", "scale_milestones", "REFERENCE_SWITCHES",
-           "MAX_EPOCHS", "MAX_IMAGE_SIZE"]
+           "MAX_IMAGE_SIZE"]
 
 # The RunConfig switches that reproduce a behaviour of the reference code; reference_compat=True sets them all.
 REFERENCE_SWITCHES = ("teacher_bn_train", "keep_zero_weight_terms", "gkd_nan_on_all_wrong", "report_best_epoch")
 
 # Upper bounds, checked before anything is allocated: past them a value is a typo (an extra zero), and
 # failing at once beats an OverflowError in the LR arithmetic or a many-terabyte allocation later.
-MAX_EPOCHS = 100_000  # the paper trains 200
-MAX_BATCH_SIZE = 65_536  # per process; the largest published ImageNet batches are split over many GPUs
-MAX_WORKERS = 256
 MAX_IMAGE_SIZE = 1024  # pixels a side (CIFAR 32, ImageNet 224); also the largest digits canvas
 MAX_IN_MEMORY_BYTES = 16 * 2**30  # digits / synthetic are built in memory; a larger set is a typo
+# The whole-number settings' bounds, read by one loop in validate(): (least, most or None, an example).
+# A batch is per process: the largest published ImageNet batches are split over many GPUs.
+_WHOLE_BOUNDS = {"epochs": (1, MAX_EPOCHS, 200), "batch_size": (1, 65_536, 128), "num_workers": (0, 256, 4),
+                 "image_size": (1, MAX_IMAGE_SIZE, 32), "max_steps_per_epoch": (1, None, "None (whole epochs)")}
+# Numbers that must be finite and positive; momentum and weight decay may also be 0.
+_POSITIVE = ("lr", "lr_gamma", "kd_temperature", "gkd_temperature")
+_NON_NEGATIVE = ("momentum", "weight_decay")
 
 
 @dataclass
@@ -62,22 +65,19 @@ class RunConfig:
     schedule: str = "paper-cifar100"
     kd_temperature: float = 4.0
     gkd_temperature: float = 1.0
-    # Behaviours of the authors' reference code, each off by default (README: "Where we differ from
-    # the reference code"; results/reference-switches/ measures each); reference_compat turns all on.
-    # teacher_bn_train: the frozen teacher's BatchNorm in train mode (batch statistics), as its net.train() left it.
+    # Behaviours of the authors' reference code, each off by default (README: "Where we differ from the reference
+    # code"; results/reference-switches/ measures each). The frozen teacher's BatchNorm in train mode (batch
+    # statistics), as its net.train() left it:
     teacher_bn_train: bool = False
-    # keep_zero_weight_terms: compute a term whose weight is 0 and multiply it by 0, so its parameters get zero
-    # (not absent) gradients and SGD's weight decay and momentum still act on them (the classifier during
-    # EDT's CD-only warm-up); the teacher then runs at every step.
+    # A term of weight 0 computed and multiplied by 0, so its parameters get zero (not absent) gradients and SGD's
+    # weight decay and momentum still act on them (the classifier in EDT's CD-only warm-up); the teacher runs each step:
     keep_zero_weight_terms: bool = False
-    # gkd_nan_on_all_wrong: GKD on a batch the teacher gets all wrong is 0/0 = NaN (the run then stops as diverged);
-    # for demonstration only.
+    # GKD on a batch the teacher gets all wrong is 0/0 = NaN (the run stops as diverged); for demonstration only:
     gkd_nan_on_all_wrong: bool = False
-    # report_best_epoch: the run's final result is its best epoch by test top-1 (the reference logs "best acc"),
-    # not its last; optimistic, because the epoch is chosen on the test set.
+    # The final result is the best epoch by test top-1 (the reference logs "best acc"), not the last; optimistic,
+    # because the epoch is chosen on the test set:
     report_best_epoch: bool = False
-    # reference_compat: all of the above on (padding is reflect, the reference's and the default, unless
-    # data_options names pad_mode="zeros", which reference_compat refuses).
+    # All of the above on, with reflect padding (the default; data_options pad_mode="zeros" is refused with it):
     reference_compat: bool = False
     # optimisation
     epochs: int = 200
@@ -108,7 +108,7 @@ class RunConfig:
         (lower case, no spaces: ``"KD, cd + gkd"`` -> ``"kd,cd+gkd"``), so one method has one run folder."""
         if positional:
             raise ConfigError(f"replace() takes settings as keywords, e.g. cfg.replace(epochs=3), got "
-                              f"{_show(positional[0])}; a dict of settings goes in as cfg.replace(**settings).")
+                              f"{shown(positional[0])}; a dict of settings goes in as cfg.replace(**settings).")
         known = {f.name for f in dataclasses.fields(RunConfig)}
         unknown = sorted(set(changes) - known)
         if unknown:
@@ -117,16 +117,10 @@ class RunConfig:
             if isinstance(value, os.PathLike) and _KINDS[name] in ("str", "Optional[str]"):
                 changes[name] = os.fspath(value)  # a pathlib.Path for a folder is fine; config.json stores text
         milestones = changes.get("lr_milestones")
-        if milestones is not None:
-            if (isinstance(milestones, (str, bytes)) or not isinstance(milestones, Iterable)
-                    or not all(map(_is_whole, milestones))):
-                raise ConfigError(f"lr_milestones must be a list of whole epoch numbers, e.g. [60, 120, 160], "
-                                  f"got {milestones!r}.")
-            changes["lr_milestones"] = tuple(int(m) for m in milestones)
-        if "weights" in changes and changes["weights"] is not None:
-            if not isinstance(changes["weights"], dict):
-                raise ConfigError(f"weights must be a dict of loss term -> weight, e.g. {{'cd': 6.0}}, "
-                                  f"got {changes['weights']!r}.")
+        if isinstance(milestones, Iterable) and not isinstance(milestones, (str, bytes)):
+            # A list (JSON, the CLI) becomes the field's tuple, NumPy integers ints; validate() judges the rest.
+            changes["lr_milestones"] = tuple(int(m) if is_whole(m) else m for m in milestones)
+        if isinstance(changes.get("weights"), dict):
             # Only the named terms change; the recipe's other weights stay.
             changes["weights"] = {**self.weights, **changes["weights"]}
         same_data = changes.get("data", self.data) == self.data
@@ -180,7 +174,7 @@ RECIPES: Registry = Registry("recipe")
 RECIPES.register("cifar100", RunConfig(), locked=True)
 # CIFAR-100 sized for Colab's free T4: the paper's data, augmentation, losses and
 # optimiser, a smaller CIFAR-stem pair and 30 epochs (LR milestones and the EDT
-# staircase at the same fractions of the run). cdlib.estimate projects about 19 min
+# staircase at the same fractions of the run). cdlib_bench.estimate projects about 19 min
 # for the teacher and at most 15 min per distilled student on a T4 (fp16, 15 % of peak).
 RECIPES.register("cifar100-colab", RunConfig(
     student="cifar_resnet18",
@@ -216,12 +210,10 @@ RECIPES.register("demo", RunConfig(
     student="cifar_resnet10_w4",
     teacher="cifar_resnet10_w16",
     method="student,kd,cd+gkd+edt",
-    schedule="paper-cifar100",
     epochs=20,
     batch_size=64,
     lr=0.05,
     lr_milestones=(13, 17),
-    lr_gamma=0.2,
     num_workers=0,
     run_dir="runs/demo",
 ), locked=True)
@@ -237,7 +229,6 @@ RECIPES.register("cpu-study", RunConfig(
     student="cifar_resnet10_w8",
     teacher="cifar_resnet10_w16",
     method="student,kd,gkd,cd,cd+kd,cd+gkd,cd+gkd+edt",
-    schedule="paper-cifar100",
     # In proportion to the reference's 200 epochs: LR x0.2 after 30 %, 60 % and 80 % of the run,
     # and the staircase scaled with it, so the CD-only warm-up ends at the first LR drop (epoch
     # 18 of 60, as 60 of 200) and lambda_CD decays at 18 and 48 (60 and 160).
@@ -245,7 +236,6 @@ RECIPES.register("cpu-study", RunConfig(
     batch_size=64,
     lr=0.05,
     lr_milestones=(18, 36, 48),
-    lr_gamma=0.2,
     # KD at GKD's temperature and weight (the reference's CIFAR-100 GKD: T = 1, weight 0.1),
     # so that `gkd` vs `kd` differ only in GKD's mask.
     kd_temperature=1.0,
@@ -255,45 +245,23 @@ RECIPES.register("cpu-study", RunConfig(
 ), locked=True)
 
 
-def names() -> list:
-    return RECIPES.names()
+names = RECIPES.names  # the recipe names, sorted
 
 
 # Each setting's kind, as its annotation spells it (the annotations are strings here).
 _KINDS: Dict[str, str] = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
 
 
-def _is_whole(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    """A real number a float can hold: 10**400 is an int, but float arithmetic on it overflows."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return False
-    try:
-        float(value)
-    except OverflowError:
-        return False
-    return True
-
-
-def _show(value) -> str:
-    """``repr(value)``, shortened for a one-line message (10**400 would print 401 digits)."""
-    text = repr(value)
-    return text if len(text) <= 40 else f"{text[:16]}...{text[-8:]} ({len(text)} characters)"
-
-
 _KIND_CHECKS = {
-    "int": (_is_whole, "a whole number"),
-    "Optional[int]": (lambda v: v is None or _is_whole(v), "a whole number or None"),
-    "float": (_is_number, "a number a float can hold"),
+    "int": (is_whole, "a whole number"),
+    "Optional[int]": (lambda v: v is None or is_whole(v), "a whole number or None"),
+    "float": (is_number, "a number a float can hold"),
     "bool": (lambda v: isinstance(v, bool), "True or False"),
     "str": (lambda v: isinstance(v, str), "a string"),
     "Optional[str]": (lambda v: v is None or isinstance(v, str), "a string or None"),
     "Dict[str, Any]": (lambda v: isinstance(v, dict), "a dict"),
     "Dict[str, float]": (lambda v: isinstance(v, dict), "a dict of loss term -> weight"),
-    "Tuple[int, ...]": (lambda v: isinstance(v, tuple) and all(map(_is_whole, v)), "a tuple of whole numbers"),
+    "Tuple[int, ...]": (lambda v: isinstance(v, tuple) and all(map(is_whole, v)), "a list of whole epoch numbers"),
 }
 
 
@@ -304,59 +272,66 @@ def _check_types(cfg: RunConfig) -> None:
         value = getattr(cfg, name)
         check, wanted = _KIND_CHECKS[kind]
         if not check(value):
-            raise ConfigError(f"{name} must be {wanted}, got {_show(value)} ({type(value).__name__}); "
+            raise ConfigError(f"{name} must be {wanted}, got {shown(value)} ({type(value).__name__}); "
                               f"e.g. {name}={getattr(RunConfig(), name)!r}.")
-
-
-def _check_range(cfg: RunConfig, names, positive: bool) -> None:
-    wanted = "positive" if positive else "non-negative"
-    for name in names:
-        value = getattr(cfg, name)
-        if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
-            raise ConfigError(f"{name} must be a {wanted}, finite number, got {value}; e.g. {name}={getattr(RunConfig(), name)}.")
 
 
 def validate(cfg: RunConfig) -> None:
     """Check every setting that can be checked without data or a GPU, so a typo
     fails in a second instead of after the teacher has trained for an hour."""
+    from . import data, models, schedules
+
     _check_types(cfg)
-    methods = [m for m in cfg.method.split(",") if m.strip()]
-    if not methods:
-        raise ConfigError(f"method {cfg.method!r} names no method; e.g. 'kd' or 'student,kd,cd+gkd+edt'.")
-    _check_methods(cfg.method, methods)
-    for name in ("epochs", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(cfg, name)}.")
-    for name, most in (("epochs", MAX_EPOCHS), ("batch_size", MAX_BATCH_SIZE), ("num_workers", MAX_WORKERS),
-                       ("image_size", MAX_IMAGE_SIZE)):
+    _check_methods(cfg.method)
+    for name, (least, most, example) in _WHOLE_BOUNDS.items():
         value = getattr(cfg, name)
-        if value is not None and value > most:
-            raise ConfigError(f"{name} must be at most {most}, got {_show(value)}; e.g. {name}="
-                              f"{getattr(RunConfig(), name) or 32}.")
-    _check_range(cfg, ("lr", "lr_gamma", "kd_temperature", "gkd_temperature"), positive=True)
-    _check_range(cfg, ("momentum", "weight_decay"), positive=False)
-    _check_milestones(cfg)
-    if cfg.max_steps_per_epoch is not None and cfg.max_steps_per_epoch < 1:
-        raise ConfigError(f"max_steps_per_epoch must be at least 1 (or None for whole epochs), got {cfg.max_steps_per_epoch}.")
-    if cfg.num_workers < 0:
-        raise ConfigError(f"num_workers must be 0 or more, got {cfg.num_workers}.")
-    if cfg.image_size is not None and cfg.image_size < 1:
-        raise ConfigError(f"image_size must be a positive number of pixels, got {cfg.image_size}.")
+        if value is not None and value < least:
+            said = "batch size" if name == "batch_size" else name  # as the data loader says it
+            raise ConfigError(f"{said} must be at least {least}, got {value}; e.g. {name}={example}.")
+        if value is not None and most is not None and value > most:
+            raise ConfigError(f"{name} must be at most {most}, got {shown(value)}; e.g. {name}={example}.")
+    for name in _POSITIVE + _NON_NEGATIVE:
+        value, positive = getattr(cfg, name), name in _POSITIVE
+        if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+            raise ConfigError(f"{name} must be a {'positive' if positive else 'non-negative'}, finite number, "
+                              f"got {value}; e.g. {name}={getattr(RunConfig(), name)}.")
+    early = [m for m in cfg.lr_milestones if m < 1]
+    if early:
+        raise ConfigError(f"lr_milestones are epoch numbers from 1 on (the LR decays after that epoch), got {early}.")
+    late = [m for m in cfg.lr_milestones if m > cfg.epochs]
+    if late:
+        raise ConfigError(
+            f"lr_milestones {shown(late)} lie after the last of {cfg.epochs} epochs, so the learning rate would never decay "
+            f"there; pass milestones up to {cfg.epochs}, or change epochs through recipes.get(name, epochs=...) "
+            f"(CLI: --epochs alone), which moves the recipe's milestones with it."
+        )
     if cfg.amp not in ("auto", "bf16", "fp16", "off"):
         raise ConfigError(f"amp must be one of auto, bf16, fp16, off; got {cfg.amp!r}.")
     if not cfg.run_dir.strip():
         raise ConfigError(f"run_dir must name a folder, got {cfg.run_dir!r} (that would write into the current "
                           "folder); e.g. run_dir='runs/demo'.")
     _check_seed_and_device(cfg)
-    _check_names(cfg)
+    for role in ("student", "teacher"):
+        models.MODELS.get(getattr(cfg, role), role=f"{role} model")
+    data.DATA_SETS.get(cfg.data)
+    schedules.SCHEDULES.get(cfg.schedule, role="EDT schedule")
     _check_data_options(cfg)
-    _check_weights(cfg.weights)
+    known = terms.loss_terms()
+    unknown_weights = sorted(set(cfg.weights) - set(known))
+    if unknown_weights:
+        raise ConfigError(f"unknown loss weight(s) {unknown_weights}; weights exist for {', '.join(known)}.")
+    bad = [f"{t}={shown(w)}" for t, w in cfg.weights.items() if not (is_finite(w) and w >= 0)]
+    if bad:
+        raise ConfigError(f"loss weights must be finite numbers >= 0, got {', '.join(bad)}; e.g. cd=6.0.")
     _check_reference_switches(cfg)
 
 
-def _check_methods(method: str, methods: list) -> None:
+def _check_methods(method: str) -> None:
     """Each method parses, and none comes twice: train.run would train the first, then refuse the
     second (its folder holds a checkpoint) and the comparison table would be lost."""
+    methods = [m for m in method.split(",") if m.strip()]
+    if not methods:
+        raise ConfigError(f"method {method!r} names no method; e.g. 'kd' or 'student,kd,cd+gkd+edt'.")
     seen: Dict[frozenset, str] = {}
     for one in methods:
         key = frozenset(parse_method(one))
@@ -402,21 +377,17 @@ def _check_data_options(cfg: RunConfig) -> None:
     options = cfg.data_options
     odd = [name for name in options if not isinstance(name, str)]
     if odd:
-        raise ConfigError(f"data_options option names must be strings such as 'seed', got {_show(odd[0])}.")
-    valid = data.options(cfg.data)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ConfigError(f"data set {cfg.data!r} does not take the option(s) {', '.join(unknown)}; "
-                          f"its options are {', '.join(valid) if valid else 'none'}.")
+        raise ConfigError(f"data_options option names must be strings such as 'seed', got {shown(odd[0])}.")
+    data.check_options(cfg.data, options)
     for name, (whole, least, most) in _DATA_OPTION_RANGES.get(cfg.data, {}).items():
         if name not in options:
             continue
         value = options[name]
-        fits = (_is_whole(value) if whole else _is_number(value) and math.isfinite(value))
+        fits = is_whole(value) if whole else is_finite(value)
         if not fits or value < least or (most is not None and value > most):
             kind = "a whole number" if whole else "a number"
             span = f"from {least} to {most}" if most is not None else f"of at least {least}"
-            raise ConfigError(f"data_options {name} must be {kind} {span}, got {_show(value)}; e.g. "
+            raise ConfigError(f"data_options {name} must be {kind} {span}, got {shown(value)}; e.g. "
                               f"--data-options {name}={least if whole else 0.2}.")
     estimate = _in_memory_bytes(cfg)
     if estimate > MAX_IN_MEMORY_BYTES:
@@ -442,61 +413,26 @@ def _in_memory_bytes(cfg: RunConfig) -> float:
 
 
 def _check_reference_switches(cfg: RunConfig) -> None:
-    from .data import PAD_MODES
-
-    pad_mode = cfg.data_options.get("pad_mode", "reflect")
-    if pad_mode not in PAD_MODES:
-        raise ConfigError(f"data_options pad_mode must be one of {', '.join(PAD_MODES)}, got {pad_mode!r}.")
+    pad_mode = cfg.data_options.get("pad_mode", "reflect")  # a known one: _check_data_options ran before
     if not cfg.reference_compat:
         return
-    off = [name for name in REFERENCE_SWITCHES if not getattr(cfg, name)]
-    if off or pad_mode != "reflect":
-        named = ", ".join([f"{name}=False" for name in off] + ([f"pad_mode={pad_mode!r}"] if pad_mode != "reflect" else []))
+    opposite = [f"{name}=False" for name in REFERENCE_SWITCHES if not getattr(cfg, name)]
+    opposite += [f"pad_mode={pad_mode!r}"] if pad_mode != "reflect" else []
+    if opposite:
         raise ConfigError(
             f"reference_compat=True turns on every reference behaviour ({', '.join(REFERENCE_SWITCHES)}, reflect "
-            f"padding), but {named} asks for the opposite; drop reference_compat and set the switches one by one."
+            f"padding), but {', '.join(opposite)} asks for the opposite; drop reference_compat and set the switches "
+            "one by one."
         )
-
-
-def _check_milestones(cfg: RunConfig) -> None:
-    early = [m for m in cfg.lr_milestones if m < 1]
-    if early:
-        raise ConfigError(f"lr_milestones are epoch numbers from 1 on (the LR decays after that epoch), got {early}.")
-    late = [m for m in cfg.lr_milestones if m > cfg.epochs]
-    if late:
-        raise ConfigError(
-            f"lr_milestones {_show(late)} lie after the last of {cfg.epochs} epochs, so the learning rate would never decay "
-            f"there; pass milestones up to {cfg.epochs}, or change epochs through recipes.get(name, epochs=...) "
-            f"(CLI: --epochs alone), which moves the recipe's milestones with it."
-        )
-
-
-def _check_names(cfg: RunConfig) -> None:
-    from . import data, models, schedules
-
-    for role in ("student", "teacher"):
-        models.MODELS.get(getattr(cfg, role), role=f"{role} model")
-    data.DATA_SETS.get(cfg.data)
-    schedules.SCHEDULES.get(cfg.schedule, role="EDT schedule")
-
-
-def _check_weights(weights: Dict[str, float]) -> None:
-    known = terms.loss_terms()
-    unknown_weights = sorted(set(weights) - set(known))
-    if unknown_weights:
-        raise ConfigError(f"unknown loss weight(s) {unknown_weights}; weights exist for {', '.join(known)}.")
-    bad = [f"{t}={_show(w)}" for t, w in weights.items() if not (_is_number(w) and math.isfinite(w) and w >= 0)]
-    if bad:
-        raise ConfigError(f"loss weights must be finite numbers >= 0, got {', '.join(bad)}; e.g. cd=6.0.")
 
 
 def scale_milestones(milestones: Tuple[int, ...], from_epochs: int, to_epochs: int) -> Tuple[int, ...]:
     """LR milestones at the same fractions of a run of ``to_epochs`` as of ``from_epochs``:
     (60, 120, 160) of 200 epochs -> (15, 30, 40) of 50. Never earlier than epoch 1."""
     for name, value in (("from_epochs", from_epochs), ("to_epochs", to_epochs)):
-        if not _is_whole(value) or not 1 <= value <= MAX_EPOCHS:
+        if not is_whole(value) or not 1 <= value <= MAX_EPOCHS:
             raise ConfigError(f"scale_milestones: {name} must be a whole number from 1 to {MAX_EPOCHS}, "
-                              f"got {_show(value)}.")
+                              f"got {shown(value)}.")
     return tuple(max(1, round(m * to_epochs / from_epochs)) for m in milestones)
 
 
@@ -507,7 +443,7 @@ def get(name: str, **overrides) -> RunConfig:
     base = RECIPES.get(name)
     epochs = overrides.get("epochs")
     # Out of range, validate() says so; scaling first would overflow (10**400 epochs) or divide by 0.
-    if _is_whole(epochs) and 1 <= epochs <= MAX_EPOCHS and overrides.get("lr_milestones") is None:
+    if is_whole(epochs) and 1 <= epochs <= MAX_EPOCHS and overrides.get("lr_milestones") is None:
         overrides["lr_milestones"] = scale_milestones(base.lr_milestones, base.epochs, epochs)
     if overrides.get("data", base.data) != base.data and "data_options" not in overrides:
         overrides["data_options"] = {}

@@ -49,17 +49,14 @@ class Registry(Generic[T]):
         ``role`` words the error for where the name was given ("student model", "EDT schedule")."""
         if isinstance(name, str) and name in self._entries:
             return self._entries[name]
-        raise ConfigError(self._unknown_message(name, role))
-
-    def _unknown_message(self, name, role: Optional[str] = None) -> str:
+        what, known = role or self.kind, ", ".join(self.names())
         if not isinstance(name, str):
-            return (f"a {role or self.kind} name is a string, got {type(name).__name__} {str(name)[:40]!r}; "
-                    f"known: {', '.join(self.names())}.")
-        text = f"unknown {role or self.kind} {name!r}; known: {', '.join(self.names())}"
-        close = difflib.get_close_matches(name, self.names(), n=1) if isinstance(name, str) else []
-        return text + (f"; did you mean {close[0]!r}?" if close else ".")
+            raise ConfigError(f"a {what} name is a string, got {type(name).__name__} {str(name)[:40]!r}; known: {known}.")
+        close = difflib.get_close_matches(name, self.names(), n=1)
+        raise ConfigError(f"unknown {what} {name!r}; known: {known}" + (f"; did you mean {close[0]!r}?" if close else "."))
 
     def names(self) -> list:
+        """The registered names, sorted."""
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:

@@ -1,16 +1,13 @@
 """Resuming a run exactly: which settings must match, the checkpoint to resume from, RNG state.
 
-A training checkpoint holds everything a run needs to continue as if it had
-never stopped: trainable weights, optimizer, LR scheduler, grad scaler, the
-position (epoch, step) and the epoch's running sums, the RNG state and the
-metrics so far. Settings that shape the result must match the checkpoint's;
-machinery (device, precision, workers, progress bar, folders) may change.
+A training checkpoint holds everything a run needs to continue as if it had never stopped: trainable weights,
+optimizer, LR scheduler, grad scaler, the position (epoch, step) and the epoch's running sums, the RNG state and
+the metrics so far. Settings that shape the result must match the checkpoint's; machinery may change.
 """
 
 from __future__ import annotations
 
 import json
-import numbers
 import random
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -18,21 +15,23 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from . import checkpoint as ckpt
+from . import data as data_mod
 from . import terms as term_table
 from .distributed import is_main_process
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, is_whole
 from .recipes import RunConfig, parse_method
 from .runfolder import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE, config_dict
+from .teacher_check import RECORD_FILE, file_sha256
 
-__all__ = ["seed_everything", "rng_state", "set_rng_state", "result_settings", "check_resumable",
-           "checkpoint_to_resume", "position", "training_state", "restore", "run_facts", "check_facts", "check_seed"]
+__all__ = ["seed_everything", "rng_state", "set_rng_state", "result_settings", "checkpoint_to_resume", "position",
+           "training_state", "restore", "run_facts", "check_facts", "check_seed"]
 
 
 _SEED_LIMIT = 2**32  # the loaders derive per-epoch and per-process seeds from it, which must stay 64-bit
 
 
 def check_seed(seed: object) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < _SEED_LIMIT:
+    if not is_whole(seed) or not 0 <= seed < _SEED_LIMIT:
         raise ConfigError(f"seed {seed!r} is not a whole number from 0 to {_SEED_LIMIT - 1}; pick one in that range.")
 
 
@@ -55,8 +54,8 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# Settings that shape a run's result: a resumed run must share them with the
-# checkpoint. Machinery (device, amp, workers, progress, folders) may change.
+# Settings that shape a run's result: a resumed run must share them with the checkpoint. Machinery (device,
+# amp, workers, progress, folders) may change.
 _RESULT_SETTINGS = (
     "data", "data_options", "image_size", "student", "method", "epochs", "batch_size", "lr", "momentum",
     "weight_decay", "lr_milestones", "lr_gamma", "seed", "max_steps_per_epoch",
@@ -86,22 +85,8 @@ def result_settings(config: dict, terms: Tuple[str, ...]) -> dict:
     return settings
 
 
-def check_resumable(saved_config: dict, cfg: RunConfig, path: Path) -> None:
-    terms = parse_method(cfg.method)
-    before, now = result_settings(saved_config, terms), result_settings(config_dict(cfg), terms)
-    diffs = [f"{k}: {before[k]!r} -> {now[k]!r}" for k in now if before[k] != now[k]]
-    if diffs:
-        raise ConfigError(
-            f"cannot resume {path}: it was started with different settings ({'; '.join(diffs)}); "
-            "use the original settings or another --run-dir."
-        )
-
-
-_CHECKPOINT_KEYS = ("config", "epoch", "step", "trainable", "optimizer", "lr_scheduler", "scaler", "rng", "metrics")
-
-
-def _overwriting(cfg: RunConfig) -> bool:
-    return bool(getattr(cfg, "overwrite", False))
+_STATEFUL_PARTS = ("optimizer", "lr_scheduler", "scaler")  # the parts besides the weights whose state a checkpoint holds
+_CHECKPOINT_KEYS = ("config", "epoch", "step", "trainable", *_STATEFUL_PARTS, "rng", "metrics")
 
 
 def _not_ours_to_replace(folder: Path) -> Optional[Path]:
@@ -126,66 +111,49 @@ def _not_ours_to_replace(folder: Path) -> Optional[Path]:
     return None
 
 
-def _start_afresh(folder: Path) -> None:
-    """overwrite=True: the earlier run's checkpoint and model go now, so that no later step (a --resume, a
-    reused teacher) can mistake them for this run's before it has written its own."""
-    from .teacher_check import RECORD_FILE  # the replaced teacher's record, which would misdescribe the new one
-
-    if is_main_process():  # under torchrun rank 0 alone writes, and removes
-        for name in (CHECKPOINT_FILE, MODEL_FILE, RECORD_FILE):
-            (folder / name).unlink(missing_ok=True)
-
-
 def checkpoint_to_resume(cfg: RunConfig, checkpoint_path: Path, world_size: int) -> Optional[dict]:
-    """The run folder's training checkpoint, checked against ``cfg``; None for a fresh start.
-
-    A fresh start never replaces a finished model, recorded epochs or a file cdlib did not write
-    unless ``cfg.overwrite`` says so (a ConfigError names the file otherwise).
-    """
+    """The run folder's training checkpoint, checked against ``cfg``; None for a fresh start, which never replaces
+    a finished model, recorded epochs or a file cdlib did not write unless ``cfg.overwrite`` says so."""
     folder = checkpoint_path.parent
-    if _overwriting(cfg) and not (cfg.resume and checkpoint_path.exists()):
-        _start_afresh(folder)
+    if cfg.overwrite and not (cfg.resume and checkpoint_path.exists()):
+        # The earlier run's checkpoint and model go now, so that no later step (a --resume, a reused teacher) can
+        # mistake them for this run's before it has written its own; a teacher's record would misdescribe the new one.
+        if is_main_process():  # under torchrun rank 0 alone writes, and removes
+            for name in (CHECKPOINT_FILE, MODEL_FILE, RECORD_FILE):
+                (folder / name).unlink(missing_ok=True)
         return None
     if not checkpoint_path.exists():
         found = _not_ours_to_replace(folder)
         if found is not None:
             what = "a finished model" if found.name == MODEL_FILE else "a file this run would replace"
-            raise ConfigError(
-                f"{folder} holds {what}, {found}, and no checkpoint to resume from; choose another run folder, "
-                "or pass overwrite=True (CLI: --overwrite) to train afresh and replace it."
-            )
+            raise ConfigError(f"{folder} holds {what}, {found}, and no checkpoint to resume from; choose another run "
+                              "folder, or pass overwrite=True (CLI: --overwrite) to train afresh and replace it.")
         return None
     if not cfg.resume:
-        raise ConfigError(
-            f"{checkpoint_path.parent} already holds a checkpoint from an earlier run; pass resume=True (CLI: --resume) "
-            "to continue it, overwrite=True (CLI: --overwrite) to start afresh, or choose another run folder."
-        )
+        raise ConfigError(f"{folder} already holds a checkpoint from an earlier run; pass resume=True (CLI: --resume) "
+                          "to continue it, overwrite=True (CLI: --overwrite) to start afresh, or choose another run folder.")
     saved = ckpt.safe_load(checkpoint_path, "training checkpoint")
     if (saved.get("format") != ckpt.TRAINING_FORMAT or any(k not in saved for k in _CHECKPOINT_KEYS)
             or not isinstance(saved["config"], dict)):
-        raise CheckpointError(
-            f"{checkpoint_path} is not a complete cdlib training checkpoint; move it away or pick another run folder."
-        )
-    check_resumable(saved["config"], cfg, checkpoint_path)
+        raise CheckpointError(f"{checkpoint_path} is not a complete cdlib training checkpoint; move it away or pick "
+                              "another run folder.")
+    terms = parse_method(cfg.method)
+    before, now = result_settings(saved["config"], terms), result_settings(config_dict(cfg), terms)
+    diffs = [f"{k}: {before[k]!r} -> {now[k]!r}" for k in now if before[k] != now[k]]
+    if diffs:
+        raise ConfigError(f"cannot resume {checkpoint_path}: it was started with different settings ({'; '.join(diffs)}); "
+                          "use the original settings or another --run-dir.")
     saved_world_size = saved.get("world_size", 1)
     if saved["step"] and saved_world_size != world_size:
         # Mid-epoch, the position counts steps of one process's shard, which depends on the process count.
-        raise ConfigError(
-            f"{checkpoint_path} was saved mid-epoch by {saved_world_size} process(es); resume it with "
-            f"{saved_world_size} (this run has {world_size})."
-        )
+        raise ConfigError(f"{checkpoint_path} was saved mid-epoch by {saved_world_size} process(es); resume it with "
+                          f"{saved_world_size} (this run has {world_size}).")
     return saved
 
 
 def run_facts(cfg: RunConfig, parts) -> dict:
-    """What a run's result depends on beyond its settings: the data's content and the teacher's weights.
-
-    A data folder may move (``data_root`` is machinery) and a teacher file may be
-    copied elsewhere, but a resumed run must see the same images and the same teacher.
-    """
-    from . import data as data_mod
-    from .teacher_check import file_sha256
-
+    """What a run's result depends on beyond its settings: the data's content and the teacher's weights (a data
+    folder or a teacher file may move, but a resumed run must see the same images and the same teacher)."""
     facts = {"data_fingerprint": data_mod.fingerprint(parts.bundle), "data_root": cfg.data_root}
     if parts.teacher is not None:
         facts["teacher_sha256"] = (file_sha256(cfg.teacher_checkpoint) if cfg.teacher_checkpoint
@@ -209,10 +177,8 @@ def check_facts(saved: dict, facts: dict, path: Path) -> None:
         diffs.append(f"teacher: {before.get('teacher_file')!r} (SHA-256 {str(before.get('teacher_sha256'))[:12]}) -> "
                      f"{facts['teacher_file']!r} (SHA-256 {facts['teacher_sha256'][:12]})")
     if diffs:
-        raise ConfigError(
-            f"cannot resume {path}: it was trained with {' and '.join(what)} ({'; '.join(diffs)}); resume with "
-            "the original ones, or start again in another --run-dir."
-        )
+        raise ConfigError(f"cannot resume {path}: it was trained with {' and '.join(what)} ({'; '.join(diffs)}); "
+                          "resume with the original ones, or start again in another --run-dir.")
 
 
 def position(epoch: int, step: int) -> str:
@@ -232,9 +198,7 @@ def training_state(parts, cfg: RunConfig, world_size: int, epoch: int, step: int
         "step": step,
         "partial": partial_sums,
         "trainable": parts.distiller.trainable_state_dict(),
-        "optimizer": parts.optimizer.state_dict(),
-        "lr_scheduler": parts.lr_scheduler.state_dict(),
-        "scaler": parts.scaler.state_dict(),
+        **{name: getattr(parts, name).state_dict() for name in _STATEFUL_PARTS},
         "rng": rng_state(),
         "metrics": metrics,
         "teacher_metrics": teacher_metrics,
@@ -246,9 +210,8 @@ def restore(parts, saved: dict, path: Path) -> None:
     """Load a checkpoint's weights, optimizer, schedulers and RNG state into ``parts``."""
     try:
         parts.distiller.load_trainable_state_dict(saved["trainable"])
-        parts.optimizer.load_state_dict(saved["optimizer"])
-        parts.lr_scheduler.load_state_dict(saved["lr_scheduler"])
-        parts.scaler.load_state_dict(saved["scaler"])
+        for name in _STATEFUL_PARTS:
+            getattr(parts, name).load_state_dict(saved[name])
         set_rng_state(saved["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__

@@ -1,12 +1,10 @@
 """A run folder and what it holds: file names, ``config.json``, ``metrics.jsonl``, the result of a run.
 
-A run folder holds ``config.json`` (the settings), ``metrics.jsonl`` (one line
-per epoch), ``checkpoint.pt`` (the state to resume from) and, when finished,
-``model.pt`` (the trained student, reusable as a teacher). A fresh run never
-replaces a finished model or another run's files unless asked (``overwrite``,
-:func:`cdlib.resume.checkpoint_to_resume`). An experiment folder
-holds one run folder per method (``cd+gkd+edt`` -> ``cd_gkd_edt``) and the
-teacher's in ``teacher/``.
+A run folder holds ``config.json`` (the settings), ``metrics.jsonl`` (one line per epoch), ``checkpoint.pt`` (the
+state to resume from) and, when finished, ``model.pt`` (the trained student, reusable as a teacher). A fresh run
+never replaces a finished model or another run's files unless asked (``overwrite``,
+:func:`cdlib.resume.checkpoint_to_resume`). An experiment folder holds one run folder per method (``cd+gkd+edt`` ->
+``cd_gkd_edt``) and the teacher's in ``teacher/``.
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ from typing import Dict, List, Optional
 
 from torch import nn
 
+from .checkpoint import atomic_write
 from .errors import CheckpointError, ConfigError
 from .recipes import RunConfig, parse_method
 
@@ -77,17 +76,12 @@ def read_metrics(run_dir: str | os.PathLike) -> List[dict]:
 
 
 def write_metrics(run_dir: Path, rows: List[dict]) -> None:
-    """All rows at once, through a temporary file: a reader never sees half a file."""
-    tmp = run_dir / (METRICS_FILE + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, run_dir / METRICS_FILE)
+    """All rows at once (:func:`cdlib.checkpoint.atomic_write`)."""
+    atomic_write(run_dir / METRICS_FILE, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
 
 
 def write_run_files(run_dir: Path, cfg: RunConfig, metrics: List[dict]) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{CONFIG_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(config_dict(cfg), indent=2))
-    os.replace(tmp, run_dir / CONFIG_FILE)
+    atomic_write(run_dir / CONFIG_FILE, lambda f: f.write(json.dumps(config_dict(cfg), indent=2).encode()))
     write_metrics(run_dir, metrics)
 
 
@@ -114,28 +108,24 @@ def check_reusable_teacher(folder: Path, teacher_cfg: RunConfig) -> None:
     wanted = config_dict(teacher_cfg)
     diffs = [f"{k}: {trained.get(k)!r} (wanted {wanted[k]!r})" for k in _TEACHER_SETTINGS if trained.get(k) != wanted[k]]
     if diffs:
-        raise ConfigError(
-            f"the teacher in {folder} was trained with other settings ({'; '.join(diffs)}); use another --run-dir, "
-            f"or pass --teacher-checkpoint {folder / MODEL_FILE} to use it anyway."
-        )
+        raise ConfigError(f"the teacher in {folder} was trained with other settings ({'; '.join(diffs)}); use another "
+                          f"--run-dir, or pass --teacher-checkpoint {folder / MODEL_FILE} to use it anyway.")
 
 
 def summary_line(row: dict, epochs: int, method: str) -> str:
     """The line printed after each epoch."""
     terms = " ".join(f"{k[5:]}={v:.3f}" for k, v in row.items() if k.startswith("loss_"))
-    return (
-        f"[{method}] epoch {row['epoch']:>3}/{epochs}  lr {row['lr']:.4g}  loss {row['train_loss']:.3f} ({terms})  "
-        f"train {row['train_top1']:.1f}%  test top-1 {row['test_top1']:.2f}% top-5 {row['test_top5']:.2f}%  "
-        f"{row['images_per_s']:.0f} img/s  {row['epoch_seconds']:.1f}s"
-    )
+    return (f"[{method}] epoch {row['epoch']:>3}/{epochs}  lr {row['lr']:.4g}  loss {row['train_loss']:.3f} ({terms})  "
+            f"train {row['train_top1']:.1f}%  test top-1 {row['test_top1']:.2f}% top-5 {row['test_top5']:.2f}%  "
+            f"{row['images_per_s']:.0f} img/s  {row['epoch_seconds']:.1f}s")
 
 
-def comparison_table(results: Dict[str, RunResult], cfg: Optional[RunConfig] = None) -> str:
-    """A plain-text table of the final test accuracy of each run (and the teacher)."""
+def comparison_table(results: Dict[str, RunResult], cfg: RunConfig) -> str:
+    """A plain-text table of the final test accuracy of each run (and of ``cfg.teacher``)."""
     rows = []
     teacher = next((r.teacher_metrics for r in results.values() if r.teacher_metrics), None)
     if teacher:
-        rows.append((f"teacher {cfg.teacher if cfg else ''}".strip(), teacher["top1"], teacher["top5"], float("nan")))
+        rows.append((f"teacher {cfg.teacher}", teacher["top1"], teacher["top5"], float("nan")))
     for method, r in results.items():
         label = "student alone" if parse_method(method) == ("ce",) else method
         seconds = sum(m["epoch_seconds"] for m in r.metrics)

@@ -5,34 +5,26 @@ A schedule is a callable ``schedule(epoch) -> {"ce": w, "cd": w, "gkd": w}``.
 with ``step`` counted from 0) gives per-step weights for the smooth schedules;
 the paper's staircases only change at whole epochs, as in the reference code.
 
-Presets:
-
-* ``paper-cifar100`` / ``paper-imagenet`` reproduce the reference staircases,
-  including the CD-only warm-up (cross-entropy and GKD weights 0 at first).
-  Asked for another number of epochs, their milestones scale in proportion.
-* ``paper-cifar100-warmup-only`` and ``paper-cifar100-decay-only`` split the
-  CIFAR-100 staircase into its two parts: the CD-only warm-up with a constant
-  CD weight, and the CD decay with no warm-up.
-* ``paper-imagenet-decay-only`` is the authors' ImageNet CD + GKD setting (the
-  CD decay without the warm-up), against which their EDT row is measured.
-* ``constant`` keeps every weight fixed: the no-EDT ablation.
-* ``exponential``, ``cosine`` and ``linear`` decay the CD weight smoothly from
-  the same initial to the same final value as ``paper-cifar100`` so the shape
-  of the decay is the only thing an ablation changes.
+The presets (:data:`PRESETS` says what each is) are the reference staircases
+``paper-cifar100`` and ``paper-imagenet`` with their CD-only warm-up, scaled
+in proportion to another number of epochs; their warm-up and decay apart
+(``*-warmup-only``, ``*-decay-only``); ``constant``, the no-EDT ablation; and
+``exponential``, ``cosine`` and ``linear``, smooth decays between the CIFAR-100
+staircase's end points, so that the shape is all an ablation changes.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import MISSING, dataclass, fields
+from functools import partial
 from typing import Callable, Dict
 
-from .errors import ConfigError
+from .errors import MAX_EPOCHS, ConfigError, is_finite, is_whole, shown
 from .registry import Registry
 
 __all__ = ["Weights", "Schedule", "get", "names", "register", "staircase", "smooth", "paper_staircase",
-           "smooth_preset", "PRESETS", "SHAPES", "SCHEDULES"]
+           "PRESETS", "SHAPES", "SCHEDULES"]
 
 Weights = Dict[str, float]
 Schedule = Callable[[float], Weights]
@@ -42,18 +34,8 @@ CD_DECAY = 0.9  # factor applied at each staircase step.
 CIFAR_GKD_WEIGHT = 0.1
 
 
-def _is_finite(value) -> bool:
-    """A real number, not a bool, and finite (10**400 is an int no float holds)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
-
-
 def _check_epoch(epoch: float) -> None:
-    if not (_is_finite(epoch) and epoch >= 0):  # also rejects NaN, infinity and strings
+    if not (is_finite(epoch) and epoch >= 0):  # also rejects NaN, infinity and strings
         raise ConfigError(f"epoch must be a number, non-negative and finite (1-indexed), got {epoch!r}.")
 
 
@@ -62,19 +44,15 @@ def _check_fields(schedule) -> None:
     string or a NaN fails where it is given, not as a TypeError or a NaN weight mid-training."""
     for f in fields(schedule):
         value = getattr(schedule, f.name)
-        if f.name == "shape":
-            continue
         if f.name == "milestones":
-            if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or not all(
-                    _is_finite(m) and m >= 0 for m in value):
-                raise ConfigError(f"milestones must be a tuple of epoch numbers, e.g. (60, 160), got {value!r}.")
-            continue
-        positive = f.name == "epochs"  # a run has a positive length; weights and warm-ups may be 0
-        if not (_is_finite(value) and (value > 0 if positive else value >= 0)):
-            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:16] + "..."
-            example = f.default if f.default is not MISSING else 1
-            raise ConfigError(f"a schedule's {f.name} must be a {'positive' if positive else 'non-negative'}, "
-                              f"finite number, got {shown}; e.g. {f.name}={example}.")
+            if not isinstance(value, (tuple, list)) or not all(is_finite(m) and m >= 0 for m in value):
+                raise ConfigError(f"milestones must be a tuple of epoch numbers, e.g. (60, 160), got {shown(value)}.")
+        elif f.name != "shape":
+            positive = f.name == "epochs"  # a run has a positive length; weights and warm-ups may be 0
+            if not (is_finite(value) and (value > 0 if positive else value >= 0)):
+                example = f.default if f.default is not MISSING else 1
+                raise ConfigError(f"a schedule's {f.name} must be a {'positive' if positive else 'non-negative'}, "
+                                  f"finite number, got {shown(value)}; e.g. {f.name}={example}.")
 
 
 @dataclass(frozen=True)
@@ -156,12 +134,11 @@ SHAPES: Dict[str, Callable[[float, float, float], float]] = {
     "exponential": lambda start, end, p: start * (end / start) ** p,
 }
 
+
 def paper_staircase(paper_epochs: int, milestones: tuple, warmup: int,
                     gkd: float, **defaults) -> Callable[..., Schedule]:
-    """A reference staircase.
-
-    Asked for another ``epochs``, its milestones scale in proportion.
-    """
+    """A reference staircase; asked for another ``epochs``, its milestones
+    scale in proportion."""
 
     def factory(epochs: int = paper_epochs, **kw) -> Schedule:
         scale = epochs / paper_epochs
@@ -172,16 +149,6 @@ def paper_staircase(paper_epochs: int, milestones: tuple, warmup: int,
             warmup_epochs=round(warmup * scale),
             **kw,
         )
-
-    return factory
-
-
-def smooth_preset(shape: str) -> Callable[..., Schedule]:
-    """A smooth decay with the CIFAR-100 staircase's end points and GKD weight."""
-
-    def factory(epochs: int = 200, **kw) -> Schedule:
-        kw.setdefault("gkd", CIFAR_GKD_WEIGHT)
-        return smooth(shape, epochs, **kw)
 
     return factory
 
@@ -206,7 +173,8 @@ PRESETS: Dict[str, Callable[..., Schedule]] = {
     # decays (their lrdv1, factor 0.9); EDT adds only the warm-up there.
     "paper-imagenet-decay-only": paper_staircase(
         100, (30, 60, 90), 0, gkd=1.0),
-    **{shape: smooth_preset(shape)
+    # Smooth decays with the CIFAR-100 staircase's end points and GKD weight.
+    **{shape: partial(smooth, shape, epochs=200, gkd=CIFAR_GKD_WEIGHT)
        for shape in ("constant", "linear", "cosine", "exponential")},
 }
 
@@ -217,9 +185,7 @@ for _name, _factory in PRESETS.items():
     SCHEDULES.register(_name, _factory, locked=True)
 
 
-def names() -> list:
-    """The names :func:`get` accepts."""
-    return SCHEDULES.names()
+names = SCHEDULES.names  # the names get() accepts, sorted
 
 
 def register(name: str, factory: Callable[..., Schedule]) -> None:
@@ -244,13 +210,10 @@ def get(name: str, epochs: int | None = None, **overrides) -> Schedule:
     a cosine decay over 30 epochs from lambda_CD = 6 to 6 * 0.9^2. Keyword
     overrides (``cd0=``, ``gkd=``, ``ce=``...) change the weights.
     """
-    from .recipes import MAX_EPOCHS
-
     factory = SCHEDULES.get(name)
-    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= MAX_EPOCHS):
-        shown = repr(epochs) if len(repr(epochs)) <= 40 else repr(epochs)[:16] + "..."
+    if epochs is not None and not (is_whole(epochs) and 1 <= epochs <= MAX_EPOCHS):
         raise ConfigError(f"a schedule's epochs must be a whole number from 1 to {MAX_EPOCHS} (the run's length), "
-                          f"got {shown}.")
+                          f"got {shown(epochs)}.")
     try:
         schedule = factory(**overrides) if epochs is None else factory(epochs=epochs, **overrides)
     except TypeError as exc:

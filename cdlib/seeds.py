@@ -9,9 +9,8 @@ Layout of the experiment folder ``cfg.run_dir``::
 
     teacher/seed<k>/     one teacher per seed (config.json, metrics.jsonl, model.pt)
     <method>/seed<k>/    each method, each seed ('cd+gkd+edt' -> cd_gkd_edt)
-    per_seed.csv         method, seed, top1, top1_best, top5, train_seconds
-    summary.csv          method, n_seeds, top1_mean, top1_sd, top1_ci_low, top1_ci_high,
-                         diff_mean, diff_ci_low, diff_ci_high, ...
+    per_seed.csv         one row per run: method, seed, top1, top1_best, top5, train_seconds
+    summary.csv          one row per method: top-1 mean, sd and interval, its difference to the baseline
 
 A seed is a replicate of the whole pipeline, so each seed trains its own teacher
 (the luck of a teacher's initialisation is part of what a user of the method
@@ -26,17 +25,18 @@ rows of other methods and seeds and refreshes its own.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
 from . import distributed, runfolder, stats, terms
+from .checkpoint import atomic_write
 from .errors import CheckpointError, ConfigError
 from .interrupt import DeferredInterrupt
 from .recipes import RunConfig, parse_method, validate
@@ -65,15 +65,7 @@ def parse_seeds(text: Union[str, int, Sequence[int]]) -> List[int]:
     """
     if isinstance(text, int):
         text = [text]
-    if not isinstance(text, (str, Iterable)):
-        raise ConfigError(f"seeds must be a range '0-4', a list '0,2,5' or whole numbers such as [0, 1, 2], "
-                          f"got {text!r}.")
-    if not isinstance(text, str):
-        seeds = list(text)
-        if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-            raise ConfigError(f"seeds must be whole numbers 0 or more, got {seeds[:10]!r}.")
-        _check_count(len(seeds), f"seeds {seeds[:3]!r}"[:-1] + ", ...]")
-    else:
+    if isinstance(text, str):
         ranges = []
         for part in text.replace(" ", "").split(","):
             match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
@@ -85,12 +77,17 @@ def parse_seeds(text: Union[str, int, Sequence[int]]) -> List[int]:
             ranges.append(range(int(match.group(1)), int(match.group(2) or match.group(1)) + 1))
         _check_count(sum(len(r) for r in ranges), f"seeds {text!r}")
         seeds = [s for r in ranges for s in r]
-    seen, duplicates = set(), set()
-    for s in seeds:
-        (duplicates if s in seen else seen).add(s)
+    elif isinstance(text, Iterable):
+        seeds = list(text)
+        if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+            raise ConfigError(f"seeds must be whole numbers 0 or more, got {seeds[:10]!r}.")
+        _check_count(len(seeds), f"seeds {seeds[:3]!r}"[:-1] + ", ...]")
+    else:
+        raise ConfigError(f"seeds must be a range '0-4', a list '0,2,5' or whole numbers such as [0, 1, 2], "
+                          f"got {text!r}.")
+    duplicates = sorted(s for s, count in Counter(seeds).items() if count > 1)
     if duplicates:
-        raise ConfigError(f"seeds {text!r} name seed(s) {sorted(duplicates)[:10]} more than once; "
-                          "each seed is one run.")
+        raise ConfigError(f"seeds {text!r} name seed(s) {duplicates[:10]} more than once; each seed is one run.")
     too_large = [s for s in seeds if s >= SEED_LIMIT]
     if too_large:
         raise ConfigError(f"seed {too_large[0]} is not a whole number from 0 to {SEED_LIMIT - 1}; "
@@ -119,9 +116,6 @@ class SeedStudy:
     # The declared family of paired contrasts (contrasts.csv, see :func:`contrasts`), where the study has one.
     contrasts: Optional["object"] = None
 
-    def table(self) -> str:
-        return format_table(self.summary, self.baseline)
-
 
 # ------------------------------------------------------------------ statistics
 
@@ -135,27 +129,29 @@ def summarize(per_seed, baseline: str = "student", level: float = 0.95):
     import pandas as pd
 
     frame = pd.DataFrame(per_seed)
-    methods = list(dict.fromkeys(frame["method"]))
-    if baseline not in methods:
-        raise ConfigError(f"baseline {baseline!r} is not among the methods compared ({', '.join(methods)}).")
-    base = frame[frame["method"] == baseline].set_index("seed")["top1"]
+    top1 = {m: g.set_index("seed")["top1"] for m, g in frame.groupby("method", sort=False)}
+    if baseline not in top1:
+        raise ConfigError(f"baseline {baseline!r} is not among the methods compared ({', '.join(top1)}).")
     rows = []
-    for method in methods:
-        runs = frame[frame["method"] == method].sort_values("seed")
-        top1 = stats.mean_interval(runs["top1"].tolist(), level)
-        row = {"method": method, "n_seeds": top1.n, "top1_mean": top1.mean, "top1_sd": top1.sd,
-               "top1_ci_low": top1.low, "top1_ci_high": top1.high}
-        shared = [s for s in runs["seed"] if s in base.index]
-        if method == baseline or not shared:
-            row.update(diff_mean=math.nan, diff_ci_low=math.nan, diff_ci_high=math.nan, resolved=False)
-        else:
-            mine = runs.set_index("seed")["top1"]
-            diff = stats.paired_difference([mine[s] for s in shared], [base[s] for s in shared], level)
-            row.update(diff_mean=diff.mean, diff_ci_low=diff.low, diff_ci_high=diff.high, resolved=diff.excludes_zero)
-        row["top1_best_mean"] = float(runs["top1_best"].mean())
-        row["train_seconds_mean"] = float(runs["train_seconds"].mean()) if "train_seconds" in runs else math.nan
-        rows.append(row)
+    for method, runs in frame.groupby("method", sort=False):
+        runs = runs.sort_values("seed")
+        spread = stats.mean_interval(runs["top1"].tolist(), level)
+        diff = (method != baseline and _paired(top1, method, baseline, level)) or _NO_PAIRS
+        rows.append({"method": method, "n_seeds": spread.n, "top1_mean": spread.mean, "top1_sd": spread.sd,
+                     "top1_ci_low": spread.low, "top1_ci_high": spread.high, "diff_mean": diff.mean,
+                     "diff_ci_low": diff.low, "diff_ci_high": diff.high, "resolved": diff.excludes_zero,
+                     "top1_best_mean": float(runs["top1_best"].mean()),
+                     "train_seconds_mean": float(runs["train_seconds"].mean()) if "train_seconds" in runs else math.nan})
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+_NO_PAIRS = stats.Interval(0, math.nan, math.nan, math.nan, math.nan)  # the baseline itself, or no seed in common
+
+
+def _paired(top1: dict, a: str, b: str, level: float) -> Optional[stats.Interval]:
+    """``a - b`` paired by seed over the seeds both ran (``top1``: method -> top-1 by seed); None if none."""
+    shared = sorted(set(top1[a].index) & set(top1[b].index))
+    return stats.paired_difference([top1[a][s] for s in shared], [top1[b][s] for s in shared], level) if shared else None
 
 
 @dataclass(frozen=True)
@@ -186,24 +182,23 @@ def contrasts(per_seed, family: Sequence[Contrast], level: float = 0.95, alpha: 
     """
     import pandas as pd
 
-    frame = pd.DataFrame(per_seed)
-    by_method = {m: g.set_index("seed")["top1"] for m, g in frame.groupby("method")}
+    top1 = {m: g.set_index("seed")["top1"] for m, g in pd.DataFrame(per_seed).groupby("method")}
     rows = []
     for c in family:
-        missing = [m for m in (c.a, c.b) if m not in by_method]
+        missing = [m for m in (c.a, c.b) if m not in top1]
         if missing:
             raise ConfigError(f"contrast {c.name!r} names method(s) {missing} that the study has no runs of; "
-                              f"it has {', '.join(sorted(by_method))}.")
-        shared = sorted(set(by_method[c.a].index) & set(by_method[c.b].index))
-        diff = stats.paired_difference([by_method[c.a][s] for s in shared], [by_method[c.b][s] for s in shared], level)
+                              f"it has {', '.join(sorted(top1))}.")
+        diff = _paired(top1, c.a, c.b, level)
+        if diff is None:
+            raise ConfigError(f"contrast {c.name!r} has no seed that both methods ran; run them on the same seeds.")
         rows.append({"question": c.question, "contrast": c.name, "a": c.a, "b": c.b, "n_pairs": diff.n,
                      "diff_mean": diff.mean, "diff_sd": diff.sd, "ci_low": diff.low, "ci_high": diff.high,
                      "p": stats.t_test_p(diff), "mde": stats.minimum_detectable_effect(diff.sd, diff.n, alpha, power)})
     adjusted = stats.holm([r["p"] for r in rows])
     for row, p_holm in zip(rows, adjusted):
         row["p_holm"] = p_holm
-        resolved = p_holm < alpha
-        row["verdict"] = ("resolved: better" if row["diff_mean"] > 0 else "resolved: worse") if resolved else "not resolved"
+        row["verdict"] = ("resolved: better" if row["diff_mean"] > 0 else "resolved: worse") if p_holm < alpha else "not resolved"
     return pd.DataFrame(rows, columns=CONTRAST_COLUMNS)
 
 
@@ -232,15 +227,13 @@ def verdicts(summary, baseline: str = "student") -> List[str]:
     for r in summary.itertuples():
         if r.method == baseline or math.isnan(r.diff_mean):
             continue
+        said = f"{r.method} vs {baseline}: {r.diff_mean:+.2f} points"
         if math.isnan(r.diff_ci_low):
-            out.append(f"{r.method} vs {baseline}: {r.diff_mean:+.2f} points from one seed: no interval, not resolved.")
-        elif r.resolved:
-            word = "better" if r.diff_mean > 0 else "worse"
-            out.append(f"{r.method} vs {baseline}: {r.diff_mean:+.2f} points, 95% CI "
-                       f"{_interval(r.diff_ci_low, r.diff_ci_high)} excludes 0: resolved, {word}.")
+            out.append(f"{said} from one seed: no interval, not resolved.")
         else:
-            out.append(f"{r.method} vs {baseline}: {r.diff_mean:+.2f} points, 95% CI "
-                       f"{_interval(r.diff_ci_low, r.diff_ci_high)} contains 0: not resolved (within noise).")
+            judged = (f"excludes 0: resolved, {'better' if r.diff_mean > 0 else 'worse'}" if r.resolved
+                      else "contains 0: not resolved (within noise)")
+            out.append(f"{said}, 95% CI {_interval(r.diff_ci_low, r.diff_ci_high)} {judged}.")
     return out
 
 
@@ -251,13 +244,11 @@ def load_summary(path: Union[str, os.PathLike]) -> SeedStudy:
     folder = Path(path)
     if folder.is_file():
         folder = folder.parent
-    files = {name: folder / name for name in (SUMMARY_FILE, PER_SEED_FILE)}
-    missing = [str(p) for p in files.values() if not p.is_file()]
+    missing = [str(folder / name) for name in (SUMMARY_FILE, PER_SEED_FILE) if not (folder / name).is_file()]
     if missing:
         raise ConfigError(f"no seed comparison in {folder}: {', '.join(missing)} missing; run cdlib.seeds.run "
                           "(CLI: cdlib distill --seeds 0-4) into that folder first.")
-    summary = pd.read_csv(files[SUMMARY_FILE])
-    per_seed = pd.read_csv(files[PER_SEED_FILE])
+    summary, per_seed = pd.read_csv(folder / SUMMARY_FILE), pd.read_csv(folder / PER_SEED_FILE)
     lacking = [c for c in SUMMARY_COLUMNS[:9] if c not in summary] + [c for c in PER_SEED_COLUMNS[:4] if c not in per_seed]
     if lacking:
         raise ConfigError(f"{folder} has tables without column(s) {', '.join(lacking)}; they were not written by cdlib.seeds.")
@@ -299,15 +290,11 @@ def _variants(cfg: RunConfig, methods: Optional[Sequence[MethodSpec]]) -> Dict[s
 
 
 def _settings(config: Mapping[str, object]) -> dict:
-    out = {k: v for k, v in config.items() if k not in _MACHINERY}
-    if out.get("lr_milestones") is not None:
-        out["lr_milestones"] = [int(m) for m in out["lr_milestones"]]
-    return out
+    return {k: v for k, v in config.items() if k not in _MACHINERY}
 
 
 def _finished(cfg: RunConfig) -> bool:
     """True when ``cfg.run_dir`` holds a finished run of these settings; a ConfigError when it holds other ones."""
-
     folder = Path(cfg.run_dir)
     if not (folder / runfolder.MODEL_FILE).is_file():
         return False
@@ -316,9 +303,9 @@ def _finished(cfg: RunConfig) -> bool:
     except (OSError, ValueError):
         raise ConfigError(f"{folder} holds a model.pt without a readable config.json, so it cannot be checked for "
                           "reuse; move the folder away or choose another run_dir.") from None
-    before, now = _settings(saved), _settings(dataclasses.asdict(cfg))
+    before, now = _settings(saved), _settings(runfolder.config_dict(cfg))
     # A setting newer than the saved run was, in effect, at its default (e.g. the reference switches).
-    before = {**{k: v for k, v in _settings(dataclasses.asdict(RunConfig())).items() if k not in before}, **before}
+    before = {**{k: v for k, v in _settings(runfolder.config_dict(RunConfig())).items() if k not in before}, **before}
     diffs = [f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in now if before.get(k) != now[k]]
     if diffs:
         raise ConfigError(f"{folder} holds a finished run with other settings ({'; '.join(diffs)}); "
@@ -367,9 +354,10 @@ def run(cfg: RunConfig, seeds: Union[str, Sequence[int]] = (0, 1, 2, 3, 4), base
     validate(cfg)
     train.check_teacher_checkpoint(cfg)
     variants = _variants(cfg, methods)
-    own_teacher = not (cfg.teacher_checkpoint or cfg.teacher_pretrained)
-    needs_teacher = any(terms.needs_teacher(parse_method(str(v["method"]))) for v in variants.values())
-    labels = ([TEACHER] if own_teacher and needs_teacher else []) + list(variants)
+    # A teacher per seed where a method learns from one and cfg names none.
+    own_teacher = not (cfg.teacher_checkpoint or cfg.teacher_pretrained) and any(
+        terms.needs_teacher(parse_method(str(v["method"]))) for v in variants.values())
+    labels = ([TEACHER] if own_teacher else []) + list(variants)
     if isinstance(baseline, str) and baseline not in labels and baseline.strip().lower() in labels:
         baseline = baseline.strip().lower()  # methods have one spelling (RunConfig.replace): --baseline KD means kd
     if baseline not in labels:
@@ -380,16 +368,16 @@ def run(cfg: RunConfig, seeds: Union[str, Sequence[int]] = (0, 1, 2, 3, 4), base
     # One set of signal handlers for all the runs: a Ctrl-C between two of them stops the study there.
     with DeferredInterrupt():
         for seed in seeds:
-            rows.extend(_runs_of_seed(cfg, seed, variants, own_teacher and needs_teacher, folder, on_run))
+            rows.extend(_runs_of_seed(cfg, seed, variants, own_teacher, folder, on_run))
     # Read, merged and written by one study at a time: two finishing together would each drop the other's rows.
     # (Written atomically, the tables need no held signals: a Ctrl-C here leaves the previous ones whole.)
     with _tables_locked(folder):
         per_seed = _merged(folder, pd.DataFrame(rows, columns=PER_SEED_COLUMNS))
         study = SeedStudy(summary=summarize(per_seed, baseline), per_seed=per_seed, baseline=baseline, folder=folder)
         if distributed.is_main_process():
-            _write_csv(per_seed, folder / PER_SEED_FILE)
-            _write_csv(study.summary, folder / SUMMARY_FILE)
-            print(study.table(), flush=True)
+            atomic_write(folder / PER_SEED_FILE, lambda f: per_seed.to_csv(f, index=False))
+            atomic_write(folder / SUMMARY_FILE, lambda f: study.summary.to_csv(f, index=False))
+            print(format_table(study.summary, baseline), flush=True)
             if plot:
                 _save_plot(study, folder / PLOT_FILE)
     return study
@@ -457,20 +445,12 @@ def _merged(folder: Path, per_seed):
     return pd.concat([kept.reindex(columns=PER_SEED_COLUMNS), per_seed], ignore_index=True)
 
 
-def _write_csv(frame, path: Path) -> None:
-    """Through a temporary file: a study stopped while writing leaves the previous table whole."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
-
 def _save_plot(study: SeedStudy, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     from . import viz
 
     ax = viz.seed_comparison(study.per_seed, study.summary, baseline=study.baseline)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # as the tables: never half a picture
-    ax.figure.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    atomic_write(path, lambda f: ax.figure.savefig(f, dpi=110, bbox_inches="tight",
+                                                   format=path.suffix.lstrip(".") or "png"))
     plt.close(ax.figure)
-    os.replace(tmp, path)

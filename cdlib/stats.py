@@ -1,8 +1,6 @@
 """Statistics for comparing runs over seeds: mean, sd, Student-t intervals, paired differences.
 
-Nothing beyond the standard library: the t quantile comes from the t
-distribution's CDF (a regularized incomplete beta function, evaluated by its
-continued fraction) inverted by bisection, so scipy is not needed.
+The t distribution is scipy's (scipy comes with scikit-learn, a dependency).
 """
 
 from __future__ import annotations
@@ -13,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Sequence
 
-from .errors import ConfigError
+from .errors import ConfigError, is_whole
 
 __all__ = ["t_cdf", "t_quantile", "Interval", "mean_interval", "paired_difference", "t_test_p", "holm",
            "minimum_detectable_effect"]
@@ -52,66 +50,23 @@ def _check_df(df) -> None:
         raise ConfigError(f"degrees of freedom must be a positive, finite number, got {df!r}.")
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """The continued fraction of the incomplete beta function (modified Lentz's method)."""
-    tiny, eps = 1e-300, 1e-15
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 400):
-        m2 = 2 * m
-        for numerator in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < eps:
-            break
-    return h
-
-
-def _regularized_beta(a: float, b: float, x: float) -> float:
-    """I_x(a, b) for 0 <= x <= 1."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    # The fraction converges fast on one side of the mean of the beta distribution; use symmetry on the other.
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
 def t_cdf(t: float, df: float) -> float:
     """P(T <= t) for Student's t with ``df`` degrees of freedom."""
     _check_df(df)
     if not _is_real(t):
         raise ConfigError(f"t must be a number, got {t!r}.")
-    tail = 0.5 * _regularized_beta(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t >= 0 else tail
+    from scipy.stats import t as student_t
+
+    return float(student_t.cdf(t, df))
 
 
 def t_quantile(p: float, df: float) -> float:
     """The ``p`` quantile of Student's t with ``df`` degrees of freedom (e.g. p=0.975: the 95 % two-sided value)."""
     _check_probability(p, "p")
     _check_df(df)
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        hi *= 2.0
-    for _ in range(200):  # bisection: the CDF is monotone, and 200 halvings reach float precision
-        mid = 0.5 * (lo + hi)
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-13 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
+    from scipy.stats import t as student_t
+
+    return float(student_t.ppf(p, df))
 
 
 @dataclass(frozen=True)
@@ -192,7 +147,7 @@ def minimum_detectable_effect(sd: float, n: int, alpha: float = 0.05, power: flo
     both quantiles with n - 1 degrees of freedom (the usual approximation to the noncentral t)."""
     _check_probability(alpha, "alpha")
     _check_probability(power, "power")
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not _is_real(sd):
+    if not is_whole(n) or not _is_real(sd):
         raise ConfigError(f"n must be a whole number of pairs and sd a number, got n={n!r}, sd={sd!r}.")
     if n < 2 or not math.isfinite(sd):
         return math.nan

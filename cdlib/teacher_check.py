@@ -1,13 +1,11 @@
 """Teachers that check themselves.
 
-When a teacher has been trained, :func:`record` writes ``teacher.json`` beside
-its ``model.pt``: the test accuracy it reached, a fingerprint of the data
-(:func:`cdlib.data.fingerprint`) and the SHA-256 of the model file. Whoever
-reuses the teacher later (:func:`cdlib.train.ensure_teacher`,
-:func:`cdlib.seeds.run`) calls :func:`verify`, which measures all three again
-and prints a warning for each that no longer matches: a model file replaced or
-damaged, data that changed under it (another split, a changed loader), or an
-accuracy that moved (a changed model definition or evaluation).
+When a teacher has been trained, :func:`record` writes ``teacher.json`` beside its ``model.pt``: the test accuracy
+it reached, a fingerprint of the data (:func:`cdlib.data.fingerprint`) and the SHA-256 of the model file. Whoever
+reuses the teacher later (:func:`cdlib.train.ensure_teacher`, :func:`cdlib.seeds.run`) calls :func:`verify`, which
+measures all three again and prints a warning for each that no longer matches: a model file replaced or damaged,
+data that changed under it (another split, a changed loader), or an accuracy that moved (a changed model definition
+or evaluation).
 """
 
 from __future__ import annotations
@@ -18,12 +16,13 @@ import os
 from pathlib import Path
 from typing import Dict, List
 
+from .checkpoint import atomic_write
 from .recipes import RunConfig
+from .runfolder import MODEL_FILE
 
 __all__ = ["RECORD_FILE", "TOP1_TOLERANCE", "file_sha256", "measure", "record", "verify"]
 
 RECORD_FILE = "teacher.json"
-MODEL_FILE = "model.pt"
 # Evaluated on another device or in another precision, a few borderline predictions may flip;
 # half a point is far more than that and far less than a wrong teacher.
 TOP1_TOLERANCE = 0.5
@@ -48,18 +47,15 @@ def measure(folder: str | os.PathLike, cfg: RunConfig) -> Dict[str, object]:
             "sha256": file_sha256(path)}
 
 
-def record(folder: str | os.PathLike, cfg: RunConfig) -> Dict[str, object]:
+def record(folder: str | os.PathLike, cfg: RunConfig) -> None:
     """Measure the teacher just trained in ``folder`` (``cfg``: its own training config) and write teacher.json."""
-    facts = measure(folder, cfg)
-    (Path(folder) / RECORD_FILE).write_text(json.dumps(facts, indent=2) + "\n")
-    return facts
+    record = json.dumps(measure(folder, cfg), indent=2) + "\n"
+    atomic_write(Path(folder) / RECORD_FILE, lambda f: f.write(record.encode()))
 
 
 def verify(folder: str | os.PathLike, cfg: RunConfig) -> List[str]:
-    """Measure a reused teacher again and print a warning for each fact that changed; returns the warnings.
-
-    A teacher without a record (trained before records existed) gets one now, so later reuses are checked.
-    """
+    """Measure a reused teacher again and print a warning for each fact that changed; returns the warnings. A
+    teacher without a record (trained before records existed) gets one now, so later reuses are checked."""
     try:
         saved = json.loads((Path(folder) / RECORD_FILE).read_text())
     except (OSError, ValueError):

@@ -41,11 +41,12 @@ TERMS: Tuple[LossTerm, ...] = (
 # "edt" is not a loss: it makes the weights of SCHEDULED follow an EDT schedule.
 EDT = "edt"
 SCHEDULED: Tuple[str, ...] = ("ce", "cd", "gkd")
+_BY_NAME: Dict[str, LossTerm] = {t.name: t for t in TERMS}
 
 
 def loss_terms() -> Tuple[str, ...]:
     """The names of the loss terms, in the table's order."""
-    return tuple(t.name for t in TERMS)
+    return tuple(_BY_NAME)
 
 
 def methods() -> Tuple[str, ...]:
@@ -55,24 +56,19 @@ def methods() -> Tuple[str, ...]:
 
 def get(name: str) -> LossTerm:
     """The row of loss term ``name``."""
-    for term in TERMS:
-        if term.name == name:
-            return term
+    if isinstance(name, str) and name in _BY_NAME:
+        return _BY_NAME[name]
     raise ConfigError(f"unknown loss term {name!r}; choose from {', '.join(loss_terms())}.")
-
-
-def _rows(names: Iterable[str]):
-    return [t for t in TERMS if t.name in set(names)]
 
 
 def needs_teacher(terms: Iterable[str]) -> bool:
     """Whether any of ``terms`` (names; "edt" and unknown names ignored) needs the teacher's outputs."""
-    return any(t.needs_teacher for t in _rows(terms))
+    return any(_BY_NAME[t].needs_teacher for t in terms if t in _BY_NAME)
 
 
 def needs_features(terms: Iterable[str]) -> bool:
     """Whether any of ``terms`` needs stage feature maps."""
-    return any(t.needs_features for t in _rows(terms))
+    return any(_BY_NAME[t].needs_features for t in terms if t in _BY_NAME)
 
 
 def default_weights() -> Dict[str, float]:

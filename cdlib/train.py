@@ -1,62 +1,45 @@
 """The trainer: one code path for a CPU, one GPU or many (``torchrun``).
 
-``fit(cfg)`` trains one model (``cfg.method == "student"`` for plain
-cross-entropy, e.g. a teacher) or distils one student; ``run(cfg)`` also trains
-the teacher first when no checkpoint is given and runs a ','-separated list of
-methods. ``fit`` holds its run folder's lock (:mod:`cdlib.runlock`), clears the
-temporary files of saves cut short, and writes ``checkpoint.pt`` atomically
-every epoch and on Ctrl-C or SIGTERM (files: :mod:`cdlib.runfolder`).
+``fit(cfg)`` trains one model (``cfg.method == "student"``: plain cross-entropy, e.g. a teacher) or
+distils one student; ``run(cfg)`` also trains the teacher first when no checkpoint is given and runs a
+','-separated list of methods. ``fit`` holds its run folder's lock (:mod:`cdlib.runlock`), clears the
+temporary files of saves cut short, and writes ``checkpoint.pt`` atomically every epoch and on Ctrl-C or
+SIGTERM.
 
-Resuming is exact (:mod:`cdlib.resume`): a resumed run ends with the same
-weights and metrics as an uninterrupted one. In-memory data sets replay the
-interrupted epoch's batches up to where it stopped, which costs little; a
-DataLoader with workers (ImageNet) skips them in its sampler
-(:class:`cdlib.data.EpochSampler`). Under ``torchrun`` rank 0 alone writes
-files, and what stops a run (a non-finite loss, Ctrl-C) is agreed by all
-processes at log points (:mod:`cdlib.health`), so none is left waiting.
+Resuming is exact (:mod:`cdlib.resume`): a resumed run ends with the same weights and metrics as an
+uninterrupted one. In-memory data sets replay the interrupted epoch's batches up to where it stopped (cheap);
+a DataLoader with workers (ImageNet) skips them in its sampler (:class:`cdlib.data.EpochSampler`). Under
+``torchrun`` rank 0 alone writes files, and what stops a run (a non-finite loss, Ctrl-C) is agreed by all
+processes at log points (:class:`LossWatch`), so none is left waiting.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
+import torch.distributed as dist
 
 from . import checkpoint as ckpt
 from . import data as data_mod
-from . import distributed, resume, runlock, teacher_check
+from . import distributed, resume, runfolder, runlock, teacher_check
 from . import parts as parts_mod
 from . import terms as term_table
 from .distributed import Placement, is_main_process
-from .errors import CDLibError, CheckpointError, ConfigError
-from .health import LossWatch
+from .errors import CDLibError, CheckpointError, ConfigError, TrainingDiverged, from_os_error
 from .interrupt import DeferredInterrupt
-from .oserrors import describe
-from .parts import warn_if_useless_teacher as _warn_if_useless_teacher
 from .parts import weights_for
-from .progress import clock, resume_message, run_eta
 from .recipes import RunConfig, parse_method, validate
-from .runfolder import (
-    CHECKPOINT_FILE,
-    METRICS_FILE,
-    MODEL_FILE,
-    RunResult,
-    check_reusable_teacher,
-    comparison_table,
-    slug,
-    summary_line,
-    teacher_dir,
-    write_metrics,
-    write_run_files,
-)
+from .runfolder import CHECKPOINT_FILE, MODEL_FILE, RunResult
 from .step import TrainStep, evaluate
 
-__all__ = ["fit", "run", "ensure_teacher"]
+__all__ = ["fit", "run", "ensure_teacher", "run_eta", "clock", "resume_message"]
 
 _LOG_EVERY = 20  # steps between log points: the only places the loop waits for the device
 
@@ -64,15 +47,13 @@ _LOG_EVERY = 20  # steps between log points: the only places the loop waits for 
 def fit(cfg: RunConfig, on_step: Optional[Callable[[int, int], None]] = None) -> RunResult:
     """Train ``cfg.student`` with ``cfg.method`` (a single method) and return the result.
 
-    ``on_step(epoch, step)`` is called after every optimizer step, ``step``
-    counting from 1 within the epoch (tests use it to interrupt a run).
-    Raises :class:`TrainingDiverged` when a loss becomes non-finite (the bad
-    state is not saved) and ``KeyboardInterrupt`` after saving on Ctrl-C.
+    ``on_step(epoch, step)`` is called after every optimizer step, ``step`` counting from 1 within the epoch
+    (tests use it to interrupt a run). Raises :class:`TrainingDiverged` when a loss becomes non-finite (the
+    bad state is not saved) and ``KeyboardInterrupt`` after saving on Ctrl-C.
     """
     validate(cfg)
     if "," in cfg.method:
         raise ConfigError(f"fit() runs one method; use run() for the list {cfg.method!r}.")
-    resume.check_seed(cfg.seed)
     place = distributed.placement(cfg.device)
     # Signals are held from here: a Ctrl-C or SIGTERM while the run starts is a one-line stop, not a traceback.
     with DeferredInterrupt() as interrupt:
@@ -81,9 +62,7 @@ def fit(cfg: RunConfig, on_step: Optional[Callable[[int, int], None]] = None) ->
             raise KeyboardInterrupt
         # The loaders' workers end with the run however it ends: left to Python's exit they can hang it.
         with _run_folder(cfg, place), data_mod.workers_ended(), _worker_deaths_said(cfg):
-            saved = resume.checkpoint_to_resume(cfg, Path(cfg.run_dir) / CHECKPOINT_FILE, place.world_size)
-            resume.seed_everything(cfg.seed)
-            training = _Training(cfg, place, saved)
+            training = _Training(cfg, place)
             training.write_run_files()
             for epoch in range(training.start_epoch, cfg.epochs + 1):
                 if distributed.agree(place, interrupt.requested):
@@ -124,7 +103,7 @@ def _worker_deaths_said(cfg: RunConfig) -> Iterator[None]:
     try:
         yield
     except RuntimeError as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        message = (str(exc).strip().splitlines() or [""])[0]
         if not message.startswith("DataLoader worker"):
             raise
         checkpoint = Path(cfg.run_dir) / CHECKPOINT_FILE
@@ -134,39 +113,81 @@ def _worker_deaths_said(cfg: RunConfig) -> Iterator[None]:
                          f"memory); lower --num-workers or --batch-size and {where}.") from None
 
 
+class LossWatch:
+    """A run's health, watched without waiting for the device: per loss term, the first step of the current
+    epoch whose value was non-finite (inf: none yet), kept on the device and read only at log points. Under
+    ``torchrun`` one small all-reduce (a minimum) at a log point makes a loss that went bad on one process, or
+    a Ctrl-C that reached one process, stop all of them at the same step, so none is left waiting."""
+
+    def __init__(self, terms: Sequence[str], device: torch.device, world_size: int) -> None:
+        self.terms, self.device, self.world_size = tuple(terms), device, world_size
+        self.start_epoch()
+
+    def start_epoch(self) -> None:
+        self.first_bad_step = torch.full((len(self.terms),), math.inf, device=self.device, dtype=torch.float64)
+
+    def record(self, stats: torch.Tensor, step: int) -> None:
+        """Note the terms of ``stats`` (a TrainStep's output) that are non-finite at ``step``; no sync."""
+        went_bad = ~torch.isfinite(stats[: len(self.terms)]) & torch.isinf(self.first_bad_step)
+        self.first_bad_step = torch.where(went_bad, float(step), self.first_bad_step)
+
+    def check(self, epoch: int, interrupt: DeferredInterrupt, last_checkpoint: str) -> None:
+        """At a log point: stop on a non-finite loss or a Ctrl-C, every process alike."""
+        requested = torch.full((1,), -float(interrupt.requested), device=self.device, dtype=torch.float64)
+        status = distributed.all_reduce(torch.cat([self.first_bad_step, requested]), self.world_size, dist.ReduceOp.MIN)
+        *first_bad, stop = status.tolist()
+        self._raise_if_diverged(first_bad, epoch, last_checkpoint)
+        if stop < 0:
+            interrupt.requested = True
+            raise KeyboardInterrupt
+
+    def check_finite(self, epoch: int, last_checkpoint: str) -> None:
+        """Raise TrainingDiverged if any process saw a non-finite loss this epoch."""
+        first_bad = distributed.all_reduce(self.first_bad_step.clone(), self.world_size, dist.ReduceOp.MIN)
+        self._raise_if_diverged(first_bad.tolist(), epoch, last_checkpoint)
+
+    def _raise_if_diverged(self, first_bad: List[float], epoch: int, last_checkpoint: str) -> None:
+        bad = sorted((step, term) for term, step in zip(self.terms, first_bad) if math.isfinite(step))
+        if not bad:
+            return
+        (step, term), others = bad[0], [t for _, t in bad[1:]]
+        also = f" (then also {', '.join(map(repr, others))})" if others else ""
+        raise TrainingDiverged(f"loss term {term!r} became non-finite (NaN or infinite) at step {int(step)} of epoch "
+                               f"{epoch}{also}, so training stopped and the bad state was not saved; {last_checkpoint} "
+                               f"— start again with a lower learning rate or a lower weight for {term!r}, in a new run "
+                               "folder.")
+
+
 class _Training:
     """The state of one :func:`fit` call and the steps fit() is made of."""
 
-    def __init__(self, cfg: RunConfig, place: Placement, saved: Optional[dict]) -> None:
+    def __init__(self, cfg: RunConfig, place: Placement) -> None:
         self.cfg, self.place = cfg, place
         self.terms = parse_method(cfg.method)
         self.run_dir = Path(cfg.run_dir)
         self.checkpoint_path = self.run_dir / CHECKPOINT_FILE
+        saved = resume.checkpoint_to_resume(cfg, self.checkpoint_path, place.world_size) or {}  # {}: a fresh start
+        resume.seed_everything(cfg.seed)
         self.parts = parts = parts_mod.build(cfg, place, self.terms)
-        self.metrics: List[dict] = []
-        self.start_epoch, self.start_step, self.partial_sums = 1, 0, None
-        self.teacher_metrics: Optional[Dict[str, float]] = None
-        self.last_saved: Optional[str] = None
+        self.facts = resume.run_facts(cfg, parts)
+        if saved:
+            resume.check_facts(saved, self.facts, self.checkpoint_path)
+            resume.restore(parts, saved, self.checkpoint_path)
+            if place.is_main:
+                print(resume_message(saved["epoch"], saved["step"], parts.steps_per_epoch, cfg.epochs), flush=True)
+        self.metrics: List[dict] = list(saved.get("metrics", []))
+        self.start_epoch, self.start_step = saved.get("epoch", 1), saved.get("step", 0)
+        self.partial_sums, self.resume_rng = saved.get("partial"), saved.get("rng")
+        self.teacher_metrics: Optional[Dict[str, float]] = saved.get("teacher_metrics")
+        self.last_saved = resume.position(self.start_epoch, self.start_step) if saved else None
         # Wall time of each epoch this process trained (evaluation and saving included), for the run's ETA.
         self.epoch_walls: List[float] = []
         self._epoch_began: Optional[float] = None
-        self.resume_rng: Optional[dict] = None
-        self.facts = resume.run_facts(cfg, parts)
-        if saved is not None:
-            resume.check_facts(saved, self.facts, self.checkpoint_path)
-            resume.restore(parts, saved, self.checkpoint_path)
-            self.metrics = list(saved["metrics"])
-            self.start_epoch, self.start_step, self.partial_sums = saved["epoch"], saved["step"], saved.get("partial")
-            self.teacher_metrics = saved.get("teacher_metrics")
-            self.resume_rng = saved["rng"]
-            self.last_saved = resume.position(saved["epoch"], saved["step"])
-            if place.is_main:
-                print(resume_message(saved["epoch"], saved["step"], parts.steps_per_epoch, cfg.epochs), flush=True)
         if parts.teacher is not None and self.teacher_metrics is None:
             self.teacher_metrics = evaluate(parts.teacher, parts.test_loader, place.device, parts.autocast_dtype,
                                             place.world_size, parts.channels_last)
             if place.is_main:
-                _warn_if_useless_teacher(self.teacher_metrics, parts.bundle.num_classes)
+                parts_mod.warn_if_useless_teacher(self.teacher_metrics, parts.bundle.num_classes)
         if cfg.compile:
             parts.distiller.student.compile()
             if parts.teacher is not None:
@@ -178,19 +199,19 @@ class _Training:
     def write_run_files(self) -> None:
         if self.place.is_main:
             try:
-                write_run_files(self.run_dir, self.cfg, self.metrics)
+                runfolder.write_run_files(self.run_dir, self.cfg, self.metrics)
             except OSError as exc:
-                raise describe(exc, "write the run files into", self.run_dir) from None
+                raise from_os_error(exc, "write the run files into", self.run_dir) from None
 
     def _last_checkpoint(self) -> str:
+        """Where the run can resume from, for a message."""
         return (f"the last good checkpoint is {self.checkpoint_path} ({self.last_saved})" if self.last_saved
                 else "no checkpoint had been written yet")
 
     def _resume_note(self) -> str:
         """What the user can do after a failed save: resume only where a checkpoint exists."""
-        if self.last_saved:
-            return f"{self._last_checkpoint()}, resume from it with --resume"
-        return "no checkpoint had been written yet, so there is nothing to resume; rerun the same command once fixed"
+        return self._last_checkpoint() + (", resume from it with --resume" if self.last_saved else
+                                          ", so there is nothing to resume; rerun the same command once fixed")
 
     # -- one epoch
 
@@ -221,8 +242,8 @@ class _Training:
                         bar.set_postfix_str(self._postfix(sums, epoch, first_step, step, time.perf_counter() - started))
                 if on_step is not None:
                     on_step(epoch, step)
-                if self.place.world_size == 1:
-                    interrupt.raise_if_requested()  # alone, a process can stop after any step; together, at log points
+                if self.place.world_size == 1 and interrupt.requested:
+                    raise KeyboardInterrupt  # alone, a process can stop after any step; together, at log points
         except KeyboardInterrupt:
             bar.close()
             self._save_on_interrupt(epoch, step, sums, interrupt)
@@ -242,9 +263,8 @@ class _Training:
         return sums
 
     def _batches(self, epoch: int, first_step: int) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
-        """(step index, images, labels) of the epoch's steps still to train, the data and RNG as an
-        uninterrupted run would see them: a sampler that can start part-way skips the steps already
-        trained; other loaders replay them."""
+        """(step index, images, labels) of the epoch's steps still to train, the data and RNG as an uninterrupted
+        run would see them: a sampler that can start part-way skips the steps already trained; other loaders replay."""
         loader = self.parts.train_loader
         if hasattr(loader, "set_epoch"):  # DeviceLoader: its permutation and augmentation are seeded by the epoch
             loader.set_epoch(epoch)
@@ -262,8 +282,8 @@ class _Training:
             if step_index < first_step:
                 # Replaying the epoch's data stream (and its augmentation RNG) up to where the run stopped.
                 if step_index == first_step - 1 and self.resume_rng is not None:
-                    # A loader may augment with the global RNG, which the replay just drew
-                    # from; the next batch must see it as the interrupted run left it.
+                    # A loader may augment with the global RNG, which the replay just drew from; the next batch
+                    # must see it as the interrupted run left it.
                     resume.set_rng_state(self.resume_rng)
                 continue
             yield step_index, images, labels
@@ -289,8 +309,7 @@ class _Training:
     def stop_between_epochs(self, epoch: int) -> None:
         """Ctrl-C during setup or an evaluation: nothing has changed since the last save, so just stop."""
         if self.place.is_main:
-            where = (f"the last checkpoint is {self.checkpoint_path} ({self.last_saved})" if self.last_saved
-                     else "nothing had been trained yet")
+            where = self._last_checkpoint() if self.last_saved else "nothing had been trained yet"
             print(f"interrupted before epoch {epoch}: {where}; resume with --resume (resume=True).", flush=True)
         raise KeyboardInterrupt
 
@@ -298,11 +317,10 @@ class _Training:
         if interrupt.forced:
             # A second Ctrl-C can land mid-step, so this state may be half an update: not saved.
             if self.place.is_main:
-                where = f"{self.checkpoint_path} ({self.last_saved})" if self.last_saved else "none was written yet"
-                print(f"stopped at once without saving; the last checkpoint is {where}.", flush=True)
+                print(f"stopped at once without saving; {self._last_checkpoint()}.", flush=True)
             return
-        # Every process reaches this point at the same step (the stop was agreed at a log
-        # point), so the sums can be combined: the checkpoint holds totals over all processes.
+        # Every process reaches this point at the same step (the stop was agreed at a log point), so the sums
+        # can be combined: the checkpoint holds totals over all processes.
         self.watch.check_finite(epoch, self._last_checkpoint())
         totals = distributed.all_reduce(sums.clone(), self.place.world_size)
         self._save(epoch, step, {"sums": totals.tolist()})
@@ -329,36 +347,32 @@ class _Training:
                         world_size, parts.channels_last)
         row = self._metrics_row(epoch, sums, lr_now, test, steps_trained * self.cfg.batch_size * world_size, seconds)
         self.metrics.append(row)
-        self._check_folder()
-        self._save(epoch + 1, 0, None)
-        if self.place.is_main:
-            try:
-                write_metrics(self.run_dir, self.metrics)
-            except OSError as exc:
-                raise describe(exc, "write the metrics", self.run_dir / METRICS_FILE, CheckpointError,
-                               self._resume_note()) from None
-            print(summary_line(row, self.cfg.epochs, self.cfg.method), flush=True)
-
-    def _check_folder(self) -> None:
-        """A run folder deleted (or moved) while the run trains: its lock and config.json are written again beside
-        the checkpoint and metrics that follow, so the folder is whole, and no second run can take it meanwhile."""
+        # A run folder deleted (or moved) while the run trains: its lock and config.json are written again beside
+        # the checkpoint and metrics that follow, so the folder is whole, and no second run can take it meanwhile.
         if self.place.is_main and runlock.lost(self.run_dir):
             print(f"note: the run folder {self.run_dir} was deleted or moved while this run trained; its files are "
                   "written again there.", flush=True)
             self.write_run_files()
+        self._save(epoch + 1, 0, None)
+        if self.place.is_main:
+            try:
+                runfolder.write_metrics(self.run_dir, self.metrics)
+            except OSError as exc:
+                raise from_os_error(exc, "write the metrics", self.run_dir / runfolder.METRICS_FILE, CheckpointError,
+                               self._resume_note()) from None
+            print(runfolder.summary_line(row, self.cfg.epochs, self.cfg.method), flush=True)
 
     def _metrics_row(self, epoch: int, sums: torch.Tensor, lr: float, test: Dict[str, float], images: int,
                      seconds: float) -> dict:
         """One line of metrics.jsonl."""
         terms = self.parts.distiller.terms
         *term_sums, correct, samples, steps_done = sums.tolist()
-        steps_done = max(steps_done, 1.0)
         row = {
             "epoch": epoch,
             "lr": lr,
             **{f"w_{t}": v for t, v in weights_for(self.cfg, self.terms, epoch, self.parts.schedule).items()},
             # weighted loss terms, averaged over the epoch's steps (and processes)
-            **{f"loss_{t}": v / steps_done for t, v in zip(terms, term_sums)},
+            **{f"loss_{t}": v / max(steps_done, 1.0) for t, v in zip(terms, term_sums)},
             "train_top1": 100 * correct / max(samples, 1.0),
             "test_top1": test["top1"],
             "test_top5": test["top5"],
@@ -377,7 +391,7 @@ class _Training:
             try:
                 ckpt.atomic_save(state, self.checkpoint_path)
             except OSError as exc:
-                raise describe(exc, "save the checkpoint", self.checkpoint_path, CheckpointError,
+                raise from_os_error(exc, "save the checkpoint", self.checkpoint_path, CheckpointError,
                                self._resume_note()) from None
         self.last_saved = resume.position(epoch, step)
 
@@ -405,6 +419,43 @@ def _final(row: dict) -> Dict[str, float]:
     return {"top1": row["test_top1"], "top5": row["test_top5"], "loss": row["test_loss"], "epoch": row["epoch"]}
 
 
+# -------------------------------------------------------------------- what a run in progress says
+
+
+def run_eta(epochs_left: float, finished_epoch_seconds: Sequence[float], elapsed: float = 0.0,
+            fraction_timed: float = 0.0) -> Optional[float]:
+    """Seconds left in a whole run with ``epochs_left`` epochs (fractional) to go: the mean of the finished epochs'
+    wall times x the epochs left; before any epoch has finished, the current one's ``elapsed`` seconds over the
+    ``fraction_timed`` of an epoch they trained, extrapolated. None while there is nothing to go on."""
+    if finished_epoch_seconds:
+        per_epoch = sum(finished_epoch_seconds) / len(finished_epoch_seconds)
+    elif fraction_timed > 0:
+        per_epoch = elapsed / fraction_timed
+    else:
+        return None
+    return per_epoch * max(epochs_left, 0.0)
+
+
+def clock(seconds: float) -> str:
+    """'12:34' (minutes:seconds) or '1:02:03' (hours, as tqdm shows its per-epoch ETA)."""
+    minutes, secs = divmod(max(0, round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def resume_message(epoch: int, step: int, steps_per_epoch: int, epochs: int) -> str:
+    """What a resumed run says about the work a checkpoint saved: it resumes at ``step`` (0 = the start) of
+    ``epoch`` (1-indexed) of ``epochs``."""
+    if epoch > epochs:
+        return f"resuming a finished run: all {epochs} epochs were already trained."
+    if step == 0:
+        done = epoch - 1
+        return (f"resuming at the start of epoch {epoch} of {epochs}: "
+                f"{done} epoch{' was' if done == 1 else 's were'} already trained.")
+    trained = epoch - 1 + step / steps_per_epoch
+    return f"resuming at epoch {epoch} step {step} of {epochs} epochs: {trained:.1f} epochs were already trained."
+
+
 # -------------------------------------------------------------------- run
 
 
@@ -414,32 +465,30 @@ def check_teacher_checkpoint(cfg: RunConfig) -> None:
     if cfg.teacher_checkpoint and not Path(cfg.teacher_checkpoint).is_file():
         kind = "is a folder, not a file" if Path(cfg.teacher_checkpoint).is_dir() else "does not exist"
         raise ConfigError(f"teacher checkpoint {cfg.teacher_checkpoint} {kind}; pass the teacher's model.pt (e.g. "
-                          f"{teacher_dir(cfg.run_dir) / MODEL_FILE}), or leave --teacher-checkpoint out to train "
+                          f"{runfolder.teacher_dir(cfg.run_dir) / MODEL_FILE}), or leave --teacher-checkpoint out to train "
                           "one first.")
 
 
 def ensure_teacher(cfg: RunConfig) -> RunConfig:
     """``cfg`` with ``teacher_checkpoint`` set, training the teacher first if there is none.
 
-    A config that names a checkpoint or pretrained weights comes back unchanged.
-    Otherwise the teacher lives in ``<run_dir>/teacher``: reused when its
-    ``model.pt`` exists (and was trained on the same data), resumed when a
-    previous attempt was interrupted, trained from scratch otherwise — so every
-    notebook and command sharing a run folder shares one teacher. Under torchrun
-    all processes train it together; rank 0 writes it.
+    A config that names a checkpoint or pretrained weights comes back unchanged. Otherwise the teacher lives in
+    ``<run_dir>/teacher``: reused when its ``model.pt`` exists (and was trained on the same data), resumed when a
+    previous attempt was interrupted, trained from scratch otherwise — so every notebook and command sharing a run
+    folder shares one teacher. Under torchrun all processes train it together; rank 0 writes it.
     """
     validate(cfg)
     check_teacher_checkpoint(cfg)
     if cfg.teacher_checkpoint or cfg.teacher_pretrained:
         return cfg
-    folder = teacher_dir(cfg.run_dir)
+    folder = runfolder.teacher_dir(cfg.run_dir)
     # The teacher folder belongs to this run folder, so an unfinished one is resumed, never overwritten.
     teacher_cfg = cfg.replace(student=cfg.teacher, method="student", run_dir=str(folder), resume=True)
     # Held across training and recording: a second run sharing the experiment folder waits for neither half,
     # and a signal after the teacher's fit stops the run once the teacher is recorded, its folder unlocked.
     with DeferredInterrupt(), runlock.held(folder, take=is_main_process()):
         if (folder / MODEL_FILE).exists():
-            check_reusable_teacher(folder, teacher_cfg)
+            runfolder.check_reusable_teacher(folder, teacher_cfg)
             if is_main_process():
                 teacher_check.verify(folder, teacher_cfg)  # warns if its file, data or accuracy changed
         else:
@@ -454,8 +503,7 @@ def ensure_teacher(cfg: RunConfig) -> RunConfig:
 def run(cfg: RunConfig) -> Dict[str, RunResult]:
     """Train the teacher if needed (:func:`ensure_teacher`), then every method in ``cfg.method`` (','-separated).
 
-    ``cfg.run_dir`` is an experiment folder: each method trains in its own
-    sub-folder ``<run_dir>/<method>`` (``cd+gkd+edt`` -> ``cd_gkd_edt``).
+    ``cfg.run_dir`` is an experiment folder: each method trains in ``<run_dir>/<method>`` (``cd+gkd+edt`` -> ``cd_gkd_edt``).
     """
     validate(cfg)
     methods = [m.strip() for m in cfg.method.split(",") if m.strip()]
@@ -465,7 +513,7 @@ def run(cfg: RunConfig) -> Dict[str, RunResult]:
         if any(term_table.needs_teacher(parse_method(m)) for m in methods):
             cfg = ensure_teacher(cfg)
         for method in methods:
-            results[method] = fit(cfg.replace(method=method, run_dir=str(Path(cfg.run_dir) / slug(method))))
+            results[method] = fit(cfg.replace(method=method, run_dir=str(Path(cfg.run_dir) / runfolder.slug(method))))
         if is_main_process() and len(methods) > 1:
-            print(comparison_table(results, cfg), flush=True)
+            print(runfolder.comparison_table(results, cfg), flush=True)
     return results

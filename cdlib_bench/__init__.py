@@ -19,7 +19,7 @@ that noise from a busy machine hits both alike:
   and a CPU ``DataLoader`` with ``min(4, cpu count)`` worker processes
   applying PIL transforms (reflect-pad 4, random crop 32, flip).
 
-It also counts model FLOPs (:mod:`cdlib.flops`: ``torch.utils.flop_counter`` on
+It also counts model FLOPs (:mod:`cdlib_bench.flops`: ``torch.utils.flop_counter`` on
 the meta device, exact, and free even for ResNet152), reports achieved FLOP/s
 and peak memory, and projects the paper's CIFAR-100 recipe (ResNet152 ->
 ResNet50, 200 epochs x 50,000 images) onto a T4 and an H100 from FLOPs — a
@@ -31,9 +31,13 @@ The modules, by concept: :mod:`.config` (what to measure, the paper's recipe),
 :mod:`.projection` (the step's FLOPs and the recipe they project), :mod:`.steps`
 (the two training steps and the reference's PIL data), :mod:`.pipelines` (a
 step fed by its loader), :mod:`.memory` (the fresh-process memory probe),
-:mod:`.measurement` (``run_benchmark``: warm-up, timed windows, the result) and
-:mod:`.results` (result files, tables, plots, summaries). FLOP counting and the
-GPU peak table are cdlib's: :mod:`cdlib.flops`.
+:mod:`.measurement` (``run_benchmark``: warm-up, timed windows, the result),
+:mod:`.results` (result files, tables, plots, summaries), :mod:`.timing` (a
+recipe's training steps timed here and its wall time projected from them; the
+chapters' "Time" line) and :mod:`.command` (``cdlib measure``, found by cdlib's
+command line through the ``cdlib.commands`` entry point). FLOP counting, the GPU
+peak table and the FLOP-based estimate are cdlib's: :mod:`cdlib_bench.flops`,
+:mod:`cdlib_bench.estimate`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ import torch
 
 from cdlib import models, schedules, terms
 from cdlib.errors import ConfigError
-from cdlib.flops import DEFAULT_ASSUMED_UTILISATION
+
+from .flops import DEFAULT_ASSUMED_UTILISATION
 
 __all__ = ["BenchConfig", "CONFIGURATIONS", "ABLATIONS", "PAPER_TEACHER", "PAPER_STUDENT", "PAPER_EPOCHS",
            "PAPER_BATCH", "CIFAR_TRAIN_IMAGES", "CIFAR_CLASSES", "CIFAR_IMAGE_SIZE"]
@@ -64,7 +65,7 @@ class BenchConfig:
     threads: Optional[int] = None
     measure_memory: bool = True
     ablations: bool = False  # also time ours-with-PIL-data and reference-step-with-device-data
-    assumed_utilisation: float = DEFAULT_ASSUMED_UTILISATION  # for the FLOP-based projection (cdlib.flops)
+    assumed_utilisation: float = DEFAULT_ASSUMED_UTILISATION  # for the FLOP-based projection (cdlib_bench.flops)
     seed: int = 0
     lr: float = 0.1
     momentum: float = 0.9

@@ -15,7 +15,6 @@ import torch
 from cdlib import device as device_mod
 from cdlib import terms
 from cdlib.device import pick_device
-from cdlib.flops import gpu_model_key, peak_tflops
 
 from .config import (
     ABLATIONS,
@@ -27,6 +26,7 @@ from .config import (
     PAPER_TEACHER,
     BenchConfig,
 )
+from .flops import gpu_model_key, peak_tflops
 from .memory import measure_cpu_memory
 from .pipelines import Pipeline, build_models, build_pipeline, make_train_set, synchronize
 from .projection import count_step_flops, project_recipe

@@ -1,6 +1,6 @@
 """FLOPs of the benchmarked distillation step, and what they project for the paper's whole recipe.
 
-The counts and the GPU peaks come from :mod:`cdlib.flops` (``torch.utils.flop_counter``
+The counts and the GPU peaks come from :mod:`cdlib_bench.flops` (``torch.utils.flop_counter``
 on the meta device; NVIDIA's datasheets). The projection is a FLOP-based
 estimate, not a measurement.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Dict
 
 from cdlib import terms
-from cdlib.flops import DEFAULT_ASSUMED_UTILISATION, model_flops, peak_tflops, step_flops
 
 from .config import CIFAR_CLASSES, CIFAR_IMAGE_SIZE, CIFAR_TRAIN_IMAGES, PAPER_EPOCHS
+from .flops import DEFAULT_ASSUMED_UTILISATION, model_flops, peak_tflops, step_flops
 
 __all__ = ["PROJECTION_GPUS", "count_step_flops", "project_recipe"]
 
@@ -31,7 +31,7 @@ def count_step_flops(teacher: str, student: str, batch_size: int, image_size: in
                      num_classes: int = CIFAR_CLASSES) -> Dict[str, object]:
     """Model FLOPs of one distillation step of the full method (every term of ``terms.SCHEDULED`` on).
 
-    Counted by :func:`cdlib.flops.step_flops` and :func:`cdlib.flops.model_flops`
+    Counted by :func:`cdlib_bench.flops.step_flops` and :func:`cdlib_bench.flops.model_flops`
     per image (exact, and linear in the batch) and multiplied by ``batch_size``.
     The split: teacher forward, student forward (alone), and the rest (student
     backward, connectors forward and backward). The optimizer's element-wise

@@ -19,7 +19,7 @@ from cdlib.connectors import build_connectors
 from cdlib.device import amp_dtype
 from cdlib.distiller import Distiller
 from cdlib.errors import ConfigError
-from cdlib.optim import make_sgd
+from cdlib.parts import make_sgd
 from cdlib.step import TrainStep
 
 from .config import BenchConfig

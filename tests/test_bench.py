@@ -2,7 +2,7 @@
 
 No timing assertions: the machine is shared and noisy. What is checked: the
 step's FLOP breakdown against hand computations and the projection's
-arithmetic (cdlib.flops, the counter and the peak table, is checked in
+arithmetic (cdlib_bench.flops, the counter and the peak table, is checked in
 test_estimate.py), that the reference-style step really does what the
 reference did (teacher in train mode, zero-weight losses computed), that ours
 does not, and that a tiny end-to-end run yields a complete, self-consistent
@@ -25,7 +25,7 @@ from cdlib import data, models, terms
 from cdlib.connectors import build_connectors
 from cdlib.distiller import Distiller
 from cdlib.errors import ConfigError
-from cdlib.flops import peak_tflops
+from cdlib_bench.flops import peak_tflops
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_TEACHER, TINY_STUDENT = "cifar_resnet10_w8", "cifar_resnet10_w4"

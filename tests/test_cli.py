@@ -261,7 +261,8 @@ def test_errors_in_a_real_process_are_one_line_without_traceback(tmp_path, evil_
 @pytest.mark.parametrize("command", ["evaluate", "estimate", "distill"])
 def test_ctrl_c_advises_resume_only_where_there_is_something_to_resume(command, capsys, monkeypatch, small_model):
     """Issue 24 item 10: evaluate and estimate save nothing, so `--resume` is no advice for them."""
-    from cdlib import estimate, interrupt, parts
+    from cdlib import interrupt, parts
+    from cdlib_bench import estimate
 
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt

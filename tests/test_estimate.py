@@ -1,4 +1,5 @@
-"""cdlib.estimate and cdlib.flops: projected wall time from counted FLOPs, checked against a hand count."""
+"""cdlib_bench.estimate and cdlib_bench.flops: projected wall time from counted FLOPs, checked against a hand count; and
+cdlib_bench.timing (`cdlib measure`, the chapters' "Time" line): projected wall time from steps timed here."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from cdlib import cli, estimate, models, progress, recipes
+from cdlib import cli, models, recipes, train
 from cdlib.connectors import build_connectors
 from cdlib.errors import ConfigError
-from cdlib.flops import (
+from cdlib_bench import estimate, timing
+from cdlib_bench.flops import (
     DEFAULT_ASSUMED_UTILISATION,
     PEAK_DENSE_TFLOPS,
     count_flops,
@@ -217,7 +219,7 @@ def test_cli_bad_gpu_or_recipe_is_one_line(capsys):
 
 
 def test_chapter_line_is_computed():
-    line = estimate.chapter_line("demo", "student,kd,kd", paper_recipe="demo", gpus=("T4", "H100"))
+    line = timing.chapter_line("demo", "student,kd,kd", paper_recipe="demo", gpus=("T4", "H100"))
     cfg = recipes.get("demo")
     t4 = estimate.duration(estimate.recipe_time(cfg, "T4", ["student", "kd", "kd"])["total_seconds"])
     h100 = estimate.duration(estimate.recipe_time(cfg, "H100", ["student", "kd", "kd"])["total_seconds"])
@@ -247,16 +249,16 @@ def test_colab_recipe_fits_a_t4_and_keeps_the_papers_training():
 
 def test_run_eta_arithmetic():
     # 3 epochs finished in 10, 12 and 14 s; 2.25 epochs to go -> 12 s x 2.25
-    assert progress.run_eta(2.25, [10.0, 12.0, 14.0], elapsed=99.0, fraction_timed=0.5) == pytest.approx(27.0)
+    assert train.run_eta(2.25, [10.0, 12.0, 14.0], elapsed=99.0, fraction_timed=0.5) == pytest.approx(27.0)
     # none finished yet: 30 s for the first 0.25 of an epoch -> 120 s an epoch, 9.75 epochs left
-    assert progress.run_eta(9.75, [], elapsed=30.0, fraction_timed=0.25) == pytest.approx(1170.0)
-    assert progress.run_eta(5.0, [], elapsed=0.0, fraction_timed=0.0) is None
-    assert progress.run_eta(-0.0001, [8.0]) == 0.0
+    assert train.run_eta(9.75, [], elapsed=30.0, fraction_timed=0.25) == pytest.approx(1170.0)
+    assert train.run_eta(5.0, [], elapsed=0.0, fraction_timed=0.0) is None
+    assert train.run_eta(-0.0001, [8.0]) == 0.0
 
 
 @pytest.mark.parametrize("seconds, text", [(0, "00:00"), (754.4, "12:34"), (3723, "1:02:03"), (100_000, "27:46:40")])
 def test_clock(seconds, text):
-    assert progress.clock(seconds) == text
+    assert train.clock(seconds) == text
 
 
 @pytest.mark.parametrize("epoch, step, text", [
@@ -266,7 +268,7 @@ def test_clock(seconds, text):
     (201, 0, "resuming a finished run: all 200 epochs were already trained."),
 ])
 def test_resume_message(epoch, step, text):
-    assert progress.resume_message(epoch, step, 390, 200) == text
+    assert train.resume_message(epoch, step, 390, 200) == text
 
 
 class _StopAt:
@@ -291,12 +293,12 @@ def test_a_run_shows_its_eta_and_a_resumed_run_what_was_saved(tmp_path, capsys):
     assert "resuming at epoch 2 step 3 of 2 epochs: 1.3 epochs were already trained." in capsys.readouterr().out
 
 
-# ------------------------------------------------------------------ measured (cdlib estimate --measure)
+# ------------------------------------------------------------------ measured (cdlib measure)
 
 
 def test_measured_time_is_images_over_measured_speed():
     cfg = recipes.get("demo", **TINY, batch_size=16, device="cpu")
-    measured = estimate.measured_time(cfg, "student,kd", steps=1, warmup=0, eval_batches=1)
+    measured = timing.measured_time(cfg, "student,kd", steps=1, warmup=0, eval_batches=1)
     m = measured["measurement"]
     assert m["label"].startswith("measured on CPU") and m["precision"] == "fp32" and m["steps"] == 1
     assert "DeviceLoader" in m["loader"]
@@ -313,40 +315,39 @@ def test_measured_time_is_images_over_measured_speed():
         assert row["seconds"] == pytest.approx(expected), row["method"]
     students = sum(r["seconds"] for r in measured["students"])
     assert measured["total_seconds"] == pytest.approx(teacher["seconds"] + students)
-    text = estimate.format_measured(measured, [estimate.recipe_time(cfg, "T4", "student,kd")])
+    text = timing.format_measured(measured, [estimate.recipe_time(cfg, "T4", "student,kd")])
     assert "Projected wall time, measured on CPU" in text and "FLOP est. T4" in text
     assert f"~{estimate.duration(measured['total_seconds'])}" in text
     # A measurement of other models projects nothing.
     with pytest.raises(ConfigError, match="cannot project"):
-        estimate.measured_time(cfg.replace(student="cifar_resnet10_w8"), "student,kd", measurement=m)
+        timing.measured_time(cfg.replace(student="cifar_resnet10_w8"), "student,kd", measurement=m)
 
 
 def test_cli_measure_prints_both_and_rejects_bad_input(capsys):
     tiny = ["--data", "synthetic", "--image-size", "16", "--data-options", "num_classes=10", "train_per_class=20",
             "test_per_class=5", "--student", "cifar_resnet10_w4", "--teacher", "cifar_resnet10_w8",
             "--method", "student", "--epochs", "3", "--batch-size", "16", "--device", "cpu"]
-    assert cli.main(["estimate", "--recipe", "demo", *tiny, "--measure", "--steps", "1"]) == 0
+    assert cli.main(["measure", "--recipe", "demo", *tiny, "--steps", "1", "--gpu", "T4,H100"]) == 0
     out = capsys.readouterr().out
-    assert "estimate: counted FLOPs at 15 % of dense peak, not a measurement" in out
     assert "Projected wall time, measured on CPU" in out and "1 timed training steps per row" in out
+    assert "FLOP est. T4" in out and "FLOP est. H100" in out  # the FLOP-based estimates beside it
     assert "Chapters" not in out  # the chapters run cifar100-colab, not this recipe
-    for bad, fragment in ((["--measure", "--steps", "0"], "--steps must be at least 1"),
-                          (["--steps", "2"], "add --measure"),
-                          (["--measure", "--device", "tpu9"], "unknown device 'tpu9'")):
-        assert cli.main(["estimate", "--recipe", "demo", *tiny[:-2], *bad]) == 2
+    for bad, fragment in ((["--steps", "0"], "--steps must be at least 1"),
+                          (["--device", "tpu9"], "unknown device 'tpu9'")):
+        assert cli.main(["measure", "--recipe", "demo", *tiny[:-2], *bad]) == 2
         err = capsys.readouterr().err
         assert err.startswith("cdlib: error: ") and fragment in err and err.count("\n") == 1, err
 
 
 def test_chapter_line_measures_only_when_asked_or_on_a_gpu():
-    flop_line = estimate.chapter_line("demo", "student", paper_recipe="demo", measure=False)
+    flop_line = timing.chapter_line("demo", "student", paper_recipe="demo", measure=False)
     if not torch.cuda.is_available():
-        assert estimate.chapter_line("demo", "student", paper_recipe="demo") == flop_line
-    measured = estimate.chapter_line("demo", "student", paper_recipe="demo", measure=True, steps=1)
+        assert timing.chapter_line("demo", "student", paper_recipe="demo") == flop_line
+    measured = timing.chapter_line("demo", "student", paper_recipe="demo", measure=True, steps=1)
     assert "measured on CPU" in measured or "measured on" in measured
     assert "1 training steps of each timed just now" in measured and "(estimate)." in measured
     with pytest.raises(ConfigError):
-        estimate.chapter_line("demo", "student", measure="sometimes")
+        timing.chapter_line("demo", "student", measure="sometimes")
 
 
 def test_chapters_match_their_notebooks():
@@ -355,11 +356,11 @@ def test_chapters_match_their_notebooks():
     from pathlib import Path
 
     notebooks = Path(__file__).resolve().parent.parent / "notebooks"
-    for chapter, (recipe, methods) in estimate.CHAPTERS.items():
+    for chapter, (recipe, methods) in timing.CHAPTERS.items():
         cells = json.loads((notebooks / f"{chapter}.ipynb").read_text())["cells"]
         source = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
         assert f'RECIPE = "{recipe}"' in source, chapter
-        call = re.search(r'estimate\.chapter_line\("([^"]+)",\s*(.+?)\)\s*\n', source, re.S)
+        call = re.search(r'timing\.chapter_line\("([^"]+)",\s*(.+?)\)\s*\n', source, re.S)
         assert call and call.group(1) == recipe, chapter
         scope = {}
         for name in ("METHODS", "METHOD", "SCHEDULES"):

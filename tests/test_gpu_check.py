@@ -84,7 +84,7 @@ def test_quick_check_projections_are_images_over_measured_speed(quick):
 
     s = projected["chapter_speeds"]
     module = _load_script()
-    chapters = module.estimate.CHAPTERS
+    chapters = module.timing.CHAPTERS
     assert set(projected["chapters"]) == set(chapters)
     for name, (_, methods) in chapters.items():
         teacher_s = s["epochs"] * (s["train_images"] / s["teacher_train_images_per_s"]

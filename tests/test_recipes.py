@@ -5,7 +5,7 @@ import shlex
 
 import pytest
 
-from cdlib import analysis, cli, recipes
+from cdlib import analysis, cli, recipes, schedules
 from cdlib.errors import ConfigError
 
 
@@ -85,6 +85,8 @@ def test_cli_command_writes_only_epochs_when_the_milestones_follow_them():
     ({"lr_milestones": "12"}, r"^lr_milestones must be a list of whole epoch numbers"),
     ({"weights": {"cd": True}}, r"^loss weights must be finite numbers >= 0"),
     ({"method": 5}, r"^method must be a string"),
+    ({"weights": "x"}, r"^weights must be a dict of loss term -> weight, got 'x' \(str\)"),
+    ({"lr_milestones": 5}, r"^lr_milestones must be a list of whole epoch numbers, got 5 \(int\)"),
 ])
 def test_wrong_kinds_of_values_are_one_sentence_naming_the_setting(overrides, message):
     with pytest.raises(ConfigError, match=message) as caught:
@@ -102,6 +104,8 @@ def test_right_kinds_still_pass_and_paths_become_text(tmp_path):
 
     cfg = recipes.get("demo", epochs=np.int64(4), lr=1, run_dir=tmp_path / "x", lr_milestones=(np.int32(2),))
     assert cfg.epochs == 4 and cfg.lr == 1 and cfg.run_dir == str(tmp_path / "x") and cfg.lr_milestones == (2,)
+    # The run builds its EDT schedule from these epochs: a NumPy integer is a whole number there too.
+    assert schedules.get(cfg.schedule, epochs=cfg.epochs)(4)["ce"] == 1.0
 
 
 def test_another_data_set_drops_the_recipes_data_options():
@@ -154,6 +158,10 @@ def test_edt_needs_cd_to_schedule(method):
     ({"epochs": 10**400}, r"^epochs must be at most 100000, got 1000000000000000\.\.\..*\(401 characters\)"),
     ({"lr": 10**400}, r"^lr must be a number a float can hold"),
     ({"image_size": 1025}, r"^image_size must be at most 1024"),
+    ({"image_size": 0}, r"^image_size must be at least 1, got 0; e\.g\. image_size=32\.$"),
+    ({"num_workers": -1}, r"^num_workers must be at least 0, got -1; e\.g\. num_workers=4\.$"),
+    ({"batch_size": 0}, r"^batch size must be at least 1, got 0; e\.g\. batch_size=128\.$"),
+    ({"max_steps_per_epoch": 0}, r"^max_steps_per_epoch must be at least 1, got 0; e\.g\. max_steps_per_epoch=None"),
     ({"run_dir": ""}, r"^run_dir must name a folder"),
     ({"seed": -1}, r"^seed -1 is not a whole number from 0"),
     ({"device": "cuda:x"}, r"^unknown device 'cuda:x'"),

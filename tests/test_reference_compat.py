@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from cdlib import cli, data, losses, models, parts, recipes, train
 from cdlib.distiller import Distiller
 from cdlib.errors import ConfigError
-from cdlib.optim import make_sgd
+from cdlib.parts import make_sgd
 from cdlib.step import TrainStep
 
 NUM_CLASSES = 5

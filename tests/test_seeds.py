@@ -198,3 +198,6 @@ def test_contrasts_pair_by_seed_test_and_guard_the_family_as_scipy_and_holm_by_h
     assert list(table.columns) == [c for c in seeds.CONTRAST_COLUMNS if c != "contrast"]
     with pytest.raises(ConfigError, match="names method\\(s\\) \\['nope'\\]"):
         seeds.contrasts(pd.DataFrame(rows), [seeds.Contrast("q", "nope", "student")])
+    apart = pd.DataFrame(rows + [{"method": "later", "seed": 50, "top1": 1.0}])  # no seed shared with student
+    with pytest.raises(ConfigError, match="'later - student' has no seed that both methods ran"):
+        seeds.contrasts(apart, [seeds.Contrast("q", "later", "student")])

@@ -169,7 +169,7 @@ def test_ensure_teacher_trains_once_then_only_points_at_it(tmp_path, teacher_fil
 @pytest.mark.parametrize("loss, warned", [(0.9, False), (math.log(4), False), (1.5, True), (math.inf, True),
                                          (math.nan, True)])
 def test_a_teacher_worse_than_guessing_is_named(loss, warned, capsys):
-    train._warn_if_useless_teacher({"loss": loss, "top1": 20.0, "top5": 90.0}, num_classes=4)
+    parts.warn_if_useless_teacher({"loss": loss, "top1": 20.0, "top5": 90.0}, num_classes=4)
     out = capsys.readouterr().out
     assert ("worse than guessing uniformly among 4 classes (1.39)" in out) == warned, out
 

@@ -3,21 +3,9 @@
 ``load(name, root=...)`` returns a :class:`DataBundle` (train and test sets plus
 what a model needs to know: classes, image size, normalisation), and
 ``make_loader(dataset, ...)`` turns a set into batches of normalised float
-images and integer labels. The sets (their options: :func:`load`):
-
-* ``cifar100``: the CIFAR-100 "python version" archive, read directly (so a
-  small archive in the same format loads through the same code); the reference
-  code's augmentation: reflect-pad 4, random 32x32 crop, horizontal flip.
-* ``imagenet``: an ImageFolder tree with the paper's PIL transforms.
-* ``digits``: scikit-learn's 1,797 real 8x8 handwritten digits (shipped inside
-  the scikit-learn wheel, so it works offline), upscaled; the bundled default.
-  Cluttered (``canvas=``, ``clutter=``) as the cluttered MNIST of the Spatial
-  Transformer paper (Jaderberg et al. 2015).
-* ``synthetic``: class prototypes plus noise, of any size, for tests.
-
-Small sets are kept in memory as uint8 tensors; their loader can keep them on
-the GPU and augment whole batches there (:class:`DeviceLoader`), which is what
-keeps a GPU fed on a 2-core Colab VM.
+images and integer labels. Small sets are kept in memory as uint8 tensors; their
+loader can keep them on the GPU and augment whole batches there
+(:class:`DeviceLoader`), which is what keeps a GPU fed on a 2-core Colab VM.
 """
 
 from __future__ import annotations
@@ -32,7 +20,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..registry import Registry
-from .loaders import DeviceLoader, EpochSampler, SeededAugmentation, make_loader, stop_workers, workers_ended
+from .loaders import DeviceLoader, EpochSampler, SeededAugmentation, make_loader, workers_ended
 from .sets import (
     CIFAR100_MEAN,
     CIFAR100_STD,
@@ -49,9 +37,8 @@ from .sources import UnreadableImage, _load_cifar100, _load_digits, _load_imagen
 
 __all__ = [
     "DataBundle", "TensorImageSet", "DeviceLoader", "EpochSampler", "SeededAugmentation", "augment_batch",
-    "crop_batch", "normalize", "fingerprint", "load", "options", "names", "make_loader", "PAD_MODES", "DATA_SETS",
-    "CIFAR100_MEAN", "CIFAR100_STD", "IMAGENET_MEAN", "IMAGENET_STD", "workers_ended", "stop_workers",
-    "UnreadableImage",
+    "crop_batch", "normalize", "fingerprint", "load", "options", "check_options", "names", "make_loader", "PAD_MODES",
+    "DATA_SETS", "CIFAR100_MEAN", "CIFAR100_STD", "IMAGENET_MEAN", "IMAGENET_STD", "workers_ended", "UnreadableImage",
 ]
 
 DATA_SETS: Registry = Registry("data set")
@@ -73,6 +60,19 @@ def options(name: str) -> list:
     return own if name == "imagenet" else own + ["pad_mode"]
 
 
+
+def check_options(name: str, options_: dict) -> None:
+    """Refuse an option data set ``name`` does not take and a ``pad_mode`` it does not know, before any image
+    is read (:func:`cdlib.recipes.validate` calls it too)."""
+    valid = options(name)
+    unknown = sorted(set(options_) - set(valid))
+    if unknown:
+        raise ConfigError(f"data set {name!r} does not take the option(s) {', '.join(unknown)}; "
+                          f"its options are {', '.join(valid) if valid else 'none (besides root, download, image_size)'}.")
+    if options_.get("pad_mode", "reflect") not in PAD_MODES:
+        raise ConfigError(f"pad_mode must be one of {', '.join(PAD_MODES)}, got {options_['pad_mode']!r}; "
+                          "reflect is the reference code's padding, zeros torchvision's RandomCrop default.")
+
 def load(
     name: str,
     root: Optional[str | os.PathLike] = None,
@@ -80,32 +80,32 @@ def load(
     image_size: Optional[int] = None,
     **options_,
 ) -> DataBundle:
-    """A data set by name: ``cifar100``, ``imagenet``, ``digits`` or ``synthetic``.
+    """A data set by name, with the options it takes (any other is a :class:`ConfigError` listing them).
 
-    ``root`` is the data folder (CIFAR-100: the folder holding
-    ``cifar-100-python``; ImageNet: the folder holding ``train/`` and ``val/``).
-    ``image_size`` resizes digits / synthetic images (default 16) and sets the
-    ImageNet crop (default 224). ``digits`` takes ``train_per_class`` (a
-    low-data regime: that many training images per class, all others for
-    testing) or ``test_fraction`` (default 0.2), ``seed`` (of the split and the
-    clutter), and for the cluttered version ``canvas`` (side of the canvas the
-    ``image_size`` digit is placed on), ``clutter`` (fragments of other digits
-    per image), ``clutter_size`` (their side, default half a digit) and
-    ``test_draws`` (each test digit under that many fixed placements and clutter
-    draws: more test images from the same digits; default 1).
-    ``synthetic`` takes ``num_classes``, ``train_per_class``,
-    ``test_per_class`` and ``seed``. Every set but ImageNet also takes
-    ``pad_mode``: ``"reflect"`` (the default, as the reference code) or
-    ``"zeros"`` padding before the random crop. An option the set does not take is a
-    :class:`ConfigError` listing those it does.
+    * ``cifar100``: the CIFAR-100 "python version" archive, read directly from
+      ``root`` (the folder holding ``cifar-100-python``; ``download=True``
+      fetches it), so a small archive in the same format loads through the same
+      code; the reference code's augmentation: pad 4, random crop, flip.
+    * ``imagenet``: ImageFolder trees ``root/train`` and ``root/val`` with the
+      paper's PIL transforms; ``image_size`` sets the crop (default 224).
+    * ``digits``: scikit-learn's 1,797 real 8x8 handwritten digits (shipped in
+      its wheel, so offline), resized to ``image_size`` (default 16); the
+      bundled default. ``train_per_class`` (a low-data regime: that many
+      training images per class, all others for testing) or ``test_fraction``
+      (default 0.2), ``seed`` (of the split and the clutter). Cluttered as the
+      cluttered MNIST of the Spatial Transformer paper (Jaderberg et al. 2015):
+      ``canvas`` (side of the canvas the digit is placed on), ``clutter``
+      (fragments of other digits per image), ``clutter_size`` (their side,
+      default half a digit), ``test_draws`` (each test digit under that many
+      fixed placements and clutter draws; default 1).
+    * ``synthetic``: class prototypes plus noise, of any ``image_size``
+      (default 16), for tests: ``num_classes``, ``train_per_class``,
+      ``test_per_class``, ``seed``.
+
+    Every set but ImageNet also takes ``pad_mode``: ``"reflect"`` (the default,
+    as the reference code) or ``"zeros"`` padding before the random crop.
     """
-    valid = options(name)
-    unknown = sorted(set(options_) - set(valid))
-    if unknown:
-        raise ConfigError(
-            f"data set {name!r} does not take the option(s) {', '.join(unknown)}; "
-            f"its options are {', '.join(valid) if valid else 'none (besides root, download, image_size)'}."
-        )
+    check_options(name, options_)
     root = None if root is None else str(root)
     if name == "cifar100":
         return _with_pad_mode(_load_cifar100(root, download), options_.get("pad_mode"))
@@ -117,12 +117,8 @@ def load(
 
 def _with_pad_mode(bundle: DataBundle, pad_mode: Optional[str]) -> DataBundle:
     """``bundle`` with its training set padded by ``pad_mode`` (None: the set's own, reflect)."""
-    if pad_mode is None:
-        return bundle
-    if pad_mode not in PAD_MODES:
-        raise ConfigError(f"pad_mode must be one of {', '.join(PAD_MODES)}, got {pad_mode!r}; "
-                          "reflect is the reference code's padding, zeros torchvision's RandomCrop default.")
-    bundle.train.pad_mode = pad_mode
+    if pad_mode is not None:
+        bundle.train.pad_mode = pad_mode
     return bundle
 
 

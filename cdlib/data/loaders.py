@@ -53,6 +53,11 @@ class DeviceLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _per_rank(self) -> int:
+        """Images per rank: an equal share (training), or every image in one shard (evaluation)."""
+        n = len(self.dataset)
+        return n // self.world_size if self.train else math.ceil(n / self.world_size)
+
     def _indices(self) -> torch.Tensor:
         n = len(self.dataset)
         if self.train:
@@ -60,15 +65,10 @@ class DeviceLoader:
             order = torch.randperm(n, generator=g)
         else:
             order = torch.arange(n)
-        if self.world_size > 1:
-            per_rank = n // self.world_size if self.train else math.ceil(n / self.world_size)
-            order = order[self.rank :: self.world_size][:per_rank]
-        return order.to(self.device)
+        return order[self.rank :: self.world_size][: self._per_rank()].to(self.device)
 
     def __len__(self) -> int:
-        n = len(self.dataset)
-        if self.world_size > 1:
-            n = n // self.world_size if self.train else math.ceil(n / self.world_size)
+        n = self._per_rank()
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
@@ -99,10 +99,8 @@ def make_loader(
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}.")
     if train and batch_size > len(dataset) // max(world_size, 1):
-        raise ConfigError(
-            f"batch size {batch_size} is larger than the {len(dataset) // max(world_size, 1)} training images "
-            f"each of {world_size} process(es) gets; use a batch size of at most that."
-        )
+        raise ConfigError(f"batch size {batch_size} is larger than the {len(dataset) // max(world_size, 1)} training images "
+                          f"each of {world_size} process(es) gets; use a batch size of at most that.")
     if isinstance(dataset, TensorImageSet) and on_device:
         return DeviceLoader(dataset, batch_size, train, device=device, seed=seed, rank=rank, world_size=world_size)
     sampler = None
@@ -145,16 +143,10 @@ def workers_ended() -> Iterator[None]:
         yield
     finally:
         for loader in list(_with_workers):
-            if id(loader) not in before:
-                stop_workers(loader)
-
-
-def stop_workers(loader: DataLoader) -> None:
-    """End ``loader``'s persistent worker processes now (its next pass starts new ones)."""
-    iterator = getattr(loader, "_iterator", None)
-    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-        iterator._shutdown_workers()  # torch's own orderly shutdown: a sentinel to each worker, then join
-        loader._iterator = None
+            iterator = getattr(loader, "_iterator", None)
+            if id(loader) not in before and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()  # torch's own orderly shutdown: a sentinel to each worker, then join
+                loader._iterator = None
 
 
 class EpochSampler(torch.utils.data.Sampler):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, is_whole
 from .sets import CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD, DataBundle, TensorImageSet
 
 Split = Tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, C, H, W), labels (N,)
@@ -32,17 +32,11 @@ def _in_memory(name: str, train: Split, test: Split, mean: Sequence[float], std:
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles plain data and numpy arrays only: a data file must never run code."""
 
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        # Pickle protocol 5 (Python 3.14's default) stores arrays via _frombuffer.
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("_codecs", "encode"),
+    # numpy 2 renamed numpy.core to numpy._core; pickle protocol 5 (Python 3.14's default) stores arrays via
+    # _frombuffer.
+    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")} | {
+        (f"{core}.{module}", name) for core in ("numpy.core", "numpy._core")
+        for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))
     }
 
     def find_class(self, module: str, name: str):
@@ -58,9 +52,8 @@ def _read_cifar_batch(path: Path) -> dict:
     except Exception as exc:  # corrupt bytes raise anything from UnpicklingError to OverflowError / MemoryError
         raise DataError(f"{path} is not a readable CIFAR-100 batch file ({exc}); delete it and download the archive again.") from None
     if not isinstance(batch, dict):
-        raise DataError(
-            f"{path} holds a {type(batch).__name__}, not the dict of a CIFAR-100 batch file; delete it and download the archive again."
-        )
+        raise DataError(f"{path} holds a {type(batch).__name__}, not the dict of a CIFAR-100 batch file; delete it "
+                        "and download the archive again.")
     return batch
 
 
@@ -72,21 +65,16 @@ def _cifar100_split(folder: Path, split: str) -> Tuple[torch.Tensor, torch.Tenso
     except KeyError as exc:
         raise DataError(f"{folder / split} has no {exc} entry; it is not a CIFAR-100 (python version) batch file.") from None
     except (ValueError, TypeError, OverflowError) as exc:
-        raise DataError(
-            f"{folder / split}: 'data' must be uint8 rows and 'fine_labels' integers ({exc}); "
-            "it is not a CIFAR-100 (python version) batch file."
-        ) from None
+        raise DataError(f"{folder / split}: 'data' must be uint8 rows and 'fine_labels' integers ({exc}); "
+                        "it is not a CIFAR-100 (python version) batch file.") from None
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.ndim != 1 or len(labels) != len(data):
-        raise DataError(
-            f"{folder / split} holds data of shape {data.shape} with {labels.size} labels; "
-            "CIFAR-100 expects (N, 3072) uint8 rows and N fine labels."
-        )
+        raise DataError(f"{folder / split} holds data of shape {data.shape} with {labels.size} labels; "
+                        "CIFAR-100 expects (N, 3072) uint8 rows and N fine labels.")
     if len(labels) and (labels.min() < 0 or labels.max() >= 100):
         bad = labels[(labels < 0) | (labels >= 100)]
-        raise DataError(
-            f"{folder / split} has {len(bad)} fine label(s) outside 0..99 (e.g. {int(bad[0])}); CIFAR-100 has 100 "
-            "classes, so the file is damaged or from another data set: download the archive again."
-        )
+        raise DataError(f"{folder / split} has {len(bad)} fine label(s) outside 0..99 (e.g. {int(bad[0])}); "
+                        "CIFAR-100 has 100 classes, so the file is damaged or from another data set: download the "
+                        "archive again.")
     return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
 
 
@@ -99,20 +87,17 @@ def _load_cifar100(root: Optional[str], download: bool) -> DataBundle:
         try:
             torchvision.datasets.CIFAR100(str(root_path), train=True, download=True)
         except OSError as exc:  # no network (URLError), a refused connection, an unwritable or full root
-            from ..oserrors import remedy
+            from ..errors import os_remedy
 
-            reason = getattr(exc, "reason", None) or (remedy(exc) if exc.errno else exc)
-            raise DataError(
-                f"could not download CIFAR-100 into {root_path} ({reason}); without a network, fetch "
-                "cifar-100-python.tar.gz elsewhere, extract it into that folder, and run without --download."
-            ) from None
+            reason = getattr(exc, "reason", None) or (os_remedy(exc) if exc.errno else exc)
+            raise DataError(f"could not download CIFAR-100 into {root_path} ({reason}); without a network, fetch "
+                            "cifar-100-python.tar.gz elsewhere, extract it into that folder, and run without "
+                            "--download.") from None
     missing = [f for f in ("train", "test", "meta") if not (folder / f).is_file()]
     if missing:
-        raise DataError(
-            f"CIFAR-100 not found: {folder} lacks {', '.join(missing)}; expected the extracted python version "
-            "(cifar-100-python/train, test, meta) under the data root — pass download=True (CLI: --download) "
-            "or point root at the folder that contains cifar-100-python."
-        )
+        raise DataError(f"CIFAR-100 not found: {folder} lacks {', '.join(missing)}; expected the extracted python version "
+                        "(cifar-100-python/train, test, meta) under the data root — pass download=True (CLI: --download) "
+                        "or point root at the folder that contains cifar-100-python.")
     class_names = list(_read_cifar_batch(folder / "meta").get("fine_label_names", []))
     return _in_memory("cifar100", _cifar100_split(folder, "train"), _cifar100_split(folder, "test"), CIFAR100_MEAN,
                       CIFAR100_STD, 100, pad=4, flip=True, class_names=class_names or [str(i) for i in range(100)])
@@ -165,19 +150,15 @@ def _load_imagenet(root: Optional[str], image_size: Optional[int]) -> DataBundle
     for split, tf in transforms.items():
         folder = root_path / split
         if not folder.is_dir():
-            raise DataError(
-                f"ImageNet split folder {folder} does not exist; expected {root_path}/train/<class>/<image> and "
-                f"{root_path}/val/<class>/<image> (ImageFolder layout)."
-            )
+            raise DataError(f"ImageNet split folder {folder} does not exist; expected {root_path}/train/<class>/<image> and "
+                            f"{root_path}/val/<class>/<image> (ImageFolder layout).")
         try:
             sets[split] = ImageFolder(str(folder), transform=tf, loader=_read_image)
         except (FileNotFoundError, RuntimeError) as exc:
             raise DataError(f"{folder} is not an ImageFolder tree of <class>/<image> files: {exc}") from None
     if sets["train"].classes != sets["val"].classes:
-        raise DataError(
-            f"{root_path}/train has {len(sets['train'].classes)} classes but {root_path}/val has "
-            f"{len(sets['val'].classes)} (or different names); both splits need the same class folders."
-        )
+        raise DataError(f"{root_path}/train has {len(sets['train'].classes)} classes but {root_path}/val has "
+                        f"{len(sets['val'].classes)} (or different names); both splits need the same class folders.")
     return DataBundle(name="imagenet", train=sets["train"], test=sets["val"], num_classes=len(sets["train"].classes),
                       image_size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD, class_names=list(sets["train"].classes))
 
@@ -243,7 +224,7 @@ def _check_digits_options(labels, size, test_fraction, train_per_class, canvas, 
         raise ConfigError("digits: clutter needs a canvas to strew it on; pass canvas= (e.g. canvas=32) as well.")
     if clutter_size is not None and (not isinstance(clutter_size, int) or not 1 <= clutter_size <= size):
         raise ConfigError(f"digits: clutter_size must be from 1 to the digit size {size}, got {clutter_size!r}.")
-    if isinstance(test_draws, bool) or not isinstance(test_draws, int) or not 1 <= test_draws <= 100:
+    if not is_whole(test_draws) or not 1 <= test_draws <= 100:
         raise ConfigError(f"digits: test_draws must be a whole number from 1 to 100 (clutter draws of each test "
                           f"digit), got {test_draws!r}.")
     if test_draws > 1 and canvas is None:

@@ -13,12 +13,11 @@ CIFAR-stem ResNets (``cifar_resnet18 ... 152`` and the narrow ``_w8``/``_w16``/
 
 from __future__ import annotations
 
-import numbers
 from typing import Tuple
 
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, is_whole, shown
 from ..registry import Registry
 from . import cifar_resnet, imagenet
 
@@ -45,9 +44,8 @@ def create(name: str, num_classes: int = 100, pretrained: bool = False, in_chann
     """Build a model by name. ``pretrained`` applies to the ImageNet ResNets only."""
     MODELS.get(name)
     for setting, value, most in (("num_classes", num_classes, MAX_CLASSES), ("in_channels", in_channels, MAX_CHANNELS)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= most:
-            shown = repr(value) if len(repr(value)) <= 40 else f"a {len(str(value))}-digit number"
-            raise ConfigError(f"{setting} must be a whole number from 1 to {most}, got {shown}; "
+        if not is_whole(value) or not 1 <= value <= most:
+            raise ConfigError(f"{setting} must be a whole number from 1 to {most}, got {shown(value)}; "
                               "pass the data set's classes and image channels (bundle.num_classes).")
     if not isinstance(pretrained, bool):
         raise ConfigError(f"pretrained must be True or False, got {pretrained!r}.")

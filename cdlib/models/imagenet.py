@@ -57,9 +57,7 @@ def build(name: str, num_classes: int = 1000, pretrained: bool = False) -> Torch
     constructor, weights_enum, channels = IMAGENET_ARCHITECTURES[name]
     weights = getattr(torchvision.models, weights_enum).DEFAULT if pretrained else None
     if pretrained and num_classes != 1000:
-        raise ConfigError(
-            f"pretrained {name} weights have 1000 ImageNet classes, but num_classes={num_classes}; "
-            "use pretrained=False or num_classes=1000."
-        )
+        raise ConfigError(f"pretrained {name} weights have 1000 ImageNet classes, but num_classes={num_classes}; "
+                          "use pretrained=False or num_classes=1000.")
     net = getattr(torchvision.models, constructor)(weights=weights, num_classes=num_classes)
     return TorchvisionResNet(net, channels, num_classes)

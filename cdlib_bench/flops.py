@@ -9,7 +9,7 @@ are not counted. Counts are linear in the batch, so they are given per image.
 
 :data:`PEAK_DENSE_TFLOPS` holds NVIDIA's datasheet peaks and
 :data:`DEFAULT_ASSUMED_UTILISATION` the share of them a step is assumed to
-reach. ``cdlib estimate`` (:mod:`cdlib.estimate`) and the throughput benchmark
+reach. ``cdlib estimate`` (:mod:`cdlib_bench.estimate`) and the throughput benchmark
 (``cdlib_bench``, beside this package) both use them.
 """
 
@@ -20,8 +20,8 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from . import models
-from . import terms as term_table
+from cdlib import models
+from cdlib import terms as term_table
 
 __all__ = ["PEAK_DENSE_TFLOPS", "DEFAULT_ASSUMED_UTILISATION", "count_flops", "model_flops", "step_flops",
            "gpu_model_key", "peak_tflops"]
@@ -82,20 +82,15 @@ def model_flops(name: str, image_size: int, num_classes: int) -> Tuple[float, fl
     gradients of the inputs and of the weights; the first convolution computes
     none for the images).
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     key = (name, image_size, num_classes)
     if key not in _MODEL_CACHE:
         with torch.device("meta"):
             net = models.create(name, num_classes=num_classes)
         net.train()
         images = _meta_batch(image_size)
-        counter = FlopCounterMode(display=False)
-        with counter:  # one pass gives both: the count after the forward, then after the backward
-            out = net(images)
-            forward = counter.get_total_flops()
-            out.sum().backward()
-        _MODEL_CACHE[key] = (forward / _COUNT_BATCH, counter.get_total_flops() / _COUNT_BATCH)
+        forward = count_flops(lambda: net(images))
+        step = count_flops(lambda: net(images).sum().backward())
+        _MODEL_CACHE[key] = (forward / _COUNT_BATCH, step / _COUNT_BATCH)
     return _MODEL_CACHE[key]
 
 
@@ -107,7 +102,7 @@ def step_flops(student: str, teacher: Optional[str], loss_terms: Sequence[str], 
     backward, teacher forward (when a term needs it), connectors and FitNets
     regressor forward and backward. "edt" (a schedule, not a loss) is ignored.
     """
-    from .distiller import Distiller
+    from cdlib.distiller import Distiller
 
     loss_terms = tuple(t for t in loss_terms if t != term_table.EDT)
     uses_teacher = term_table.needs_teacher(loss_terms)
@@ -129,24 +124,16 @@ def step_flops(student: str, teacher: Optional[str], loss_terms: Sequence[str], 
     return _STEP_CACHE[key]
 
 
+# (pattern, PEAK_DENSE_TFLOPS key) for upper-cased CUDA device names; the first match wins. The H100 NVL
+# (an NVLink pair) is a different board with no figure in the table; \bL4\b is not L40 / L40S.
+_GPU_NAMES = (("H200", "H200"), ("H100.*NVL", None), ("H100.*PCIE", "H100 PCIe"), ("H100", "H100 SXM"),
+              ("A100", "A100"), (r"\bL4\b", "L4"), (r"\bT4\b", "T4"), ("V100.*PCIE", "V100 PCIe"),
+              ("V100", "V100 SXM2"))
+
+
 def gpu_model_key(device_name: str) -> Optional[str]:
     """The PEAK_DENSE_TFLOPS key for a CUDA device name, or None when unknown."""
-    name = device_name.upper()
-    if "H200" in name:
-        return "H200"
-    if "H100" in name:
-        if "NVL" in name:
-            return None  # a different board (NVLink pair); no figure in the table
-        return "H100 PCIe" if "PCIE" in name else "H100 SXM"
-    if "A100" in name:
-        return "A100"
-    if re.search(r"\bL4\b", name):  # not L40 / L40S
-        return "L4"
-    if re.search(r"\bT4\b", name):
-        return "T4"
-    if "V100" in name:
-        return "V100 PCIe" if "PCIE" in name else "V100 SXM2"
-    return None
+    return next((key for pattern, key in _GPU_NAMES if re.search(pattern, device_name.upper())), None)
 
 
 def peak_tflops(gpu_key: Optional[str], precision: str) -> Optional[float]:

@@ -1,18 +1,6 @@
-"""How long a recipe takes on a GPU: wall time projected from counted FLOPs.
+"""Training steps timed on the device present, and the wall time projected from them.
 
-``recipe_time(cfg, gpu="T4")`` counts the FLOPs of one training step of the
-teacher and of each method's distillation step (:mod:`cdlib.flops`: the real
-models on the meta device, an exact count), multiplies by the images a run sees
-(``epochs`` x the training set, plus one test pass per epoch) and divides by the
-GPU's dense peak times an assumed utilisation (15 % of dense peak by default):
-
-    seconds = FLOPs / (peak TFLOP/s x 1e12 x utilisation)
-
-This is an estimate, not a measurement: the optimizer, BatchNorm and the data
-pipeline are not counted; the utilisation has to absorb them. What a run in
-progress shows (its time left, measured) is in :mod:`cdlib.progress`.
-
-``measured_time(cfg)`` is the measurement (``cdlib estimate --measure``): it
+``measured_time(cfg)`` is what ``cdlib measure`` prints (:mod:`.command`): it
 times a few real training steps of the teacher and of each method on the device
 present, CPU or GPU, built as :func:`cdlib.train.fit` builds them (the recipe's
 precision, channels-last, data path and ``compile``; a randomly initialised
@@ -22,8 +10,9 @@ teacher, whose weights do not change the speed), and projects
 
 (+ one teacher test pass for a method that needs a teacher). CIFAR-100 is timed
 on a small synthetic archive in its file format, read by the same loader.
-Checkpoint saves, logging and start-up are not counted. :func:`chapter_line`
-uses it on a GPU, and :data:`CHAPTERS` lists what each chapter runs.
+Checkpoint saves, logging and start-up are not counted. :func:`chapter_line` (a
+chapter's "Time" line) uses it on a GPU, and :data:`CHAPTERS` lists what each
+chapter runs. The FLOP-based estimate beside it is cdlib's: :mod:`cdlib_bench.estimate`.
 """
 
 from __future__ import annotations
@@ -38,31 +27,29 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from . import recipes
-from . import terms as term_table
-from .errors import CDLibError, ConfigError
-from .flops import DEFAULT_ASSUMED_UTILISATION, gpu_model_key, model_flops, peak_tflops, step_flops
-from .recipes import RunConfig
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-__all__ = ["GPUS", "CHAPTERS", "recipe_time", "format_estimate", "chapter_line", "duration", "measure",
-           "measured_time", "format_measured", "chapter_times", "format_chapters", "measured_report",
-           "write_synthetic_cifar100"]
+from cdlib import checkpoint as ckpt
+from cdlib import parts as parts_mod
+from cdlib import recipes
+from cdlib import terms as term_table
+from cdlib.data import DeviceLoader
+from cdlib.device import name as device_name
+from cdlib.device import pick_device
+from cdlib.distributed import Placement
+from cdlib.errors import CDLibError, ConfigError
+from cdlib.parts import weights_for
+from cdlib.recipes import RunConfig
+from cdlib.step import TrainStep, evaluate
 
-# The --gpu names: the key of the peak table in cdlib.flops and the precision
-# amp="auto" trains in there (the T4 has fp16 tensor cores but no bf16 ones).
-GPUS: Dict[str, Tuple[str, str]] = {
-    "T4": ("T4", "fp16"),
-    "L4": ("L4", "bf16"),
-    "A100": ("A100", "bf16"),
-    "H100": ("H100 SXM", "bf16"),
-}
-LABEL = "estimate: counted FLOPs at {:.0f} % of dense peak, not a measurement"
+from .estimate import data_facts, duration, listed_methods, recipe_time, teacher_reason
+from .flops import gpu_model_key, model_flops, peak_tflops, step_flops
 
-# (train images, test images, image side, classes) of the data sets whose files may be absent here.
-_KNOWN_SETS = {
-    "cifar100": (50_000, 10_000, 32, 100),
-    "imagenet": (1_281_167, 50_000, 224, 1000),  # ILSVRC-2012 train / val
-}
+__all__ = ["CHAPTERS", "MEASURE_STEPS", "CHAPTER_MEASURE_STEPS", "chapter_line", "measure", "measured_time",
+           "format_measured", "chapter_times", "format_chapters", "measured_report", "write_synthetic_cifar100",
+           "precision_name"]
 
 # What each chapter's default run trains (its notebook's RECIPE and METHODS; a teacher first):
 # the runs its "Time" line and benchmarks/gpu_check.py project. tests/test_estimate.py checks
@@ -73,150 +60,9 @@ CHAPTERS: Dict[str, Tuple[str, Tuple[str, ...]]] = {
     "03_edt_schedules": ("cifar100-colab", ("cd+gkd+edt",) * 4),  # one run per EDT schedule, same cost
     "04_reproduce_cifar100": ("cifar100-colab", ("student", "kd", "cd", "cd+gkd", "cd+gkd+edt")),
 }
-# Timed steps per teacher / method: --measure's default, and a chapter's "Time" line on a GPU.
+# Timed steps per teacher / method: `cdlib measure`'s default, and a chapter's "Time" line on a GPU.
 MEASURE_STEPS = {"cuda": 10, "mps": 10, "cpu": 3}
 CHAPTER_MEASURE_STEPS = 5
-
-
-# ------------------------------------------------------------------ the run
-
-
-def _data_facts(cfg: RunConfig) -> Tuple[int, int, int, int]:
-    """(train images, test images, image side, classes) of ``cfg``'s data set."""
-    if cfg.data in _KNOWN_SETS:
-        train, test, size, classes = _KNOWN_SETS[cfg.data]
-        if cfg.data == "imagenet" and cfg.image_size:
-            size = cfg.image_size
-        return train, test, size, classes
-    from . import data
-
-    # The small sets live in memory and load in a second.
-    bundle = data.load(cfg.data, root=cfg.data_root, image_size=cfg.image_size, **cfg.data_options)
-    return len(bundle.train), len(bundle.test), bundle.image_size, bundle.num_classes
-
-
-def _precision(gpu: str, amp: str) -> Tuple[str, str, float]:
-    """(peak-table key, precision, peak TFLOP/s) of ``gpu`` under the recipe's ``amp``."""
-    if not isinstance(gpu, str) or gpu not in GPUS:
-        raise ConfigError(f"unknown GPU {gpu!r} for the estimate; choose one of {', '.join(GPUS)}.")
-    key, precision = GPUS[gpu]
-    if amp in ("bf16", "fp16"):
-        precision = amp
-    elif amp == "off":  # cuDNN runs fp32 convolutions as TF32 where the GPU has it (PyTorch's default)
-        precision = "tf32" if peak_tflops(key, "tf32") else "fp32"
-    peak = peak_tflops(key, precision)
-    if peak is None:
-        raise ConfigError(f"the {gpu} has no {precision} tensor cores, so there is no peak to project from; "
-                          f"estimate with amp='auto' (it trains in {GPUS[gpu][1]} there).")
-    return key, precision, peak
-
-
-def _methods(cfg: RunConfig, methods) -> List[str]:
-    if methods is None:
-        methods = cfg.method
-    if isinstance(methods, str):
-        methods = methods.split(",")
-    methods = [m.strip() for m in methods if m.strip()]
-    if not methods:
-        raise ConfigError("no method to estimate; name one, e.g. 'student' or 'cd+gkd+edt'.")
-    for method in methods:
-        recipes.parse_method(method)
-    return methods
-
-
-def recipe_time(cfg: Union[RunConfig, str], gpu: str = "T4", methods: Union[str, Sequence[str], None] = None,
-                utilisation: float = DEFAULT_ASSUMED_UTILISATION) -> Dict[str, object]:
-    """Projected wall time of ``cfg``'s teacher and of each method on ``gpu`` (T4, L4, A100, H100).
-
-    ``cfg`` is a RunConfig or a recipe name; ``methods`` (a ','-separated string or
-    a list, repeats allowed: one run each) defaults to ``cfg.method``. The teacher
-    counts only when a method needs it and no checkpoint or pretrained weights are
-    given; see the module text for the formula.
-    """
-    if isinstance(cfg, str):
-        cfg = recipes.get(cfg)
-    if not (isinstance(utilisation, (int, float)) and 0 < utilisation <= 1):
-        raise ConfigError(f"utilisation is a share of peak in (0, 1], e.g. 0.15, got {utilisation!r}.")
-    methods = _methods(cfg, methods)
-    gpu = gpu.upper() if isinstance(gpu, str) else gpu  # "t4" is the T4
-    key, precision, peak = _precision(gpu, cfg.amp)
-    flops_per_second = peak * 1e12 * utilisation
-    train_images, test_images, image_size, classes = _data_facts(cfg)
-    if cfg.max_steps_per_epoch is not None:
-        train_images = min(train_images, cfg.max_steps_per_epoch * cfg.batch_size)
-    student_forward = model_flops(cfg.student, image_size, classes)[0]
-
-    def timed(flops: float) -> Dict[str, float]:
-        return {"flops": flops, "seconds": flops / flops_per_second}
-
-    students = []
-    uses_teacher = False
-    for method in methods:
-        loss_terms = recipes.parse_method(method)
-        step = step_flops(cfg.student, cfg.teacher, loss_terms, image_size, classes)
-        flops = cfg.epochs * (train_images * step + test_images * student_forward)
-        if term_table.needs_teacher(loss_terms):
-            uses_teacher = True
-            flops += test_images * model_flops(cfg.teacher, image_size, classes)[0]  # its test pass at the start
-        students.append({"method": method, "flops_per_image": step, **timed(flops)})
-
-    teacher = {"model": cfg.teacher, "trained": False, "flops": 0.0, "seconds": 0.0}
-    if not uses_teacher:
-        teacher["reason"] = "no method needs a teacher"
-    elif cfg.teacher_pretrained or cfg.teacher_checkpoint:
-        teacher["reason"] = "pretrained weights" if cfg.teacher_pretrained else f"checkpoint {cfg.teacher_checkpoint}"
-    else:
-        forward, train = model_flops(cfg.teacher, image_size, classes)
-        teacher.update(trained=True, flops_per_image=train,
-                       **timed(cfg.epochs * (train_images * train + test_images * forward)))
-    return {
-        "label": LABEL.format(100 * utilisation),
-        "gpu": gpu, "peak_key": key, "precision": precision, "peak_tflops": peak, "utilisation": utilisation,
-        "data": cfg.data, "epochs": cfg.epochs, "train_images": train_images, "test_images": test_images,
-        "image_size": image_size, "student_model": cfg.student,
-        "teacher": teacher, "students": students,
-        "total_seconds": teacher["seconds"] + sum(s["seconds"] for s in students),
-    }
-
-
-# ------------------------------------------------------------------ text
-
-
-def duration(seconds: float) -> str:
-    """'40 s', '35 min', '4.8 h', '29 h': the precision an estimate deserves."""
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"a duration is a finite number of seconds >= 0, got {seconds!r}.")
-    if round(seconds) < 60:
-        return f"{max(1, round(seconds))} s"
-    minutes = seconds / 60
-    if round(minutes) < 60:
-        return f"{round(minutes)} min"
-    hours = minutes / 60
-    return f"{hours:.1f} h" if hours < 10 else f"{hours:.0f} h"
-
-
-def format_estimate(estimate: Dict[str, object], recipe: Optional[str] = None) -> str:
-    """The estimate as the lines `cdlib estimate` prints."""
-    e = estimate
-    title = f"recipe {recipe}: " if recipe else ""
-    lines = [
-        f"Projected wall time ({e['label']})",
-        f"  {title}{e['data']}, {e['epochs']} epochs x {e['train_images']:,} training images "
-        f"(+ {e['test_images']:,} test images per epoch), image side {e['image_size']}",
-        f"  GPU {e['gpu']} ({e['peak_key']}), {e['precision']}: peak {e['peak_tflops']:g} TFLOP/s, "
-        f"assumed utilisation {100 * e['utilisation']:.0f} % -> {e['peak_tflops'] * e['utilisation']:.1f} TFLOP/s",
-    ]
-    teacher = e["teacher"]
-    if teacher["trained"]:
-        lines.append(f"  teacher {teacher['model']:<20} {teacher['flops_per_image'] / 1e9:6.2f} GFLOP/image/step  "
-                     f"~{duration(teacher['seconds'])}")
-    else:
-        lines.append(f"  teacher {teacher['model']:<20} not trained ({teacher['reason']})")
-    for s in e["students"]:
-        lines.append(f"  {s['method']:<28} {s['flops_per_image'] / 1e9:6.2f} GFLOP/image/step  "
-                     f"~{duration(s['seconds'])}  (student {e['student_model']})")
-    lines.append(f"  total                        ~{duration(e['total_seconds'])}")
-    return "\n".join(lines)
 
 
 def _method_list(methods: Iterable[str]) -> str:
@@ -237,7 +83,7 @@ def chapter_line(recipe: str, methods: Union[str, Sequence[str]], paper_recipe: 
     if measure not in ("auto", True, False):
         raise ConfigError(f"measure is 'auto', True or False, got {measure!r}.")
     cfg = recipes.get(recipe) if epochs is None else recipes.get(recipe, epochs=epochs)
-    listed = _methods(cfg, methods)
+    listed = listed_methods(cfg, methods)
     times = [recipe_time(cfg, gpu, listed) for gpu in gpus]
     paper = recipe_time(recipes.get(paper_recipe), gpus[0], listed)
     on = ", ".join(f"{duration(t['total_seconds'])} on {_article(g)} {g}" for g, t in zip(gpus, times))
@@ -246,8 +92,6 @@ def chapter_line(recipe: str, methods: Union[str, Sequence[str]], paper_recipe: 
     tail = f"The paper's recipe: {duration(paper['total_seconds'])} on {_article(gpus[0])} {gpus[0]}"
     measured, failure = None, None
     if measure is True or (measure == "auto" and _device_type(cfg.device) == "cuda"):
-        import torch
-
         try:
             measured = measured_time(cfg, listed, steps=steps or CHAPTER_MEASURE_STEPS)
         except (CDLibError, torch.cuda.OutOfMemoryError) as exc:  # the line never stops a chapter
@@ -261,8 +105,6 @@ def chapter_line(recipe: str, methods: Union[str, Sequence[str]], paper_recipe: 
 
 
 def _device_type(preference: str) -> str:
-    from .device import pick_device
-
     try:
         return pick_device(preference).type
     except ConfigError:
@@ -280,10 +122,6 @@ def write_synthetic_cifar100(root: Union[str, Path], train_images: int, test_ima
     """A CIFAR-100 archive (``root/cifar-100-python/{train,test,meta}``, the real files' format, read by
     the same loader) of synthetic 32x32 images: 100 smooth class prototypes plus noise, learnable, so a
     short run's accuracy rises above chance. Returns ``root``; written a few thousand images at a time."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
     for name, value in (("train_images", train_images), ("test_images", test_images)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{name} must be a whole number of at least 1, got {value!r}.")
@@ -322,17 +160,14 @@ def _endless(loader) -> Iterator:
 
 
 def _sync(device) -> None:
-    import torch
-
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
 
 
-def _precision_name(dtype, device) -> str:
-    import torch
-
+def precision_name(dtype, device) -> str:
+    """bf16, fp16, tf32 or fp32: what a step under autocast ``dtype`` (None: off) computes in on ``device``."""
     if dtype is not None:
         return {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
     tf32 = (device.type == "cuda" and torch.backends.cudnn.allow_tf32
@@ -359,8 +194,6 @@ def _measurement_config(cfg: RunConfig, folder: Path, train_needed: int, test_im
 
 
 def _loader_words(loader) -> str:
-    from .data import DeviceLoader
-
     if isinstance(loader, DeviceLoader):
         return f"in memory on the {loader.device.type.upper()} (DeviceLoader)"
     return f"DataLoader with {getattr(loader, 'num_workers', 0)} workers"
@@ -376,12 +209,6 @@ def _time_role(cfg: RunConfig, place, steps: int, warmup: int, eval_batches: int
                eval_speeds: Dict[str, float]) -> Tuple[dict, object]:
     """Time ``steps`` training steps of ``cfg.method`` (student ``cfg.student``) after ``warmup`` steps,
     built as fit() builds them; and the test pass's images/s of the model, once per model name."""
-    import torch
-
-    from . import parts as parts_mod
-    from .parts import weights_for
-    from .step import TrainStep, evaluate
-
     device = place.device
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -431,7 +258,7 @@ def _time_role(cfg: RunConfig, place, steps: int, warmup: int, eval_batches: int
         "achieved_tflops": flops * speed / 1e12, "losses_finite": bool(torch.isfinite(sums).all()),
         "peak_memory_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
     }
-    facts = dict(precision=_precision_name(parts.autocast_dtype, device), channels_last=parts.channels_last,
+    facts = dict(precision=precision_name(parts.autocast_dtype, device), channels_last=parts.channels_last,
                  loader=_loader_words(parts.train_loader), image_size=image_size, num_classes=classes)
     return row, (parts, facts)
 
@@ -443,16 +270,9 @@ def measure(cfg: Union[RunConfig, str], methods: Union[str, Sequence[str], None]
     method's step, timed over ``steps`` steps after ``warmup`` on ``cfg.device``, and of each model's test
     pass over ``eval_batches`` batches. ``test_images`` sizes the synthetic CIFAR-100 test split (default
     ``eval_batches`` full test batches). See the module text; :func:`measured_time` projects from it."""
-    import torch
-
-    from . import checkpoint as ckpt
-    from .device import name as device_name
-    from .device import pick_device
-    from .distributed import Placement
-
     if isinstance(cfg, str):
         cfg = recipes.get(cfg)
-    methods = _methods(cfg, methods)
+    methods = listed_methods(cfg, methods)
     for value, label in ((steps, "steps"), (warmup, "warmup"), (eval_batches, "eval_batches"),
                          (test_images, "test_images")):
         _whole(value, label, least=0 if label == "warmup" else 1)
@@ -509,7 +329,7 @@ def measured_time(cfg: Union[RunConfig, str], methods: Union[str, Sequence[str],
     made now with ``measure_options``. Same shape as :func:`recipe_time`'s result, with the speeds."""
     if isinstance(cfg, str):
         cfg = recipes.get(cfg)
-    methods = _methods(cfg, methods)
+    methods = listed_methods(cfg, methods)
     m = measurement if measurement is not None else measure(cfg, methods, **measure_options)
     missing = [method for method in dict.fromkeys(methods) if method not in m["methods"]]
     uses_teacher = any(term_table.needs_teacher(recipes.parse_method(x)) for x in methods)
@@ -517,9 +337,7 @@ def measured_time(cfg: Union[RunConfig, str], methods: Union[str, Sequence[str],
         raise ConfigError(f"the measurement timed {m['student']} (teacher {m['teacher']}) for "
                           f"{', '.join(m['methods'])}; it cannot project {cfg.student} (teacher {cfg.teacher}) "
                           f"for {', '.join(methods)}: measure those.")
-    train_images, test_images, _, _ = _data_facts(cfg)
-    if cfg.max_steps_per_epoch is not None:
-        train_images = min(train_images, cfg.max_steps_per_epoch * cfg.batch_size)
+    train_images, test_images, _, _ = data_facts(cfg)
     test_speed = m["test_images_per_s"]
     students = []
     for method in methods:
@@ -529,14 +347,13 @@ def measured_time(cfg: Union[RunConfig, str], methods: Union[str, Sequence[str],
             seconds += test_images / test_speed[cfg.teacher]  # its test pass at the start
         students.append({"method": method, "train_images_per_s": row["train_images_per_s"],
                          "achieved_tflops": row["achieved_tflops"], "seconds": seconds})
-    teacher = {"model": cfg.teacher, "trained": False, "seconds": 0.0}
-    if not uses_teacher:
-        teacher["reason"] = "no method needs a teacher"
-    elif cfg.teacher_pretrained or cfg.teacher_checkpoint:
-        teacher["reason"] = "pretrained weights" if cfg.teacher_pretrained else f"checkpoint {cfg.teacher_checkpoint}"
+    reason = teacher_reason(cfg, methods)
+    teacher = {"model": cfg.teacher, "trained": reason is None, "seconds": 0.0}
+    if reason:
+        teacher["reason"] = reason
     else:
         row = m["teacher_row"]
-        teacher.update(trained=True, train_images_per_s=row["train_images_per_s"],
+        teacher.update(train_images_per_s=row["train_images_per_s"],
                        test_images_per_s=test_speed[cfg.teacher], achieved_tflops=row["achieved_tflops"],
                        seconds=cfg.epochs * (train_images / row["train_images_per_s"]
                                              + test_images / test_speed[cfg.teacher]))
@@ -616,6 +433,7 @@ def chapter_times(cfg: Union[RunConfig, str, None] = None, gpus: Sequence[str] =
 
 
 def format_chapters(times: Dict[str, dict]) -> str:
+    """A :func:`chapter_times` result as lines, one per chapter."""
     lines = ["Chapters (their default runs, teacher training included):"]
     for chapter, t in times.items():
         flops = ", ".join(f"~{duration(s)} on {_article(g)} {g}" for g, s in t["flop_estimate_seconds"].items())
@@ -626,11 +444,11 @@ def format_chapters(times: Dict[str, dict]) -> str:
 
 def measured_report(cfg: RunConfig, recipe: Optional[str] = None, steps: Optional[int] = None,
                     estimates: Sequence[Dict[str, object]] = (), log: Optional[Callable[[str], None]] = None) -> str:
-    """What ``cdlib estimate --measure`` prints after the FLOP-based estimates: ``cfg``'s teacher and
-    methods projected from measured speed and, for the chapters' recipe, every chapter too."""
+    """What ``cdlib measure`` prints: ``cfg``'s teacher and methods projected from measured speed, beside
+    the FLOP-based ``estimates`` (recipe_time results), and, for the chapters' recipe, every chapter too."""
     say = log or (lambda message: print(message, file=sys.stderr, flush=True))
     chapters = recipe in {r for r, _ in CHAPTERS.values()}
-    methods = _methods(cfg, None)
+    methods = listed_methods(cfg, None)
     timed = list(dict.fromkeys(methods + ([m for _, listed in CHAPTERS.values() for m in listed] if chapters else [])))
     measurement = measure(cfg, timed, steps=steps, log=say)
     text = format_measured(measured_time(cfg, methods, measurement=measurement), estimates)
