@@ -20,8 +20,7 @@ from . import terms as term_table
 from .distributed import is_main_process
 from .errors import CheckpointError, ConfigError, is_whole
 from .recipes import RunConfig, parse_method
-from .runfolder import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE, config_dict
-from .teacher_check import RECORD_FILE, file_sha256
+from .runfolder import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE, TEACHER_RECORD_FILE, config_dict, file_sha256
 
 __all__ = ["seed_everything", "rng_state", "set_rng_state", "result_settings", "checkpoint_to_resume", "position",
            "training_state", "restore", "run_facts", "check_facts", "check_seed"]
@@ -119,7 +118,7 @@ def checkpoint_to_resume(cfg: RunConfig, checkpoint_path: Path, world_size: int)
         # The earlier run's checkpoint and model go now, so that no later step (a --resume, a reused teacher) can
         # mistake them for this run's before it has written its own; a teacher's record would misdescribe the new one.
         if is_main_process():  # under torchrun rank 0 alone writes, and removes
-            for name in (CHECKPOINT_FILE, MODEL_FILE, RECORD_FILE):
+            for name in (CHECKPOINT_FILE, MODEL_FILE, TEACHER_RECORD_FILE):
                 (folder / name).unlink(missing_ok=True)
         return None
     if not checkpoint_path.exists():

@@ -1,7 +1,8 @@
 """A run folder and what it holds: file names, ``config.json``, ``metrics.jsonl``, the result of a run.
 
 A run folder holds ``config.json`` (the settings), ``metrics.jsonl`` (one line per epoch), ``checkpoint.pt`` (the
-state to resume from) and, when finished, ``model.pt`` (the trained student, reusable as a teacher). A fresh run
+state to resume from) and, when finished, ``model.pt`` (the trained student, reusable as a teacher; a teacher's
+folder also ``teacher.json``, what a reuse checks it against). A fresh run
 never replaces a finished model or another run's files unless asked (``overwrite``,
 :func:`cdlib.resume.checkpoint_to_resume`). An experiment folder holds one run folder per method (``cd+gkd+edt`` ->
 ``cd_gkd_edt``) and the teacher's in ``teacher/``.
@@ -10,6 +11,7 @@ never replaces a finished model or another run's files unless asked (``overwrite
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -25,7 +27,7 @@ from .recipes import RunConfig, parse_method
 
 __all__ = ["CONFIG_FILE", "METRICS_FILE", "CHECKPOINT_FILE", "MODEL_FILE", "RunResult", "config_dict", "read_metrics",
            "write_metrics", "write_run_files", "slug", "teacher_dir", "check_reusable_teacher", "summary_line",
-           "comparison_table"]
+           "comparison_table", "TEACHER_RECORD_FILE", "file_sha256", "measure_teacher", "record_teacher", "verify_teacher"]
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -136,3 +138,67 @@ def comparison_table(results: Dict[str, RunResult], cfg: RunConfig) -> str:
         secs = "" if math.isnan(seconds) else f"{seconds:.1f}"
         lines.append(f"{label:<{width}}{top1:>9.2f}{top5:>9.2f}{secs:>9}")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ teachers that check themselves
+# When a teacher has been trained, record_teacher writes teacher.json beside its model.pt: the test accuracy it
+# reached, a fingerprint of the data (cdlib.data.fingerprint) and the SHA-256 of the model file. Whoever reuses the
+# teacher later (cdlib.train.ensure_teacher, cdlib.seeds.run) calls verify_teacher, which measures all three again
+# and warns of each that no longer matches: a model file replaced or damaged, data that changed under it (another
+# split, a changed loader), or an accuracy that moved (a changed model definition or evaluation).
+
+TEACHER_RECORD_FILE = "teacher.json"
+# Evaluated on another device or in another precision, a few borderline predictions may flip;
+# half a point is far more than that and far less than a wrong teacher.
+TEACHER_TOP1_TOLERANCE = 0.5
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def measure_teacher(folder: str | os.PathLike, cfg: RunConfig) -> Dict[str, object]:
+    """The teacher in ``folder`` now: its test accuracy on ``cfg``'s data, the data's fingerprint, its file hash."""
+    from . import data
+    from .parts import evaluate_model_file
+
+    path = Path(folder) / MODEL_FILE
+    metrics, bundle = evaluate_model_file(path, cfg, cfg.student)
+    return {"test_top1": metrics["top1"], "test_loss": metrics["loss"], "data_fingerprint": data.fingerprint(bundle),
+            "sha256": file_sha256(path)}
+
+
+def record_teacher(folder: str | os.PathLike, cfg: RunConfig) -> None:
+    """Measure the teacher just trained in ``folder`` (``cfg``: its own training config) and write teacher.json."""
+    record = json.dumps(measure_teacher(folder, cfg), indent=2) + "\n"
+    atomic_write(Path(folder) / TEACHER_RECORD_FILE, lambda f: f.write(record.encode()))
+
+
+def verify_teacher(folder: str | os.PathLike, cfg: RunConfig) -> List[str]:
+    """Measure a reused teacher again and print a warning for each fact that changed; returns the warnings. A
+    teacher without a record (trained before records existed) gets one now, so later reuses are checked."""
+    try:
+        saved = json.loads((Path(folder) / TEACHER_RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        record_teacher(folder, cfg)
+        return []
+    now = measure_teacher(folder, cfg)
+    problems = []
+    if saved.get("sha256") != now["sha256"]:
+        problems.append(f"{Path(folder) / MODEL_FILE} is not the file that was trained (its SHA-256 changed): it was "
+                        "replaced or damaged since")
+    if saved.get("data_fingerprint") != now["data_fingerprint"]:
+        problems.append(f"the data differ from those the teacher was trained and tested on (data fingerprint changed; "
+                        f"data {cfg.data!r}, options {cfg.data_options}): another split, size or loader version")
+    top1 = saved.get("test_top1")
+    if not isinstance(top1, (int, float)) or abs(now["test_top1"] - top1) > TEACHER_TOP1_TOLERANCE:
+        problems.append(f"its test top-1 is {now['test_top1']:.2f}% now but was {top1 if top1 is None else f'{top1:.2f}'}% "
+                        "when it was trained")
+    for problem in problems:
+        print(f"warning: reusing the teacher in {folder}: {problem}; delete {folder} to train it again, or keep it "
+              "knowingly.", flush=True)
+    return problems

@@ -322,14 +322,14 @@ def _finished(cfg: RunConfig) -> bool:
 def _train_or_reuse(cfg: RunConfig, teacher: bool = False) -> dict:
     """Train ``cfg`` (resuming an interrupted attempt) unless it is finished; its per-seed row.
     A ``teacher`` records its accuracy, data and file when trained, and is checked against them when reused."""
-    from . import teacher_check, train
+    from . import train
 
     if not _finished(cfg):
         train.fit(cfg.replace(resume=True))
         if teacher and distributed.is_main_process():
-            teacher_check.record(cfg.run_dir, cfg)
+            runfolder.record_teacher(cfg.run_dir, cfg)
     elif teacher and distributed.is_main_process():
-        teacher_check.verify(cfg.run_dir, cfg)
+        runfolder.verify_teacher(cfg.run_dir, cfg)
     metrics = runfolder.read_metrics(cfg.run_dir)
     return {"top1": metrics[-1]["test_top1"], "top1_best": max(m["test_top1"] for m in metrics),
             "top5": metrics[-1]["test_top5"], "train_seconds": sum(m["epoch_seconds"] for m in metrics)}

@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from . import checkpoint as ckpt
 from . import data as data_mod
-from . import distributed, resume, runfolder, runlock, teacher_check
+from . import distributed, resume, runfolder, runlock
 from . import parts as parts_mod
 from . import terms as term_table
 from .distributed import Placement, is_main_process
@@ -490,13 +490,13 @@ def ensure_teacher(cfg: RunConfig) -> RunConfig:
         if (folder / MODEL_FILE).exists():
             runfolder.check_reusable_teacher(folder, teacher_cfg)
             if is_main_process():
-                teacher_check.verify(folder, teacher_cfg)  # warns if its file, data or accuracy changed
+                runfolder.verify_teacher(folder, teacher_cfg)  # warns if its file, data or accuracy changed
         else:
             if is_main_process():
                 print(f"no teacher checkpoint given: training the teacher {cfg.teacher} first into {folder}", flush=True)
             fit(teacher_cfg)
             if is_main_process():
-                teacher_check.record(folder, teacher_cfg)
+                runfolder.record_teacher(folder, teacher_cfg)
     return cfg.replace(teacher_checkpoint=str(folder / MODEL_FILE))
 
 

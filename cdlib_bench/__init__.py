@@ -32,12 +32,12 @@ The modules, by concept: :mod:`.config` (what to measure, the paper's recipe),
 (the two training steps and the reference's PIL data), :mod:`.pipelines` (a
 step fed by its loader), :mod:`.memory` (the fresh-process memory probe),
 :mod:`.measurement` (``run_benchmark``: warm-up, timed windows, the result),
-:mod:`.results` (result files, tables, plots, summaries), :mod:`.timing` (a
-recipe's training steps timed here and its wall time projected from them; the
-chapters' "Time" line) and :mod:`.command` (``cdlib measure``, found by cdlib's
-command line through the ``cdlib.commands`` entry point). FLOP counting, the GPU
-peak table and the FLOP-based estimate are cdlib's: :mod:`cdlib_bench.flops`,
-:mod:`cdlib_bench.estimate`.
+:mod:`.results` (result files, tables, plots, summaries), :mod:`.flops` (FLOPs
+counted on the meta device, the GPU peak table), :mod:`.estimate` (a recipe's
+wall time projected from counted FLOPs), :mod:`.timing` (a recipe's training
+steps timed here and its wall time projected from them; the chapters' "Time"
+line) and :mod:`.command` (``cdlib estimate`` and ``cdlib measure``, found by
+cdlib's command line through the ``cdlib.commands`` entry point).
 """
 
 from __future__ import annotations

@@ -328,12 +328,12 @@ def test_sigterm_between_the_teacher_and_the_student_is_one_line_and_leaves_no_l
     run_dir = tmp_path / "exp"
     # The signal lands as the teacher is being recorded: after its fit, before the student's.
     program = ("import os, signal, sys\n"
-               "from cdlib import teacher_check\n"
-               "record = teacher_check.record\n"
+               "from cdlib import runfolder\n"
+               "record = runfolder.record_teacher\n"
                "def record_then_signal(*a, **k):\n"
                "    os.kill(os.getpid(), signal.SIGTERM)\n"
                "    return record(*a, **k)\n"
-               "teacher_check.record = record_then_signal\n"
+               "runfolder.record_teacher = record_then_signal\n"
                "sys.argv[0] = 'cdlib'\n"
                "from cdlib.cli import main\n"
                "sys.exit(main())\n")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cdlib import checkpoint, data, models, parts, recipes, runfolder, teacher_check, train
+from cdlib import checkpoint, data, models, parts, recipes, runfolder, train
 
 
 def tiny(tmp_path: Path) -> recipes.RunConfig:
@@ -24,9 +24,9 @@ def test_a_trained_teacher_records_itself_and_a_reuse_checks_quietly(tmp_path, c
     cfg = tiny(tmp_path)
     train.ensure_teacher(cfg)
     folder = runfolder.teacher_dir(cfg.run_dir)
-    saved = json.loads((folder / teacher_check.RECORD_FILE).read_text())
+    saved = json.loads((folder / runfolder.TEACHER_RECORD_FILE).read_text())
     assert saved["test_top1"] == pytest.approx(runfolder.read_metrics(folder)[-1]["test_top1"])
-    assert saved["sha256"] == teacher_check.file_sha256(folder / "model.pt")
+    assert saved["sha256"] == runfolder.file_sha256(folder / "model.pt")
     assert saved["data_fingerprint"] == data.fingerprint(parts.load_data(cfg))
     capsys.readouterr()
     train.ensure_teacher(cfg)
@@ -43,7 +43,7 @@ def test_a_replaced_teacher_file_is_reported(tmp_path, capsys):
     train.ensure_teacher(cfg)
     out = capsys.readouterr().out
     assert "SHA-256 changed" in out
-    problems = teacher_check.verify(folder, cfg.replace(student=cfg.teacher, method="student"))
+    problems = runfolder.verify_teacher(folder, cfg.replace(student=cfg.teacher, method="student"))
     assert any("SHA-256" in p for p in problems)
 
 
@@ -51,7 +51,7 @@ def test_changed_data_and_accuracy_are_reported(tmp_path, capsys):
     cfg = tiny(tmp_path)
     train.ensure_teacher(cfg)
     folder = runfolder.teacher_dir(cfg.run_dir)
-    record = folder / teacher_check.RECORD_FILE
+    record = folder / runfolder.TEACHER_RECORD_FILE
     saved = json.loads(record.read_text())
     record.write_text(json.dumps({**saved, "data_fingerprint": "0" * 64, "test_top1": saved["test_top1"] + 10}))
     capsys.readouterr()
@@ -65,9 +65,9 @@ def test_a_teacher_without_record_gets_one(tmp_path, capsys):
     cfg = tiny(tmp_path)
     train.ensure_teacher(cfg)
     folder = runfolder.teacher_dir(cfg.run_dir)
-    (folder / teacher_check.RECORD_FILE).unlink()
-    assert teacher_check.verify(folder, cfg.replace(student=cfg.teacher, method="student")) == []
-    assert (folder / teacher_check.RECORD_FILE).exists()
+    (folder / runfolder.TEACHER_RECORD_FILE).unlink()
+    assert runfolder.verify_teacher(folder, cfg.replace(student=cfg.teacher, method="student")) == []
+    assert (folder / runfolder.TEACHER_RECORD_FILE).exists()
 
 
 def test_data_fingerprint_follows_the_data():
