@@ -142,7 +142,8 @@ def _read_config(run_dir: Union[str, os.PathLike]) -> dict:
 def load_teacher(cfg_or_run_dir, device: Optional[torch.device] = None) -> nn.Module:
     """The frozen teacher of a config (or of the run folder of a distilled method), in eval mode."""
     if isinstance(cfg_or_run_dir, recipes.RunConfig):
-        name, pretrained, path = cfg_or_run_dir.teacher, cfg_or_run_dir.teacher_pretrained, teacher_checkpoint_of(cfg_or_run_dir)
+        cfg = cfg_or_run_dir
+        name, pretrained, path = cfg.teacher, cfg.teacher_pretrained, teacher_checkpoint_of(cfg)
     else:
         saved = _read_config(cfg_or_run_dir)
         name, pretrained, path = saved["teacher"], saved.get("teacher_pretrained", False), saved.get("teacher_checkpoint")
@@ -187,7 +188,8 @@ def data_for(cfg: recipes.RunConfig, device: Optional[torch.device] = None, batc
     ``train_augmented`` is the training loader a run uses (shuffled, augmented).
     """
     device = torch.device(device or "cpu")
-    bundle = data_mod.load(cfg.data, root=cfg.data_root, download=cfg.download, image_size=cfg.image_size, **cfg.data_options)
+    bundle = data_mod.load(cfg.data, root=cfg.data_root, download=cfg.download, image_size=cfg.image_size,
+                           **cfg.data_options)
     common = dict(device=device, num_workers=cfg.num_workers, seed=cfg.seed, on_device=cfg.data_on_device)
     return SimpleNamespace(
         bundle=bundle,
@@ -382,7 +384,8 @@ def paired_bootstrap_ratio(a, b, n_boot: int = 2000, seed: int = 0, level: float
     a = torch.as_tensor(a, dtype=torch.float64).flatten()
     b = torch.as_tensor(b, dtype=torch.float64).flatten()
     if a.shape != b.shape or a.numel() == 0:
-        raise ConfigError(f"paired_bootstrap_ratio needs two equally long, non-empty samples, got {a.numel()} and {b.numel()}.")
+        raise ConfigError(f"paired_bootstrap_ratio needs two equally long, non-empty samples, got {a.numel()} and "
+                          f"{b.numel()}.")
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, a.numel(), (n_boot, a.numel()), generator=gen)
     ratios = a[idx].mean(1) / b[idx].mean(1)

@@ -27,7 +27,8 @@ from torch import nn
 from . import models
 from .errors import CheckpointError, from_os_error
 
-__all__ = ["atomic_write", "atomic_save", "safe_load", "save_model", "load_model", "load_model_weights", "MODEL_FORMAT", "TRAINING_FORMAT"]
+__all__ = ["atomic_write", "atomic_save", "safe_load", "save_model", "load_model", "load_model_weights", "MODEL_FORMAT",
+           "TRAINING_FORMAT"]
 
 MODEL_FORMAT = "cdlib-model-v1"
 TRAINING_FORMAT = "cdlib-training-v1"

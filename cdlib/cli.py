@@ -22,49 +22,6 @@ from typing import Dict, List, Optional
 from . import __version__, recipes, terms
 from .errors import CDLibError, ConfigError, from_os_error
 
-HELP = {
-    "data": "data set: cifar100, imagenet, digits (bundled) or synthetic",
-    "data_root": "data folder (CIFAR-100: the folder holding cifar-100-python/; ImageNet: the folder holding train/ and val/)",
-    "download": "download CIFAR-100 into --data-root if it is missing",
-    "image_size": "image side in pixels (digits/synthetic: resize, default 16; ImageNet: crop, default 224)",
-    "data_options": "extra data-set options as key=value, e.g. train_per_class=40 (digits)",
-    "student": "student model name (see `cdlib list`)",
-    "teacher": "teacher model name (`cdlib train`: the model trained unless --model is given)",
-    "teacher_checkpoint": "teacher weights (a model.pt from `cdlib train`); without it, distill trains the teacher first",
-    "teacher_pretrained": "use torchvision's pretrained ImageNet weights for the teacher",
-    "method": f"'+'-joined loss terms of {', '.join(terms.methods())} ('student' = ce only); ',' separates methods to compare",
-    "weights": f"loss weights as term=value, e.g. cd=6 gkd=0.1 (EDT's schedule overrides {', '.join(terms.SCHEDULED)})",
-    "schedule": "EDT schedule: paper-cifar100, paper-imagenet, constant, linear, cosine, exponential",
-    "kd_temperature": "temperature of the KD loss",
-    "gkd_temperature": "temperature of the GKD loss",
-    "teacher_bn_train": "leave the teacher's BatchNorm in train mode, as the reference code did (ablation)",
-    "keep_zero_weight_terms": "compute loss terms of weight 0 and multiply by 0, as the reference code did, so weight "
-                              "decay still acts on their parameters (ablation)",
-    "gkd_nan_on_all_wrong": "GKD is NaN on a batch the teacher gets all wrong, as the reference code's 0/0 (demonstration)",
-    "report_best_epoch": "report the best epoch's test accuracy, as the reference code did, instead of the last's",
-    "reference_compat": "every reference-code behaviour at once: --teacher-bn-train --keep-zero-weight-terms "
-                        "--gkd-nan-on-all-wrong --report-best-epoch (and reflect padding)",
-    "epochs": "number of epochs (the LR milestones move with it unless --lr-milestones is given)",
-    "batch_size": "batch size per process",
-    "lr": "initial learning rate (SGD)",
-    "momentum": "SGD momentum",
-    "weight_decay": "weight decay",
-    "lr_milestones": "epochs after which the learning rate is multiplied by --lr-gamma",
-    "lr_gamma": "learning-rate decay factor at each milestone",
-    "seed": "random seed (data order, augmentation, initialisation)",
-    "device": "auto, cpu, cuda, cuda:N or mps",
-    "amp": "mixed precision: auto (bf16/fp16 on GPU, off on CPU), bf16, fp16 or off",
-    "channels_last": "use the channels-last memory format on GPUs",
-    "compile": "compile student and teacher with torch.compile",
-    "num_workers": "DataLoader workers (ImageNet; in-memory sets need none)",
-    "data_on_device": "keep in-memory data sets on the device and augment there",
-    "run_dir": "experiment folder: the teacher trains in <run-dir>/teacher, each method in <run-dir>/<method>",
-    "resume": "continue from the run folder's checkpoint",
-    "overwrite": "start afresh in a run folder that holds a finished model or an earlier run's files, replacing them",
-    "progress": "show a progress bar",
-    "max_steps_per_epoch": "cap the steps of each epoch (smoke tests)",
-}
-
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad command line in the same one line as every other input error."""
@@ -107,11 +64,12 @@ _OPTION_KINDS = {
 
 def add_recipe_options(parser: argparse.ArgumentParser, skip: tuple = ()) -> None:
     """``--recipe`` and an option for every RunConfig field but ``skip``, each None unless given."""
-    parser.add_argument("--recipe", default="cifar100", help=f"named recipe: {', '.join(recipes.names())} (default: cifar100)")
+    parser.add_argument("--recipe", default="cifar100",
+                        help=f"named recipe: {', '.join(recipes.names())} (default: cifar100)")
     for f in dataclasses.fields(recipes.RunConfig):
         if f.name not in skip:
             parser.add_argument("--" + f.name.replace("_", "-"), default=None, **_OPTION_KINDS.get(f.type, {}),
-                                help=HELP.get(f.name, f.name) + " (default: the recipe's)")
+                                help=f.metadata["meaning"] + " (default: the recipe's)")
 
 
 def _config_from_args(args: argparse.Namespace) -> recipes.RunConfig:

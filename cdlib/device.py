@@ -29,7 +29,8 @@ def pick_device(preference: str = "auto") -> torch.device:
         raise ConfigError(f"device {preference!r} asked for, but this machine has {torch.cuda.device_count()} GPU(s); "
                           "use cuda:0 up to the last one, or auto.")
     if device.type == "mps" and not mps:
-        raise ConfigError(f"device {preference!r} asked for, but Apple's MPS is not available here; use --device cpu or auto.")
+        raise ConfigError(f"device {preference!r} asked for, but Apple's MPS is not available here; use --device cpu "
+                          "or auto.")
     return device
 
 

@@ -55,7 +55,8 @@ class Distiller(nn.Module):
         needs_teacher = term_table.needs_teacher(self.terms)
         if needs_teacher and teacher is None:
             named = [t for t in self.terms if term_table.needs_teacher([t])]
-            raise ConfigError(f"loss terms {named} need a teacher; pass one (e.g. cdlib.models.create(...) with trained weights).")
+            raise ConfigError(f"loss terms {named} need a teacher; pass one (e.g. cdlib.models.create(...) with trained "
+                              "weights).")
         self.teacher = teacher if needs_teacher else None
         if self.teacher is not None:
             self._check_pair(student, self.teacher)
@@ -122,7 +123,8 @@ class Distiller(nn.Module):
         try:
             missing, unexpected = self.load_state_dict(dict(state), strict=False)
         except RuntimeError as exc:  # tensors of the wrong shape: another model or connector layout
-            raise ConfigError(f"checkpoint does not match this distiller: {str(exc).strip().splitlines()[-1][:200]}") from None
+            reason = str(exc).strip().splitlines()[-1][:200]
+            raise ConfigError(f"checkpoint does not match this distiller: {reason}") from None
         missing = [k for k in missing if not k.startswith("teacher.")]
         if missing or unexpected:
             raise ConfigError(f"checkpoint does not match this distiller: missing {missing[:3]}, "

@@ -103,8 +103,8 @@ def _is_positive_finite(value) -> bool:
 
 def _check_temperature(temperature) -> None:
     if not _is_positive_finite(temperature):
-        raise ConfigError(f"temperature must be a positive, finite number, got {shown(temperature)}; e.g. 4 (a common choice "
-                          "for KD, cdlib's default) or 1 (GKD in the authors' code).")
+        raise ConfigError(f"temperature must be a positive, finite number, got {shown(temperature)}; e.g. 4 (a common "
+                          "choice for KD, cdlib's default) or 1 (GKD in the authors' code).")
 
 
 def _check_logits(student_logits, teacher_logits, temperature) -> None:

@@ -27,8 +27,8 @@ from .interrupt import workers_ignore_sigint
 from .recipes import RunConfig
 from .step import DetachedLogits, evaluate
 
-__all__ = ["Parts", "build", "make_sgd", "load_data", "evaluate_model_file", "build_teacher", "warn_if_useless_teacher", "weights_for",
-           "model_for_step"]
+__all__ = ["Parts", "build", "make_sgd", "load_data", "evaluate_model_file", "build_teacher", "warn_if_useless_teacher",
+           "weights_for", "model_for_step"]
 
 
 # The single-kernel ("fused") SGD update arrived in torch 2.4; cdlib supports torch from 2.1.

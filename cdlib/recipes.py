@@ -15,14 +15,14 @@ import dataclasses
 import math
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 from . import terms
 from .errors import MAX_EPOCHS, ConfigError, is_finite, is_number, is_whole, shown
 from .registry import Registry
 
-__all__ = ["RunConfig", "RECIPES", "get", "names", "parse_method", "scale_milestones", "REFERENCE_SWITCHES",
+__all__ = ["RunConfig", "setting", "RECIPES", "get", "names", "parse_method", "scale_milestones", "REFERENCE_SWITCHES",
            "MAX_IMAGE_SIZE"]
 
 # The RunConfig switches that reproduce a behaviour of the reference code; reference_compat=True sets them all.
@@ -41,66 +41,80 @@ _POSITIVE = ("lr", "lr_gamma", "kd_temperature", "gkd_temperature")
 _NON_NEGATIVE = ("momentum", "weight_decay")
 
 
+def setting(default: Any = MISSING, meaning: str = "", *, factory: Any = MISSING) -> Any:
+    """A :class:`RunConfig` field and what it means, in one place: ``cdlib --help`` shows ``meaning``."""
+    return field(default=default, default_factory=factory, metadata={"meaning": meaning})
+
+
 @dataclass
 class RunConfig:
     """Everything one training run needs. ``method`` is a '+'-joined subset of
     the loss terms of :data:`cdlib.terms.TERMS` (``ce, kd, gkd, cd, at, fitnets``)
     and ``edt`` (cross-entropy is always included); a ','-separated list of
-    methods trains each and prints a comparison."""
+    methods trains each and prints a comparison. Each setting says what it means."""
 
     # what to train
-    data: str = "cifar100"
-    data_root: Optional[str] = "data"
-    download: bool = False
-    image_size: Optional[int] = None
-    # extra keyword arguments for cdlib.data.load, e.g. {"train_per_class": 40} for digits
-    data_options: Dict[str, Any] = field(default_factory=dict)
-    student: str = "cifar_resnet50"
-    teacher: str = "cifar_resnet152"
-    teacher_checkpoint: Optional[str] = None
-    teacher_pretrained: bool = False
-    method: str = "cd+gkd+edt"
-    # loss weights when no schedule applies (and for kd / at / fitnets always)
-    weights: Dict[str, float] = field(default_factory=terms.default_weights)
-    schedule: str = "paper-cifar100"
-    kd_temperature: float = 4.0
-    gkd_temperature: float = 1.0
+    data: str = setting("cifar100", "data set: cifar100, imagenet, digits (bundled) or synthetic")
+    data_root: Optional[str] = setting("data", "data folder (CIFAR-100: the folder holding cifar-100-python/; "
+                                               "ImageNet: the folder holding train/ and val/)")
+    download: bool = setting(False, "download CIFAR-100 into data_root if it is missing")
+    image_size: Optional[int] = setting(None, "image side in pixels (digits/synthetic: resize, default 16; "
+                                              "ImageNet: crop, default 224)")
+    data_options: Dict[str, Any] = setting(factory=dict, meaning="extra data-set options (cdlib.data.load) as "
+                                                                  "key=value, e.g. train_per_class=40 (digits)")
+    student: str = setting("cifar_resnet50", "student model name (see `cdlib list`)")
+    teacher: str = setting("cifar_resnet152", "teacher model name (`cdlib train`: the model trained unless --model "
+                                              "is given)")
+    teacher_checkpoint: Optional[str] = setting(None, "teacher weights (a model.pt from `cdlib train`); without it, "
+                                                      "distill trains the teacher first")
+    teacher_pretrained: bool = setting(False, "use torchvision's pretrained ImageNet weights for the teacher")
+    method: str = setting("cd+gkd+edt", f"'+'-joined loss terms of {', '.join(terms.methods())} ('student' = ce "
+                                        "only); ',' separates methods to compare")
+    weights: Dict[str, float] = setting(
+        factory=terms.default_weights, meaning="loss weights as term=value, e.g. cd=6 gkd=0.1; EDT's schedule "
+        f"overrides {', '.join(terms.SCHEDULED)} (kd, at and fitnets always take these)")
+    schedule: str = setting("paper-cifar100", "EDT schedule (see `cdlib list`), e.g. paper-cifar100, cosine")
+    kd_temperature: float = setting(4.0, "temperature of the KD loss")
+    gkd_temperature: float = setting(1.0, "temperature of the GKD loss")
     # Behaviours of the authors' reference code, each off by default (README: "Where we differ from the reference
-    # code"; results/reference-switches/ measures each). The frozen teacher's BatchNorm in train mode (batch
-    # statistics), as its net.train() left it:
-    teacher_bn_train: bool = False
-    # A term of weight 0 computed and multiplied by 0, so its parameters get zero (not absent) gradients and SGD's
-    # weight decay and momentum still act on them (the classifier in EDT's CD-only warm-up); the teacher runs each step:
-    keep_zero_weight_terms: bool = False
-    # GKD on a batch the teacher gets all wrong is 0/0 = NaN (the run stops as diverged); for demonstration only:
-    gkd_nan_on_all_wrong: bool = False
-    # The final result is the best epoch by test top-1 (the reference logs "best acc"), not the last; optimistic,
-    # because the epoch is chosen on the test set:
-    report_best_epoch: bool = False
-    # All of the above on, with reflect padding (the default; data_options pad_mode="zeros" is refused with it):
-    reference_compat: bool = False
+    # code"; results/reference-switches/ measures each).
+    teacher_bn_train: bool = setting(False, "leave the frozen teacher's BatchNorm in train mode (batch "
+                                            "statistics), as the reference code's net.train() did (ablation)")
+    keep_zero_weight_terms: bool = setting(
+        False, "compute loss terms of weight 0 and multiply by 0, as the reference code did, so their parameters "
+        "get zero (not absent) gradients and weight decay and momentum still act on them (the classifier in EDT's "
+        "CD-only warm-up); the teacher runs each step (ablation)")
+    gkd_nan_on_all_wrong: bool = setting(False, "GKD is NaN on a batch the teacher gets all wrong, as the "
+                                                "reference code's 0/0, and the run stops as diverged (demonstration)")
+    report_best_epoch: bool = setting(False, "report the best epoch's test accuracy, as the reference code did, "
+                                             "instead of the last's (optimistic: chosen on the test set)")
+    reference_compat: bool = setting(False, "every reference-code behaviour at once: --teacher-bn-train "
+                                            "--keep-zero-weight-terms --gkd-nan-on-all-wrong --report-best-epoch "
+                                            "(and reflect padding; pad_mode=zeros is refused with it)")
     # optimisation
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_milestones: Tuple[int, ...] = (60, 120, 160)
-    lr_gamma: float = 0.2
+    epochs: int = setting(200, "number of epochs (the LR milestones move with it unless lr_milestones is given)")
+    batch_size: int = setting(128, "batch size per process")
+    lr: float = setting(0.1, "initial learning rate (SGD)")
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(5e-4, "weight decay")
+    lr_milestones: Tuple[int, ...] = setting((60, 120, 160), "epochs after which the learning rate is "
+                                                             "multiplied by lr_gamma")
+    lr_gamma: float = setting(0.2, "learning-rate decay factor at each milestone")
     # machinery
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "auto"  # auto | bf16 | fp16 | off
-    channels_last: bool = True
-    compile: bool = False
-    num_workers: int = 4
-    data_on_device: bool = True
-    run_dir: str = "runs/cifar100"
-    resume: bool = False
-    # start afresh in a run folder holding a finished model or an earlier run's files, replacing them
-    overwrite: bool = False
-    progress: bool = True
-    max_steps_per_epoch: Optional[int] = None  # cap for smoke tests and CI
+    seed: int = setting(0, "random seed (data order, augmentation, initialisation)")
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
+    amp: str = setting("auto", "mixed precision: auto (bf16/fp16 on GPU, off on CPU), bf16, fp16 or off")
+    channels_last: bool = setting(True, "use the channels-last memory format on GPUs")
+    compile: bool = setting(False, "compile student and teacher with torch.compile")
+    num_workers: int = setting(4, "DataLoader workers (ImageNet; in-memory sets need none)")
+    data_on_device: bool = setting(True, "keep in-memory data sets on the device and augment there")
+    run_dir: str = setting("runs/cifar100", "experiment folder: the teacher trains in <run-dir>/teacher, each "
+                                            "method in <run-dir>/<method>")
+    resume: bool = setting(False, "continue from the run folder's checkpoint")
+    overwrite: bool = setting(False, "start afresh in a run folder that holds a finished model or an earlier "
+                                     "run's files, replacing them")
+    progress: bool = setting(True, "show a progress bar")
+    max_steps_per_epoch: Optional[int] = setting(None, "cap the steps of each epoch (smoke tests and CI)")
 
     def replace(self, *positional, **changes) -> "RunConfig":
         """A copy with ``changes``, checked by :func:`validate`; ``weights`` names only the weights that change,

@@ -198,7 +198,8 @@ def contrasts(per_seed, family: Sequence[Contrast], level: float = 0.95, alpha: 
     adjusted = stats.holm([r["p"] for r in rows])
     for row, p_holm in zip(rows, adjusted):
         row["p_holm"] = p_holm
-        row["verdict"] = ("resolved: better" if row["diff_mean"] > 0 else "resolved: worse") if p_holm < alpha else "not resolved"
+        better = "resolved: better" if row["diff_mean"] > 0 else "resolved: worse"
+        row["verdict"] = better if p_holm < alpha else "not resolved"
     return pd.DataFrame(rows, columns=CONTRAST_COLUMNS)
 
 
@@ -251,7 +252,8 @@ def load_summary(path: Union[str, os.PathLike]) -> SeedStudy:
     summary, per_seed = pd.read_csv(folder / SUMMARY_FILE), pd.read_csv(folder / PER_SEED_FILE)
     lacking = [c for c in SUMMARY_COLUMNS[:9] if c not in summary] + [c for c in PER_SEED_COLUMNS[:4] if c not in per_seed]
     if lacking:
-        raise ConfigError(f"{folder} has tables without column(s) {', '.join(lacking)}; they were not written by cdlib.seeds.")
+        raise ConfigError(f"{folder} has tables without column(s) {', '.join(lacking)}; they were not written by "
+                          "cdlib.seeds.")
     no_diff = summary[summary["diff_mean"].isna()]["method"].tolist()
     baseline = next((m for m in no_diff if m != TEACHER), no_diff[0] if no_diff else "student")
     family = pd.read_csv(folder / CONTRASTS_FILE) if (folder / CONTRASTS_FILE).is_file() else None

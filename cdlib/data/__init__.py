@@ -138,7 +138,8 @@ def fingerprint(bundle: DataBundle) -> str:
         elif hasattr(split, "samples"):
             root = Path(getattr(split, "root", "."))
             for path, label in split.samples:
-                digest.update(f"{Path(path).relative_to(root) if Path(path).is_relative_to(root) else path}|{label}\n".encode())
+                shown_path = Path(path).relative_to(root) if Path(path).is_relative_to(root) else path
+                digest.update(f"{shown_path}|{label}\n".encode())
         else:
             digest.update(f"{type(split).__name__}|{len(split)}".encode())
     return digest.hexdigest()

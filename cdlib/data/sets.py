@@ -65,7 +65,8 @@ class TensorImageSet(Dataset):
         if pad_mode not in PAD_MODES:
             raise ValueError(f"pad_mode must be one of {', '.join(PAD_MODES)}, got {pad_mode!r}.")
         if pad_mode == "reflect" and augment and pad >= min(images.shape[2:]):
-            raise ValueError(f"reflect padding by {pad} needs images larger than {pad} pixels, got {tuple(images.shape[2:])}.")
+            raise ValueError(f"reflect padding by {pad} needs images larger than {pad} pixels, "
+                             f"got {tuple(images.shape[2:])}.")
         self.images = images
         self.labels = labels.long()
         self.mean = tuple(mean)
@@ -79,7 +80,8 @@ class TensorImageSet(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int):
-        batch = augment_batch(self.images[index : index + 1], self, generator=None) if self.augment else self.images[index : index + 1]
+        batch = self.images[index : index + 1]
+        batch = augment_batch(batch, self, generator=None) if self.augment else batch
         return normalize(batch, self.mean, self.std)[0], int(self.labels[index])
 
 

@@ -50,7 +50,8 @@ def _read_cifar_batch(path: Path) -> dict:
     try:
         batch = _ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
     except Exception as exc:  # corrupt bytes raise anything from UnpicklingError to OverflowError / MemoryError
-        raise DataError(f"{path} is not a readable CIFAR-100 batch file ({exc}); delete it and download the archive again.") from None
+        raise DataError(f"{path} is not a readable CIFAR-100 batch file ({exc}); delete it and download the archive "
+                        "again.") from None
     if not isinstance(batch, dict):
         raise DataError(f"{path} holds a {type(batch).__name__}, not the dict of a CIFAR-100 batch file; delete it "
                         "and download the archive again.")
@@ -137,7 +138,8 @@ def _load_imagenet(root: Optional[str], image_size: Optional[int]) -> DataBundle
     from torchvision.datasets import ImageFolder
 
     if root is None:
-        raise DataError("ImageNet needs a data root: pass root= (CLI: --data-root) pointing at a folder with train/ and val/ ImageFolder trees.")
+        raise DataError("ImageNet needs a data root: pass root= (CLI: --data-root) pointing at a folder with train/ and "
+                        "val/ ImageFolder trees.")
     root_path = Path(root).expanduser()
     size = image_size or 224
     resize = int(round(size * 256 / 224))
@@ -283,7 +285,8 @@ def _load_synthetic(
     g = torch.Generator().manual_seed(seed)
     # Smooth class prototypes: low-resolution noise upsampled, so classes differ in
     # coarse colour/shape structure that convolutions can pick up.
-    prototypes = F.interpolate(torch.rand(num_classes, 3, 4, 4, generator=g), size=(size, size), mode="bilinear", align_corners=False)
+    prototypes = F.interpolate(torch.rand(num_classes, 3, 4, 4, generator=g), size=(size, size), mode="bilinear",
+                               align_corners=False)
 
     def sample(per_class: int) -> Tuple[torch.Tensor, torch.Tensor]:
         labels = torch.arange(num_classes).repeat_interleave(per_class)

@@ -51,7 +51,8 @@ def create(name: str, num_classes: int = 100, pretrained: bool = False, in_chann
         raise ConfigError(f"pretrained must be True or False, got {pretrained!r}.")
     if name in cifar_resnet.CIFAR_ARCHITECTURES:
         if pretrained:
-            raise ConfigError(f"no pretrained weights ship for {name}; train it with `cdlib train` or pass pretrained=False.")
+            raise ConfigError(f"no pretrained weights ship for {name}; train it with `cdlib train` or pass "
+                              "pretrained=False.")
         return cifar_resnet.build(name, num_classes=num_classes, in_channels=in_channels)
     if in_channels != 3:
         raise ConfigError(f"{name} is torchvision's ImageNet ResNet and takes 3-channel images, not {in_channels}.")
