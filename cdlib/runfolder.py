@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -87,9 +88,10 @@ def write_run_files(run_dir: Path, cfg: RunConfig, metrics: List[dict]) -> None:
     write_metrics(run_dir, metrics)
 
 
-def slug(method: str) -> str:
-    """The sub-folder name of a method: 'cd+gkd+edt' -> 'cd_gkd_edt', 'student' -> 'student'."""
-    return method.strip().replace("+", "_")
+def slug(label: str) -> str:
+    """The sub-folder name of a method or a study's label: 'cd+gkd+edt' -> 'cd_gkd_edt', 'student' -> 'student',
+    'cd+gkd+edt (cosine)' -> 'cd_gkd_edt_cosine'."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label.strip().replace("+", "_")).strip("_")
 
 
 def teacher_dir(run_dir: str | os.PathLike) -> Path:

@@ -263,10 +263,6 @@ def load_summary(path: Union[str, os.PathLike]) -> SeedStudy:
 # ---------------------------------------------------------------------- runs
 
 
-def _slug(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label.strip().replace("+", "_")).strip("_")
-
-
 def _variants(cfg: RunConfig, methods: Optional[Sequence[MethodSpec]]) -> Dict[str, dict]:
     """label -> config changes. A string is a method; a mapping names a label and its overrides,
     e.g. {"cd+gkd+edt (cosine)": {"method": "cd+gkd+edt", "schedule": "cosine"}}."""
@@ -285,7 +281,7 @@ def _variants(cfg: RunConfig, methods: Optional[Sequence[MethodSpec]]) -> Dict[s
             variants[label] = changes
     if not variants:
         raise ConfigError("no methods to compare; e.g. methods=['student', 'kd'] or cfg.method='student,kd'.")
-    slugs = [_slug(label) for label in variants]
+    slugs = [runfolder.slug(label) for label in variants]
     if len(set(slugs)) != len(slugs):
         raise ConfigError(f"methods {list(variants)} share a folder name; give them distinct labels.")
     return variants
@@ -417,7 +413,7 @@ def _runs_of_seed(cfg: RunConfig, seed: int, variants: Dict[str, dict], own_teac
             on_run(TEACHER, seed, rows[-1])
         seeded = seeded.replace(teacher_checkpoint=str(Path(teacher_cfg.run_dir) / runfolder.MODEL_FILE))
     for label, changes in variants.items():
-        run_cfg = seeded.replace(**changes, run_dir=str(folder / _slug(label) / f"seed{seed}"))
+        run_cfg = seeded.replace(**changes, run_dir=str(folder / runfolder.slug(label) / f"seed{seed}"))
         rows.append({"method": label, "seed": seed, **_train_or_reuse(run_cfg)})
         if on_run:
             on_run(label, seed, rows[-1])

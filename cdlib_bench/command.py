@@ -23,11 +23,16 @@ def add_estimate_parser(sub) -> None:
                                         "FLOPs (`cdlib measure` times real steps here instead)")
     cli.add_recipe_options(p)
     p.add_argument("--gpu", default="T4", help="T4, L4, A100 or H100; several with commas, e.g. T4,H100 (default: T4)")
+    p.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)  # its spelling before `cdlib measure`
+    p.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=run_estimate)
 
 
 def run_estimate(args: argparse.Namespace) -> int:
     """Print the FLOP-based projection on each ``--gpu``; 0 when done."""
+    if args.measure or args.steps is not None:
+        raise ConfigError("timing real steps is its own command now: run `cdlib measure` with the same options "
+                          "(--recipe, --steps, --gpu ...).")
     cfg = recipes.get(args.recipe, **cli.changes_from_args(args))
     for gpu in _gpus(args):
         print(estimate.format_estimate(estimate.recipe_time(cfg, gpu), args.recipe))

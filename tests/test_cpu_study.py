@@ -31,7 +31,7 @@ def _script():
 
 
 def _run_folder(method: str, seed: int) -> Path:
-    return COMMITTED / seeds._slug(method) / f"seed{seed}"
+    return COMMITTED / runfolder.slug(method) / f"seed{seed}"
 
 
 def test_committed_study_is_complete_and_matches_its_run_files():

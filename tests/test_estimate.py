@@ -337,6 +337,10 @@ def test_cli_measure_prints_both_and_rejects_bad_input(capsys):
         assert cli.main(["measure", "--recipe", "demo", *tiny[:-2], *bad]) == 2
         err = capsys.readouterr().err
         assert err.startswith("cdlib: error: ") and fragment in err and err.count("\n") == 1, err
+    # The spelling before `cdlib measure` existed points to it, and estimates nothing.
+    assert cli.main(["estimate", "--recipe", "demo", "--measure"]) == 2
+    captured = capsys.readouterr()
+    assert "run `cdlib measure`" in captured.err and captured.out == ""
 
 
 def test_chapter_line_measures_only_when_asked_or_on_a_gpu():

@@ -48,7 +48,7 @@ def test_bad_epochs_are_still_a_config_error():
 
 def _parsed(command: str) -> recipes.RunConfig:
     args = cli.build_parser().parse_args(shlex.split(command)[1:])
-    return cli._config_from_args(args)
+    return recipes.get(args.recipe, **cli.changes_from_args(args))
 
 
 def test_the_cli_scales_milestones_like_the_api():

@@ -52,10 +52,12 @@ def test_reference_compat_refuses_a_switch_turned_off_or_zero_padding():
 
 def test_the_switches_are_command_line_options():
     parser = cli.build_parser()
-    cfg = cli._config_from_args(parser.parse_args(["distill", "--recipe", "demo", "--reference-compat"]))
+    args = parser.parse_args(["distill", "--recipe", "demo", "--reference-compat"])
+    cfg = recipes.get(args.recipe, **cli.changes_from_args(args))
     assert all(getattr(cfg, name) for name in recipes.REFERENCE_SWITCHES) and cfg.reference_compat
-    cfg = cli._config_from_args(parser.parse_args(["distill", "--recipe", "demo", "--keep-zero-weight-terms",
-                                                   "--data-options", "pad_mode=zeros"]))
+    args = parser.parse_args(["distill", "--recipe", "demo", "--keep-zero-weight-terms", "--data-options",
+                              "pad_mode=zeros"])
+    cfg = recipes.get(args.recipe, **cli.changes_from_args(args))
     assert cfg.keep_zero_weight_terms and not cfg.teacher_bn_train and cfg.data_options == {**recipes.get("demo").data_options, "pad_mode": "zeros"}
 
 
