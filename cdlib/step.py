@@ -1,4 +1,5 @@
-"""One optimizer step and one evaluation pass: the hot path, shared by the trainer and the benchmark.
+"""One optimizer step, the watch on its losses, and one evaluation pass: the hot path, shared by the trainer and
+the benchmark.
 
 Neither waits for the device: a step returns its statistics as a tensor on the
 device, and an evaluation accumulates its sums there until the pass is over.
@@ -7,17 +8,20 @@ device, and an evaluation accumulates its sums there until the pass is over.
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Optional
+import math
+from typing import Dict, List, Optional, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from .distiller import Distiller
 from .distributed import all_reduce
-from .errors import ConfigError
+from .errors import ConfigError, TrainingDiverged
+from .interrupt import DeferredInterrupt
 
-__all__ = ["TrainStep", "DetachedLogits", "evaluate", "autocast"]
+__all__ = ["TrainStep", "DetachedLogits", "LossWatch", "evaluate", "autocast"]
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
@@ -121,3 +125,48 @@ class DetachedLogits(nn.Module):
     def forward(self, images, targets, weights):
         logits, loss_terms = self.distiller(images, targets, weights)
         return logits.detach(), loss_terms
+
+
+class LossWatch:
+    """A run's health, watched without waiting for the device: per loss term, the first step of the current
+    epoch whose value was non-finite (inf: none yet), kept on the device and read only at log points. Under
+    ``torchrun`` one small all-reduce (a minimum) at a log point makes a loss that went bad on one process, or
+    a Ctrl-C that reached one process, stop all of them at the same step, so none is left waiting."""
+
+    def __init__(self, terms: Sequence[str], device: torch.device, world_size: int) -> None:
+        self.terms, self.device, self.world_size = tuple(terms), device, world_size
+        self.start_epoch()
+
+    def start_epoch(self) -> None:
+        self.first_bad_step = torch.full((len(self.terms),), math.inf, device=self.device, dtype=torch.float64)
+
+    def record(self, stats: torch.Tensor, step: int) -> None:
+        """Note the terms of ``stats`` (a TrainStep's output) that are non-finite at ``step``; no sync."""
+        went_bad = ~torch.isfinite(stats[: len(self.terms)]) & torch.isinf(self.first_bad_step)
+        self.first_bad_step = torch.where(went_bad, float(step), self.first_bad_step)
+
+    def check(self, epoch: int, interrupt: DeferredInterrupt, last_checkpoint: str) -> None:
+        """At a log point: stop on a non-finite loss or a Ctrl-C, every process alike."""
+        requested = torch.full((1,), -float(interrupt.requested), device=self.device, dtype=torch.float64)
+        status = all_reduce(torch.cat([self.first_bad_step, requested]), self.world_size, dist.ReduceOp.MIN)
+        *first_bad, stop = status.tolist()
+        self._raise_if_diverged(first_bad, epoch, last_checkpoint)
+        if stop < 0:
+            interrupt.requested = True
+            raise KeyboardInterrupt
+
+    def check_finite(self, epoch: int, last_checkpoint: str) -> None:
+        """Raise TrainingDiverged if any process saw a non-finite loss this epoch."""
+        first_bad = all_reduce(self.first_bad_step.clone(), self.world_size, dist.ReduceOp.MIN)
+        self._raise_if_diverged(first_bad.tolist(), epoch, last_checkpoint)
+
+    def _raise_if_diverged(self, first_bad: List[float], epoch: int, last_checkpoint: str) -> None:
+        bad = sorted((step, term) for term, step in zip(self.terms, first_bad) if math.isfinite(step))
+        if not bad:
+            return
+        (step, term), others = bad[0], [t for _, t in bad[1:]]
+        also = f" (then also {', '.join(map(repr, others))})" if others else ""
+        raise TrainingDiverged(f"loss term {term!r} became non-finite (NaN or infinite) at step {int(step)} of epoch "
+                               f"{epoch}{also}, so training stopped and the bad state was not saved; {last_checkpoint} "
+                               f"— start again with a lower learning rate or a lower weight for {term!r}, in a new run "
+                               "folder.")

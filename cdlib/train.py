@@ -10,21 +10,19 @@ Resuming is exact (:mod:`cdlib.resume`): a resumed run ends with the same weight
 uninterrupted one. In-memory data sets replay the interrupted epoch's batches up to where it stopped (cheap);
 a DataLoader with workers (ImageNet) skips them in its sampler (:class:`cdlib.data.EpochSampler`). Under
 ``torchrun`` rank 0 alone writes files, and what stops a run (a non-finite loss, Ctrl-C) is agreed by all
-processes at log points (:class:`LossWatch`), so none is left waiting.
+processes at log points (:class:`cdlib.step.LossWatch`), so none is left waiting.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import math
 import time
 import warnings
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-import torch.distributed as dist
 
 from . import checkpoint as ckpt
 from . import data as data_mod
@@ -32,12 +30,12 @@ from . import distributed, resume, runfolder, runlock
 from . import parts as parts_mod
 from . import terms as term_table
 from .distributed import Placement, is_main_process
-from .errors import CDLibError, CheckpointError, ConfigError, TrainingDiverged, from_os_error
+from .errors import CDLibError, CheckpointError, ConfigError, from_os_error
 from .interrupt import DeferredInterrupt
 from .parts import weights_for
 from .recipes import RunConfig, parse_method, validate
 from .runfolder import CHECKPOINT_FILE, MODEL_FILE, RunResult
-from .step import TrainStep, evaluate
+from .step import LossWatch, TrainStep, evaluate
 
 __all__ = ["fit", "run", "ensure_teacher", "run_eta", "clock", "resume_message"]
 
@@ -111,51 +109,6 @@ def _worker_deaths_said(cfg: RunConfig) -> Iterator[None]:
                  else "start it again (no checkpoint had been written yet)")
         raise CDLibError(f"{message.rstrip('.')}: a data-loading process died (often the system running out of "
                          f"memory); lower --num-workers or --batch-size and {where}.") from None
-
-
-class LossWatch:
-    """A run's health, watched without waiting for the device: per loss term, the first step of the current
-    epoch whose value was non-finite (inf: none yet), kept on the device and read only at log points. Under
-    ``torchrun`` one small all-reduce (a minimum) at a log point makes a loss that went bad on one process, or
-    a Ctrl-C that reached one process, stop all of them at the same step, so none is left waiting."""
-
-    def __init__(self, terms: Sequence[str], device: torch.device, world_size: int) -> None:
-        self.terms, self.device, self.world_size = tuple(terms), device, world_size
-        self.start_epoch()
-
-    def start_epoch(self) -> None:
-        self.first_bad_step = torch.full((len(self.terms),), math.inf, device=self.device, dtype=torch.float64)
-
-    def record(self, stats: torch.Tensor, step: int) -> None:
-        """Note the terms of ``stats`` (a TrainStep's output) that are non-finite at ``step``; no sync."""
-        went_bad = ~torch.isfinite(stats[: len(self.terms)]) & torch.isinf(self.first_bad_step)
-        self.first_bad_step = torch.where(went_bad, float(step), self.first_bad_step)
-
-    def check(self, epoch: int, interrupt: DeferredInterrupt, last_checkpoint: str) -> None:
-        """At a log point: stop on a non-finite loss or a Ctrl-C, every process alike."""
-        requested = torch.full((1,), -float(interrupt.requested), device=self.device, dtype=torch.float64)
-        status = distributed.all_reduce(torch.cat([self.first_bad_step, requested]), self.world_size, dist.ReduceOp.MIN)
-        *first_bad, stop = status.tolist()
-        self._raise_if_diverged(first_bad, epoch, last_checkpoint)
-        if stop < 0:
-            interrupt.requested = True
-            raise KeyboardInterrupt
-
-    def check_finite(self, epoch: int, last_checkpoint: str) -> None:
-        """Raise TrainingDiverged if any process saw a non-finite loss this epoch."""
-        first_bad = distributed.all_reduce(self.first_bad_step.clone(), self.world_size, dist.ReduceOp.MIN)
-        self._raise_if_diverged(first_bad.tolist(), epoch, last_checkpoint)
-
-    def _raise_if_diverged(self, first_bad: List[float], epoch: int, last_checkpoint: str) -> None:
-        bad = sorted((step, term) for term, step in zip(self.terms, first_bad) if math.isfinite(step))
-        if not bad:
-            return
-        (step, term), others = bad[0], [t for _, t in bad[1:]]
-        also = f" (then also {', '.join(map(repr, others))})" if others else ""
-        raise TrainingDiverged(f"loss term {term!r} became non-finite (NaN or infinite) at step {int(step)} of epoch "
-                               f"{epoch}{also}, so training stopped and the bad state was not saved; {last_checkpoint} "
-                               f"— start again with a lower learning rate or a lower weight for {term!r}, in a new run "
-                               "folder.")
 
 
 class _Training:
