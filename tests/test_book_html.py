@@ -43,7 +43,6 @@ from __future__ import annotations
 import functools
 import html
 import http.server
-import importlib.util
 import json
 import os
 import re
@@ -57,6 +56,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from repo_scripts import load_script
 
 pytestmark = pytest.mark.book
 
@@ -494,13 +494,10 @@ def test_sidebar_links_every_chapter(dom):
 # ----------------------------------------------------------------------------- formulas, warnings, NaN
 def _offline_mathjax_extension():
     """book/_ext/offline_mathjax.py as a module, or None without Sphinx (no book extras)."""
-    spec = importlib.util.spec_from_file_location("offline_mathjax", REPO / "book" / "_ext" / "offline_mathjax.py")
-    module = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(module)
+        return load_script(REPO / "book" / "_ext" / "offline_mathjax.py")
     except ImportError:
         return None
-    return module
 
 
 def _local_mathjax_installed() -> bool:
@@ -688,9 +685,7 @@ def test_repository_notebooks_keep_the_setup_cell_unfolded(entry):
 def test_fold_plumbing_tags_the_executed_copy_only():
     """ci/execute_notebooks.py's fold_plumbing, without a build: the setup and injected-parameters
     cells get hide-cell, the parameters cell does not, and a title below the setup cell moves up."""
-    spec = importlib.util.spec_from_file_location("execute_notebooks", REPO / "ci" / "execute_notebooks.py")
-    ex = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ex)
+    ex = load_script(REPO / "ci" / "execute_notebooks.py")
 
     def cell(kind, source, *tags):
         return {"cell_type": kind, "source": source, "metadata": {"tags": list(tags)} if tags else {}}

@@ -6,13 +6,13 @@ met, and reproducible: one run trained again here lands within the study's own s
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from repo_scripts import load_script
 
 from cdlib import recipes, runfolder, seeds, stats, train
 
@@ -24,10 +24,7 @@ SEEDS = list(range(12))
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("cpu_study", ROOT / "benchmarks" / "cpu_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / "cpu_study.py")
 
 
 def _run_folder(method: str, seed: int) -> Path:

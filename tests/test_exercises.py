@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import importlib.util
 import json
 import os
 import re
@@ -30,6 +29,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from repo_scripts import load_script
 
 nbformat = pytest.importorskip("nbformat")
 
@@ -38,10 +38,7 @@ SCRIPT = REPO / "ci" / "make_student_notebooks.py"
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("make_student_notebooks", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 msn = _load_script()

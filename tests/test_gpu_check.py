@@ -3,13 +3,13 @@ complete, self-consistent JSON; projections are recomputed here from the speeds 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from repo_scripts import load_script
 
 from cdlib import recipes, terms
 
@@ -18,10 +18,7 @@ SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from repo_scripts import load_script
 
 from cdlib import cli, data, losses, models, parts, recipes, train
 from cdlib.distiller import Distiller
@@ -286,7 +287,6 @@ def test_a_finished_run_saved_before_the_switches_existed_counts_as_one_with_the
 
 
 def test_the_committed_switch_table_follows_from_the_committed_per_seed_results():
-    import importlib.util
     from pathlib import Path
 
     import pandas as pd
@@ -295,9 +295,7 @@ def test_the_committed_switch_table_follows_from_the_committed_per_seed_results(
     folder = root / "results" / "reference-switches"
     if not (folder / "switches.csv").exists():
         pytest.skip("no committed reference-switch results")
-    spec = importlib.util.spec_from_file_location("reference_switches", root / "benchmarks" / "reference_switches.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(root / "benchmarks" / "reference_switches.py")
     per_seed = pd.read_csv(folder / "per_seed.csv")
     assert sorted(per_seed[per_seed["method"] == module.DEFAULT]["seed"]) == [0, 1, 2, 3, 4]
     recomputed = module.switch_table(per_seed)

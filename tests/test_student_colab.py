@@ -10,26 +10,19 @@ theirs. The HTML is _build/html (after `bash ci/build_book.sh`), or $BOOK_HTML.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 from pathlib import Path
 
 import pytest
+from repo_scripts import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 pytest.importorskip("sphinx")
-ext = _load(REPO / "book" / "_ext" / "student_colab.py", "student_colab")
-msn = _load(REPO / "ci" / "make_student_notebooks.py", "make_student_notebooks")
+ext = load_script(REPO / "book" / "_ext" / "student_colab.py")
+msn = load_script(REPO / "ci" / "make_student_notebooks.py")
 COLAB = "https://colab.research.google.com/github/channel-distillation/channel-distillation/blob/main/"
 
 
