@@ -39,13 +39,14 @@ from cdlib.data import DeviceLoader
 from cdlib.device import name as device_name
 from cdlib.device import pick_device
 from cdlib.distributed import Placement
-from cdlib.errors import CDLibError, ConfigError
+from cdlib.errors import CDLibError, ConfigError, is_whole
 from cdlib.parts import weights_for
 from cdlib.recipes import RunConfig
 from cdlib.step import TrainStep, evaluate
 
 from .estimate import data_facts, duration, listed_methods, recipe_time, teacher_reason
 from .flops import gpu_model_key, model_flops, peak_tflops, step_flops
+from .pipelines import synchronize
 
 __all__ = ["CHAPTERS", "MEASURE_STEPS", "CHAPTER_MEASURE_STEPS", "chapter_line", "measure", "measured_time",
            "format_measured", "chapter_times", "format_chapters", "measured_report", "write_synthetic_cifar100",
@@ -123,7 +124,7 @@ def write_synthetic_cifar100(root: Union[str, Path], train_images: int, test_ima
     the same loader) of synthetic 32x32 images: 100 smooth class prototypes plus noise, learnable, so a
     short run's accuracy rises above chance. Returns ``root``; written a few thousand images at a time."""
     for name, value in (("train_images", train_images), ("test_images", test_images)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not is_whole(value) or value < 1:
             raise ConfigError(f"{name} must be a whole number of at least 1, got {value!r}.")
     folder = Path(root) / "cifar-100-python"
     folder.mkdir(parents=True, exist_ok=True)
@@ -147,7 +148,7 @@ def write_synthetic_cifar100(root: Union[str, Path], train_images: int, test_ima
 
 
 def _whole(value, name: str, least: int = 1) -> None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+    if value is not None and (not is_whole(value) or value < least):
         raise ConfigError(f"{name} must be a whole number of at least {least}, got {value!r}.")
 
 
@@ -157,13 +158,6 @@ def _endless(loader) -> Iterator:
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
         yield from loader
-
-
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def precision_name(dtype, device) -> str:
@@ -226,7 +220,7 @@ def _time_role(cfg: RunConfig, place, steps: int, warmup: int, eval_batches: int
     batches = _endless(parts.train_loader)
     for _ in range(warmup):
         step(*next(batches), weights)
-    _sync(device)
+    synchronize(device)
     images, sums = 0, None
     started = time.perf_counter()
     for _ in range(steps):
@@ -234,14 +228,14 @@ def _time_role(cfg: RunConfig, place, steps: int, warmup: int, eval_batches: int
         stats = step(x, y, weights)
         sums = stats if sums is None else sums + stats
         images += len(y)
-    _sync(device)
+    synchronize(device)
     seconds = time.perf_counter() - started
     student = cfg.student
     if student not in eval_speeds:
         model, count = parts.distiller.student, [0]
         evaluate(model, itertools.islice(_endless(parts.test_loader), 1), device, parts.autocast_dtype, 1,
                  parts.channels_last)  # warm-up (cuDNN picks its algorithms for the test batch)
-        _sync(device)
+        synchronize(device)
         began = time.perf_counter()
         evaluate(model, _counted(itertools.islice(_endless(parts.test_loader), eval_batches), count), device,
                  parts.autocast_dtype, 1, parts.channels_last)
